@@ -1,0 +1,1 @@
+"""Code shared by the master and the worker: no tornado, no requests here."""

@@ -1,0 +1,1 @@
+"""The converter master: job queue (SQLite), video storage, HTTP API (Tornado)."""

@@ -1,0 +1,99 @@
+"""The route table, and the server around it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import tornado.httpserver
+import tornado.ioloop
+import tornado.netutil
+import tornado.web
+
+from master.config import MasterConfig
+from master.dispatch import Dispatcher
+from master.handlers.base import NotFoundHandler, Services
+from master.handlers.claim import ClaimHandler
+from master.handlers.download import DownloadVideoHandler
+from master.handlers.health import HealthHandler
+from master.handlers.jobs import JobCancelHandler, JobHandler, JobRetryHandler, JobsHandler
+from master.handlers.lease import FailHandler, HeartbeatHandler, ReleaseHandler
+from master.handlers.upload import TEMP_PREFIX, TEMP_SUFFIX, UploadVideoHandler
+from master.handlers.workers import WorkerRegisterHandler, WorkersHandler
+from master.store import JobStore
+
+log = logging.getLogger("converter.master")
+
+JOB = r"(?P<job_id>[^/]+)"
+
+
+def make_app(config: MasterConfig, store: JobStore, dispatcher: Dispatcher | None = None) -> tornado.web.Application:
+    services = Services(config=config, store=store, dispatcher=dispatcher or Dispatcher())
+    deps = {"services": services}
+    routes = [
+        (r"/healthz", HealthHandler),
+        (r"/api/jobs", JobsHandler),
+        (rf"/api/jobs/{JOB}", JobHandler),
+        (rf"/api/jobs/{JOB}/cancel", JobCancelHandler),
+        (rf"/api/jobs/{JOB}/retry", JobRetryHandler),
+        (r"/api/workers", WorkersHandler),
+        (r"/api/worker/register", WorkerRegisterHandler),
+        (r"/api/worker/claim", ClaimHandler),
+        (r"/api/worker/heartbeat", HeartbeatHandler),
+        (r"/api/worker/fail", FailHandler),
+        (r"/api/worker/release", ReleaseHandler),
+        (r"/api/worker/download-video", DownloadVideoHandler),
+        (r"/api/worker/upload-video", UploadVideoHandler),
+    ]
+    return tornado.web.Application(
+        [(pattern, handler, deps) for pattern, handler in routes],
+        default_handler_class=NotFoundHandler,
+        default_handler_args=deps,
+    )
+
+
+@dataclass
+class RunningMaster:
+    server: tornado.httpserver.HTTPServer
+    reaper: tornado.ioloop.PeriodicCallback
+    port: int
+
+    def stop(self) -> None:
+        self.reaper.stop()
+        self.server.stop()
+
+
+def start_master(config: MasterConfig, store: JobStore) -> RunningMaster:
+    """Bind the HTTP server and start the lease reaper on the current IOLoop."""
+    dispatcher = Dispatcher()
+    app = make_app(config, store, dispatcher)
+    server = tornado.httpserver.HTTPServer(
+        app,
+        max_body_size=config.server.max_upload_size,
+        body_timeout=config.server.timeout,
+        idle_connection_timeout=config.server.timeout,
+        xheaders=False,
+    )
+    sockets = tornado.netutil.bind_sockets(config.server.port, config.server.host)
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+
+    def reap() -> None:
+        for job in store.requeue_expired():
+            log.warning("lease of job %s expired: now %s (attempt %d/%d)", job.id, job.status.value,
+                        job.attempts, job.max_attempts)
+        dispatcher.notify()
+
+    reaper = tornado.ioloop.PeriodicCallback(reap, max(config.jobs.lease_seconds / 4, 0.05) * 1000)
+    reaper.start()
+    return RunningMaster(server=server, reaper=reaper, port=port)
+
+
+def remove_stale_uploads(root: Path) -> int:
+    """Delete temp files left by uploads that a previous master process did not finish."""
+    removed = 0
+    for path in root.rglob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed

@@ -1,0 +1,73 @@
+"""Master configuration: a frozen dataclass built once in ``main()`` from YAML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from converter_common.config_loader import ConfigError, build, load_yaml, require_positive
+from converter_common.profiles import BUILTIN_PROFILES
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # The seed's 35 minutes: deadline for a whole request body and for an idle keep-alive connection.
+    timeout: float = 35 * 60
+    max_upload_size: int = 64 * GiB
+    chunk_size: int = 4 * MiB  # download read/write size; 1-4 MiB measured best (shared/notes/xfer.md)
+
+    def validate(self, key: str) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"{key}.port", f"must be 0..65535, got {self.port}")
+        require_positive(f"{key}.timeout", self.timeout)
+        require_positive(f"{key}.max_upload_size", self.max_upload_size)
+        if not 64 * 1024 <= self.chunk_size <= 64 * MiB:
+            raise ConfigError(f"{key}.chunk_size", f"must be 64 KiB..64 MiB, got {self.chunk_size}")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    root: Path = Path("/var/lib/converter/storage")
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    path: Path = Path("/var/lib/converter/converter.db")
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    lease_seconds: float = 60.0  # a claimed job returns to pending if its worker is silent this long
+    max_attempts: int = 3
+    retry_delay: float = 10.0  # seconds a retryable failure waits before the job can be claimed again
+    max_claim_wait: float = 30.0  # longest long-poll a worker may ask for
+
+    def validate(self, key: str) -> None:
+        require_positive(f"{key}.lease_seconds", self.lease_seconds)
+        require_positive(f"{key}.max_attempts", self.max_attempts)
+        require_positive(f"{key}.retry_delay", self.retry_delay, allow_zero=True)
+        require_positive(f"{key}.max_claim_wait", self.max_claim_wait, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class MasterConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    profiles: tuple[str, ...] = tuple(BUILTIN_PROFILES)
+
+    def validate(self, key: str) -> None:
+        for name in self.profiles:
+            if name not in BUILTIN_PROFILES:
+                raise ConfigError("profiles", f"unknown profile {name!r} (built-in: {', '.join(BUILTIN_PROFILES)})")
+
+
+def load_config(path: str | Path | None) -> MasterConfig:
+    data = load_yaml(path) if path else {}
+    return build(MasterConfig, data)

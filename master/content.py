@@ -1,0 +1,42 @@
+"""Response headers for video files: Content-Type by extension, RFC 6266 Content-Disposition."""
+
+from __future__ import annotations
+
+import mimetypes
+import re
+import urllib.parse
+
+_VIDEO_TYPES = {
+    ".mp4": "video/mp4",
+    ".m4v": "video/mp4",
+    ".mkv": "video/x-matroska",
+    ".webm": "video/webm",
+    ".mov": "video/quicktime",
+    ".avi": "video/x-msvideo",
+    ".ts": "video/mp2t",
+    ".m2ts": "video/mp2t",
+    ".mpg": "video/mpeg",
+    ".mpeg": "video/mpeg",
+    ".flv": "video/x-flv",
+    ".wmv": "video/x-ms-wmv",
+    ".ogv": "video/ogg",
+}
+_UNSAFE_IN_QUOTED = re.compile(r'[^\x20-\x7e]|["\\%]')
+
+
+def content_type_for(name: str) -> str:
+    suffix = name[name.rfind("."):].lower() if "." in name else ""
+    return _VIDEO_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def attachment_disposition(name: str) -> str:
+    """``attachment; filename="<ASCII fallback>"; filename*=UTF-8''<percent-encoded>`` (RFC 6266 §4.3).
+
+    Control characters (CR, LF, ...) never reach the header: the fallback replaces them and the
+    extended form percent-encodes them, so a file name cannot inject headers.
+    """
+    fallback = _UNSAFE_IN_QUOTED.sub("_", name) or "download"
+    encoded = urllib.parse.quote(name, safe="")
+    if fallback == name:
+        return f'attachment; filename="{fallback}"'
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"

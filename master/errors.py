@@ -1,0 +1,33 @@
+"""The API's error catalogue: every error a client can get, with its HTTP status."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    """An error rendered as ``{"error": code, "message": message}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def bad_request(code: str, message: str) -> ApiError:
+    return ApiError(400, code, message)
+
+
+def job_not_found(job_id: str) -> ApiError:
+    return ApiError(404, "job_not_found", f"no job with id {job_id!r}")
+
+
+def invalid_state(job_id: str, status: str, wanted: str) -> ApiError:
+    return ApiError(400, "invalid_job_state", f"job {job_id!r} is {status}, must be {wanted}")
+
+
+def conflict(code: str, message: str) -> ApiError:
+    return ApiError(409, code, message)
+
+
+def not_found(code: str, message: str) -> ApiError:
+    return ApiError(404, code, message)

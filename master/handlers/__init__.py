@@ -1,0 +1,1 @@
+"""One module per HTTP resource; the route table is ``master.app.make_app``."""

@@ -1,0 +1,126 @@
+"""What every handler shares: dependencies via ``initialize``, JSON in and out, one error renderer."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import tornado.web
+
+from master import errors
+from master.config import MasterConfig
+from master.dispatch import Dispatcher
+from master.errors import ApiError
+from master.states import JobStatus
+from master.store import DuplicateJob, InvalidTransition, Job, JobNotFound, JobStore, NotOwner, OutputBusy, StoreError
+
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Services:
+    """The master's dependencies, handed to each handler through ``initialize``."""
+
+    config: MasterConfig
+    store: JobStore
+    dispatcher: Dispatcher
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    def initialize(self, services: Services) -> None:
+        self.services = services
+        self.config = services.config
+        self.store = services.store
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps(data, separators=(",", ":")) + "\n")
+
+    def json_body(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise errors.bad_request("invalid_json", f"request body is not valid JSON ({exc.__class__.__name__})")
+        if not isinstance(data, dict):
+            raise errors.bad_request("invalid_json", "request body must be a JSON object")
+        return data
+
+    def job_id_argument(self) -> str:
+        job_id = self.get_query_argument("job_id", None)
+        if job_id is None:
+            raise errors.bad_request("missing_job_id", "query parameter job_id is required")
+        return check_job_id(job_id)
+
+    def worker_id_header(self) -> str | None:
+        """The calling worker's id, when it says (curl users of the seed endpoints do not)."""
+        value = self.request.headers.get("X-Worker-Id")
+        return None if value is None else check_worker_id(value)
+
+    def processing_job(self, job_id: str) -> Job:
+        """The job, which must exist (404) and be processing (400), leased to the caller if it names itself."""
+        job = self.store.get_job(job_id)
+        if job.status is not JobStatus.PROCESSING:
+            raise errors.invalid_state(job_id, job.status.value, JobStatus.PROCESSING.value)
+        worker_id = self.worker_id_header()
+        if worker_id is not None and job.worker_id != worker_id:
+            raise errors.conflict("not_lease_owner", f"job {job_id!r} is not leased to worker {worker_id!r}")
+        return job
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, StoreError):
+            e = api_error_from_store(e)
+        if isinstance(e, ApiError):
+            if not self._finished:
+                self.clear()
+                self.write_json({"error": e.code, "message": e.message}, e.status)
+            return
+        super()._handle_request_exception(e)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, tornado.web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        else:
+            message = self._reason
+        code = "internal_error" if status_code >= 500 else HTTPStatus(status_code).phrase.lower().replace(" ", "_")
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps({"error": code, "message": message}) + "\n")
+
+
+class NotFoundHandler(BaseHandler):
+    def prepare(self) -> None:
+        raise errors.not_found("not_found", f"no route for {self.request.method} {self.request.path}")
+
+
+def check_job_id(job_id: str) -> str:
+    if not JOB_ID.match(job_id):
+        raise errors.bad_request("invalid_job_id", "job id must be 1-128 characters of A-Z a-z 0-9 . _ -")
+    return job_id
+
+
+def check_worker_id(worker_id: object) -> str:
+    if not isinstance(worker_id, str) or not WORKER_ID.match(worker_id):
+        raise errors.bad_request("invalid_worker_id", "worker id must be 1-128 characters of A-Z a-z 0-9 . _ : @ -")
+    return worker_id
+
+
+def api_error_from_store(exc: StoreError) -> ApiError:
+    if isinstance(exc, JobNotFound):
+        return errors.job_not_found(exc.job_id)
+    if isinstance(exc, DuplicateJob):
+        return errors.conflict("duplicate_job", str(exc))
+    if isinstance(exc, OutputBusy):
+        return errors.conflict("output_busy", str(exc))
+    if isinstance(exc, InvalidTransition):
+        return errors.conflict("invalid_job_state", str(exc))
+    if isinstance(exc, NotOwner):
+        return errors.conflict("not_lease_owner", str(exc))
+    return ApiError(500, "internal_error", "store error")

@@ -1,0 +1,44 @@
+"""/api/worker/claim: hand the next pending job to a worker, long-polling until one comes."""
+
+from __future__ import annotations
+
+import tornado.ioloop
+
+from master import errors
+from master.handlers.base import BaseHandler, check_worker_id
+
+# Waiters re-check at least this often: a job whose retry delay ends wakes nobody by itself.
+RECHECK_SECONDS = 1.0
+
+
+class ClaimHandler(BaseHandler):
+    def initialize(self, services) -> None:  # type: ignore[override]
+        super().initialize(services)
+        self._client_gone = False
+
+    def on_connection_close(self) -> None:
+        self._client_gone = True
+
+    async def post(self) -> None:
+        body = self.json_body()
+        worker_id = check_worker_id(body.get("worker_id"))
+        wait = body.get("wait", 0)
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
+            raise errors.bad_request("invalid_field", "wait must be a number of seconds >= 0")
+        loop = tornado.ioloop.IOLoop.current()
+        deadline = loop.time() + min(float(wait), self.config.jobs.max_claim_wait)
+        while not self._client_gone:
+            job = self.store.claim_next(worker_id, self.config.jobs.lease_seconds)
+            if job is not None:
+                self.write_json(job.to_dict())
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                await self.services.dispatcher.wait(min(remaining, RECHECK_SECONDS))
+            except TimeoutError:
+                pass
+        if not self._client_gone:
+            self.set_status(204)
+            self.finish()

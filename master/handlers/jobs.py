@@ -1,0 +1,92 @@
+"""/api/jobs: submit, list, show, cancel and retry jobs."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import PurePosixPath
+
+from converter_common.profiles import BUILTIN_PROFILES
+from master import errors
+from master.handlers.base import BaseHandler, check_job_id
+from master.paths import require_file, resolve_in_root, storage_relative
+from master.states import JobStatus
+
+MAX_PAGE = 1000
+
+
+class JobsHandler(BaseHandler):
+    def post(self) -> None:
+        body = self.json_body()
+        unknown = set(body) - {"id", "source_path", "output_path", "profile"}
+        if unknown:
+            raise errors.bad_request("unknown_field", f"unknown field(s): {', '.join(sorted(unknown))}")
+        job_id = check_job_id(body["id"]) if body.get("id") is not None else uuid.uuid4().hex[:16]
+        profile = self._profile(body.get("profile"))
+        root = self.config.storage.root
+        source = resolve_in_root(root, body.get("source_path"), "source_path")
+        output = resolve_in_root(root, body.get("output_path"), "output_path")
+        source_size = require_file(source, "source_path")
+        if output == source:
+            raise errors.bad_request("invalid_path", "output_path must differ from source_path")
+        if output.is_dir():
+            raise errors.bad_request("invalid_path", "output_path is a directory")
+        if output.exists():
+            raise errors.conflict("output_exists", "output_path already exists; remove it or choose another path")
+        extension = PurePosixPath(output.name).suffix.lstrip(".").lower()
+        allowed = BUILTIN_PROFILES[profile].containers
+        if extension not in allowed:
+            raise errors.bad_request("invalid_path", f"output_path must end in .{' or .'.join(allowed)} for {profile}")
+        job = self.store.create_job(
+            job_id=job_id,
+            source_path=storage_relative(root, source),
+            output_path=storage_relative(root, output),
+            profile=profile,
+            source_size=source_size,
+            max_attempts=self.config.jobs.max_attempts,
+        )
+        self.services.dispatcher.notify()
+        self.set_header("Location", f"/api/jobs/{job.id}")
+        self.write_json(job.to_dict(), 201)
+
+    def get(self) -> None:
+        status = self.get_query_argument("status", None)
+        if status is not None and status not in {s.value for s in JobStatus}:
+            raise errors.bad_request("invalid_status", f"status must be one of {', '.join(s.value for s in JobStatus)}")
+        limit = self._int_argument("limit", 100, 1, MAX_PAGE)
+        offset = self._int_argument("offset", 0, 0, 2**62)
+        jobs, total = self.store.list_jobs(status=JobStatus(status) if status else None, limit=limit, offset=offset)
+        self.write_json({"jobs": [j.to_dict() for j in jobs], "total": total, "limit": limit, "offset": offset})
+
+    def _profile(self, name: object) -> str:
+        if not isinstance(name, str) or name not in self.config.profiles:
+            raise errors.bad_request("unknown_profile", f"profile must be one of: {', '.join(self.config.profiles)}")
+        return name
+
+    def _int_argument(self, name: str, default: int, low: int, high: int) -> int:
+        raw = self.get_query_argument(name, None)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise errors.bad_request("invalid_parameter", f"{name} must be an integer") from None
+        if not low <= value <= high:
+            raise errors.bad_request("invalid_parameter", f"{name} must be between {low} and {high}")
+        return value
+
+
+class JobHandler(BaseHandler):
+    def get(self, job_id: str) -> None:
+        self.write_json(self.store.get_job(check_job_id(job_id)).to_dict())
+
+
+class JobCancelHandler(BaseHandler):
+    def post(self, job_id: str) -> None:
+        self.write_json(self.store.cancel(check_job_id(job_id)).to_dict())
+
+
+class JobRetryHandler(BaseHandler):
+    def post(self, job_id: str) -> None:
+        job = self.store.retry(check_job_id(job_id))
+        self.services.dispatcher.notify()
+        self.write_json(job.to_dict())

@@ -1,0 +1,51 @@
+"""/api/worker/{heartbeat,fail,release}?job_id=: what the lease holder reports about its job."""
+
+from __future__ import annotations
+
+from master import errors
+from master.handlers.base import BaseHandler, check_worker_id
+
+
+class _LeaseHandler(BaseHandler):
+    def lease_request(self) -> tuple[str, str, dict]:
+        job_id = self.job_id_argument()
+        body = self.json_body()
+        return job_id, check_worker_id(body.get("worker_id")), body
+
+
+class HeartbeatHandler(_LeaseHandler):
+    def post(self) -> None:
+        job_id, worker_id, body = self.lease_request()
+        progress = body.get("progress")
+        if progress is not None and (isinstance(progress, bool) or not isinstance(progress, (int, float))
+                                     or not 0 <= progress <= 100):
+            raise errors.bad_request("invalid_field", "progress must be a number 0..100")
+        job = self.store.heartbeat(job_id, worker_id=worker_id, progress=progress,
+                                   lease_seconds=self.config.jobs.lease_seconds)
+        self.write_json(job.to_dict())
+
+
+class FailHandler(_LeaseHandler):
+    def post(self) -> None:
+        job_id, worker_id, body = self.lease_request()
+        error = body.get("error")
+        retryable = body.get("retryable", True)
+        if not isinstance(error, str) or not error:
+            raise errors.bad_request("invalid_field", "error must be a non-empty string")
+        if not isinstance(retryable, bool):
+            raise errors.bad_request("invalid_field", "retryable must be true or false")
+        job = self.store.fail(job_id, worker_id=worker_id, error=error[:2000], retryable=retryable,
+                              retry_delay=self.config.jobs.retry_delay)
+        self.services.dispatcher.notify()
+        self.write_json(job.to_dict())
+
+
+class ReleaseHandler(_LeaseHandler):
+    def post(self) -> None:
+        job_id, worker_id, body = self.lease_request()
+        reason = body.get("reason", "released by worker")
+        if not isinstance(reason, str):
+            raise errors.bad_request("invalid_field", "reason must be a string")
+        job = self.store.release(job_id, worker_id=worker_id, reason=reason[:2000])
+        self.services.dispatcher.notify()
+        self.write_json(job.to_dict())

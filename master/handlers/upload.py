@@ -1,0 +1,131 @@
+"""/api/worker/upload-video?job_id=: receive the converted file as a streamed multipart body.
+
+The body is parsed while it arrives (streaming-form-data) and written to a temp file beside the
+destination; only a complete ``video`` part is renamed into place, atomically, and only then does
+the job become completed. On any failure the temp file is removed and the job is unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import tornado.ioloop
+import tornado.web
+from streaming_form_data import StreamingFormDataParser
+from streaming_form_data.targets import BaseTarget
+
+from master import errors
+from master.errors import ApiError
+from master.handlers.base import BaseHandler
+from master.paths import resolve_in_root
+
+UPLOAD_FIELD = "video"
+TEMP_PREFIX = ".converter-upload-"
+TEMP_SUFFIX = ".part"
+WRITE_BUFFER = 1 << 20  # Tornado hands over 64 KiB pieces; the disk gets 1 MiB writes
+
+
+class FileSink(BaseTarget):
+    """A streaming-form-data target writing into an already open file, counting bytes."""
+
+    def __init__(self, file) -> None:
+        super().__init__()
+        self._file = file
+        self.size = 0
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def on_data_received(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+        self.size += len(chunk)
+
+
+@tornado.web.stream_request_body
+class UploadVideoHandler(BaseHandler):
+    def initialize(self, services) -> None:  # type: ignore[override]
+        super().initialize(services)
+        self._temp_path: Path | None = None
+        self._temp_file = None
+        self._parser: StreamingFormDataParser | None = None
+        self._sink: FileSink | None = None
+        self._body_error: ApiError | None = None
+
+    def prepare(self) -> None:
+        self.job = self.processing_job(self.job_id_argument())  # before a single byte is stored
+        limit = self.config.server.max_upload_size
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, "body_too_large", f"upload exceeds the limit of {limit} bytes")
+        self.request.connection.set_max_body_size(limit)
+        self.request.connection.set_body_timeout(self.config.server.timeout)
+        try:
+            self._parser = StreamingFormDataParser(headers=self.request.headers)
+        except Exception as exc:  # the library raises a bare ValueError-like error for a non-multipart type
+            raise errors.bad_request("invalid_multipart", f"expected multipart/form-data ({exc})") from None
+        self.destination = resolve_in_root(self.config.storage.root, self.job.output_path, "output_path")
+        self.destination.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=self.destination.parent)
+        self._temp_path = Path(name)
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the converted video from other users
+        self._temp_file = os.fdopen(fd, "wb", buffering=WRITE_BUFFER)
+        self._sink = FileSink(self._temp_file)
+        self._parser.register(UPLOAD_FIELD, self._sink)
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._body_error is not None:
+            return  # the rest of a rejected body is read and dropped so the client gets the answer
+        try:
+            self._parser.data_received(chunk)
+        except OSError as exc:
+            self._body_error = ApiError(507, "insufficient_storage", f"cannot store upload ({exc.strerror})")
+        except Exception as exc:  # ParseFailedException and friends: a malformed body is the client's fault
+            self._body_error = errors.bad_request("invalid_multipart", f"malformed multipart body ({exc})")
+
+    async def post(self) -> None:
+        if self._body_error is not None:
+            raise self._body_error
+        if not self._sink.started:
+            raise errors.bad_request("missing_video_part", f"multipart body has no {UPLOAD_FIELD!r} file part")
+        if not self._sink.finished:
+            raise errors.bad_request("invalid_multipart", "multipart body ended inside the video part")
+        await self._close_temp_durably()
+        self.job = self.processing_job(self.job.id)  # it may have been cancelled or re-leased meanwhile
+        os.replace(self._temp_path, self.destination)
+        self._temp_path = None
+        job = self.store.complete(self.job.id, self._sink.size, worker_id=self.job.worker_id)
+        self.write_json({"job_id": job.id, "status": job.status.value, "size": self._sink.size,
+                         "output_path": job.output_path})
+
+    async def _close_temp_durably(self) -> None:
+        temp = self._temp_file
+        try:
+            temp.flush()
+            await tornado.ioloop.IOLoop.current().run_in_executor(None, os.fsync, temp.fileno())
+        except OSError as exc:
+            raise ApiError(507, "insufficient_storage", f"cannot store upload ({exc.strerror})") from None
+        finally:
+            temp.close()
+
+    def on_finish(self) -> None:
+        self._discard_temp()
+
+    def on_connection_close(self) -> None:
+        self._discard_temp()
+
+    def _discard_temp(self) -> None:
+        if self._temp_file is not None and not self._temp_file.closed:
+            try:
+                self._temp_file.close()
+            except OSError:
+                pass  # a full disk fails the final flush; the file is removed next anyway
+        if self._temp_path is not None:
+            self._temp_path.unlink(missing_ok=True)
+            self._temp_path = None

@@ -1,0 +1,41 @@
+"""/api/workers (the fleet as the master sees it) and /api/worker/register."""
+
+from __future__ import annotations
+
+import time
+
+from master import errors
+from master.handlers.base import BaseHandler, check_worker_id
+
+
+class WorkersHandler(BaseHandler):
+    def get(self) -> None:
+        now = time.time()
+        # A worker long-polls at most max_claim_wait and heartbeats well within a lease: silent longer means gone.
+        online_window = self.config.jobs.lease_seconds + self.config.jobs.max_claim_wait
+        workers = []
+        for worker in self.store.list_workers():
+            data = worker.to_dict()
+            data["online"] = now - worker.last_seen_at <= online_window
+            data["jobs"] = self.store.jobs_of_worker(worker.id)
+            workers.append(data)
+        self.write_json({"workers": workers})
+
+
+class WorkerRegisterHandler(BaseHandler):
+    def post(self) -> None:
+        body = self.json_body()
+        worker_id = check_worker_id(body.get("worker_id"))
+        hostname = body.get("hostname", "")
+        capabilities = body.get("capabilities", {})
+        concurrency = body.get("concurrency", 1)
+        if not isinstance(hostname, str) or len(hostname) > 255:
+            raise errors.bad_request("invalid_field", "hostname must be a string of at most 255 characters")
+        if not isinstance(capabilities, dict):
+            raise errors.bad_request("invalid_field", "capabilities must be a JSON object")
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or not 1 <= concurrency <= 256:
+            raise errors.bad_request("invalid_field", "concurrency must be an integer 1..256")
+        worker = self.store.register_worker(worker_id=worker_id, hostname=hostname, capabilities=capabilities,
+                                            concurrency=concurrency)
+        self.write_json({"worker": worker.to_dict(), "lease_seconds": self.config.jobs.lease_seconds,
+                         "max_claim_wait": self.config.jobs.max_claim_wait})

@@ -1,0 +1,64 @@
+"""``converter-master``: load the config, open the store, serve until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from converter_common.config_loader import ConfigError
+from master.app import remove_stale_uploads, start_master
+from master.config import load_config
+from master.store import JobStore
+
+log = logging.getLogger("converter.master")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="converter-master", description="Run the converter master.")
+    parser.add_argument("--config", help="path to config.yaml (defaults apply when omitted)")
+    parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.check_config:
+        print("config ok")
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config.storage.root.mkdir(parents=True, exist_ok=True)
+    removed = remove_stale_uploads(config.storage.root)
+    if removed:
+        log.info("removed %d unfinished upload(s) left by a previous run", removed)
+    store = JobStore(config.database.path)
+    try:
+        asyncio.run(_serve(config, store))
+    except OSError as exc:
+        print(f"converter-master: cannot listen on {config.server.host}:{config.server.port}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+async def _serve(config, store) -> None:
+    running = start_master(config, store)
+    log.info("master listening on http://%s:%d (storage %s, database %s)", config.server.host, running.port,
+             config.storage.root, config.database.path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    running.stop()
+

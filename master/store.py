@@ -1,0 +1,385 @@
+"""The job store: every SQL statement of the master lives here.
+
+Each change of a job's status goes through ``_move``: one UPDATE whose WHERE clause names the
+allowed old states (from ``master.states``), so a race between two requests is settled by SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from master.states import ACTIVE, JobStatus, Transition
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id               TEXT PRIMARY KEY,
+    status           TEXT NOT NULL,
+    source_path      TEXT NOT NULL,
+    output_path      TEXT NOT NULL,
+    profile          TEXT NOT NULL,
+    source_size      INTEGER NOT NULL,
+    output_size      INTEGER,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    max_attempts     INTEGER NOT NULL,
+    worker_id        TEXT,
+    lease_expires_at REAL,
+    not_before       REAL NOT NULL DEFAULT 0,
+    progress         REAL,
+    error            TEXT,
+    created_at       REAL NOT NULL,
+    updated_at       REAL NOT NULL,
+    claimed_at       REAL,
+    finished_at      REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, not_before);
+CREATE TABLE IF NOT EXISTS workers (
+    id            TEXT PRIMARY KEY,
+    hostname      TEXT NOT NULL,
+    capabilities  TEXT NOT NULL,
+    concurrency   INTEGER NOT NULL,
+    registered_at REAL NOT NULL,
+    last_seen_at  REAL NOT NULL
+);
+"""
+
+
+class StoreError(Exception):
+    """Base of the store's domain errors; handlers map them to API errors."""
+
+
+class JobNotFound(StoreError):
+    def __init__(self, job_id: str):
+        super().__init__(f"no job with id {job_id!r}")
+        self.job_id = job_id
+
+
+class DuplicateJob(StoreError):
+    def __init__(self, job_id: str):
+        super().__init__(f"a job with id {job_id!r} already exists")
+        self.job_id = job_id
+
+
+class OutputBusy(StoreError):
+    def __init__(self, output_path: str, job_id: str):
+        super().__init__(f"job {job_id!r} is already writing {output_path!r}")
+
+
+class InvalidTransition(StoreError):
+    def __init__(self, job: "Job", transition: Transition):
+        wanted = " or ".join(s.value for s in transition.sources)
+        super().__init__(f"job {job.id!r} is {job.status.value}, must be {wanted} to become {transition.target.value}")
+        self.job = job
+        self.transition = transition
+
+
+class GuardFailed(StoreError):
+    def __init__(self, job: "Job", guard: str):
+        super().__init__(f"job {job.id!r}: condition {guard!r} does not hold")
+        self.job = job
+
+
+class NotOwner(StoreError):
+    def __init__(self, job: "Job", worker_id: str):
+        super().__init__(f"job {job.id!r} is not leased to worker {worker_id!r}")
+        self.job = job
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    status: JobStatus
+    source_path: str
+    output_path: str
+    profile: str
+    source_size: int
+    output_size: int | None
+    attempts: int
+    max_attempts: int
+    worker_id: str | None
+    lease_expires_at: float | None
+    not_before: float
+    progress: float | None
+    error: str | None
+    created_at: float
+    updated_at: float
+    claimed_at: float | None
+    finished_at: float | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Job":
+        values = dict(row)
+        values["status"] = JobStatus(values["status"])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status.value
+        return data
+
+
+@dataclass(frozen=True)
+class Worker:
+    id: str
+    hostname: str
+    capabilities: dict[str, Any]
+    concurrency: int
+    registered_at: float
+    last_seen_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class JobStore:
+    """SQLite-backed queue. Thread-safe: one connection guarded by a lock (calls are short)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives a crash of the process; only an OS crash may lose the last ones.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def create_job(self, *, job_id: str, source_path: str, output_path: str, profile: str,
+                   source_size: int, max_attempts: int, now: float | None = None) -> Job:
+        now = time.time() if now is None else now
+        with self._lock, self._db:
+            busy = self._db.execute(
+                f"SELECT id FROM jobs WHERE output_path = ? AND status IN ({_marks(ACTIVE)})",
+                (output_path, *_values(ACTIVE)),
+            ).fetchone()
+            if busy:
+                raise OutputBusy(output_path, busy["id"])
+            try:
+                row = self._db.execute(
+                    "INSERT INTO jobs (id, status, source_path, output_path, profile, source_size, max_attempts,"
+                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                    (job_id, JobStatus.PENDING.value, source_path, output_path, profile, source_size,
+                     max_attempts, now, now),
+                ).fetchone()
+            except sqlite3.IntegrityError as exc:
+                raise DuplicateJob(job_id) from exc
+        return Job.from_row(row)
+
+    def get_job(self, job_id: str) -> Job:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return Job.from_row(row)
+
+    def list_jobs(self, *, status: JobStatus | None = None, limit: int = 100, offset: int = 0) -> tuple[list[Job], int]:
+        where, params = ("WHERE status = ?", (status.value,)) if status else ("", ())
+        with self._lock:
+            total = self._db.execute(f"SELECT COUNT(*) FROM jobs {where}", params).fetchone()[0]
+            rows = self._db.execute(
+                f"SELECT * FROM jobs {where} ORDER BY created_at, rowid LIMIT ? OFFSET ?", (*params, limit, offset)
+            ).fetchall()
+        return [Job.from_row(r) for r in rows], total
+
+    def counts_by_status(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+        counts = {s.value: 0 for s in JobStatus}
+        counts.update({status: n for status, n in rows})
+        return counts
+
+    def claim_next(self, worker_id: str, lease_seconds: float, now: float | None = None) -> Job | None:
+        """Atomically give the oldest claimable pending job to ``worker_id``; None when there is none."""
+        now = time.time() if now is None else now
+        rows = self._move(
+            Transition.CLAIM,
+            "rowid = (SELECT rowid FROM jobs WHERE status = ? AND not_before <= ? ORDER BY rowid LIMIT 1)",
+            (JobStatus.PENDING.value, now),
+            now=now,
+            set_sql="worker_id = :worker, lease_expires_at = :lease, attempts = attempts + 1, claimed_at = :now,"
+                    " progress = 0",
+            set_params={"worker": worker_id, "lease": now + lease_seconds},
+        )
+        self._touch_worker(worker_id, now)
+        return rows[0] if rows else None
+
+    def transition(self, job_id: str, transition: Transition, *, worker_id: str | None = None,
+                   now: float | None = None, guard: str = "", set_sql: str = "", **set_params: Any) -> Job:
+        """Apply ``transition`` to one job; with ``worker_id``, only if that worker holds the lease.
+
+        ``guard`` is an extra SQL condition; when it does not hold,
+        ``GuardFailed`` is raised so callers can choose another transition.
+        """
+        now = time.time() if now is None else now
+        where, params = "id = ?", [job_id]
+        if worker_id is not None:
+            where += " AND worker_id = ?"
+            params.append(worker_id)
+        rows = self._move(transition, where, params, now=now, guard=guard, set_sql=set_sql, set_params=set_params)
+        if rows:
+            return rows[0]
+        job = self.get_job(job_id)
+        if job.status not in transition.sources:
+            raise InvalidTransition(job, transition)
+        if worker_id is not None and job.worker_id != worker_id:
+            raise NotOwner(job, worker_id)
+        raise GuardFailed(job, guard)
+
+    def complete(self, job_id: str, output_size: int, *, worker_id: str | None = None, now: float | None = None) -> Job:
+        return self.transition(
+            job_id, Transition.COMPLETE, worker_id=worker_id, now=now,
+            set_sql="output_size = :size, finished_at = :now, lease_expires_at = NULL, progress = 100, error = NULL",
+            size=output_size,
+        )
+
+    def fail(self, job_id: str, *, worker_id: str | None, error: str, retryable: bool, retry_delay: float,
+             now: float | None = None) -> Job:
+        """Record a failed attempt: back to pending while attempts remain and the error is retryable."""
+        now = time.time() if now is None else now
+        if retryable:
+            try:
+                return self.transition(
+                    job_id, Transition.REQUEUE, worker_id=worker_id, now=now,
+                    set_sql="error = :error, not_before = :not_before, lease_expires_at = NULL, worker_id = NULL",
+                    guard="attempts < max_attempts", error=error, not_before=now + retry_delay,
+                )
+            except GuardFailed:
+                pass  # attempts used up: the job fails for good
+        return self.transition(
+            job_id, Transition.FAIL, worker_id=worker_id, now=now,
+            set_sql="error = :error, finished_at = :now, lease_expires_at = NULL", error=error,
+        )
+
+    def release(self, job_id: str, *, worker_id: str, reason: str, now: float | None = None) -> Job:
+        """The worker gives a job back unfinished (shutdown): pending again, the attempt not counted."""
+        return self.transition(
+            job_id, Transition.REQUEUE, worker_id=worker_id, now=now,
+            set_sql="attempts = MAX(attempts - 1, 0), error = :error, lease_expires_at = NULL, worker_id = NULL,"
+                    " not_before = 0",
+            error=reason,
+        )
+
+    def cancel(self, job_id: str, now: float | None = None) -> Job:
+        return self.transition(job_id, Transition.CANCEL, now=now,
+                               set_sql="finished_at = :now, lease_expires_at = NULL")
+
+    def retry(self, job_id: str, now: float | None = None) -> Job:
+        return self.transition(
+            job_id, Transition.RETRY, now=now,
+            set_sql="attempts = 0, error = NULL, not_before = 0, finished_at = NULL, worker_id = NULL, progress = NULL",
+        )
+
+    def heartbeat(self, job_id: str, *, worker_id: str, progress: float | None, lease_seconds: float,
+                  now: float | None = None) -> Job:
+        """Renew the lease of a processing job held by ``worker_id`` (no change of status)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            row = self._db.execute(
+                "UPDATE jobs SET lease_expires_at = ?, progress = COALESCE(?, progress), updated_at = ?"
+                " WHERE id = ? AND status = ? AND worker_id = ? RETURNING *",
+                (now + lease_seconds, progress, now, job_id, JobStatus.PROCESSING.value, worker_id),
+            ).fetchone()
+            self._touch_worker(worker_id, now)
+        if row is not None:
+            return Job.from_row(row)
+        job = self.get_job(job_id)
+        if job.status is not JobStatus.PROCESSING:
+            raise InvalidTransition(job, Transition.COMPLETE)
+        raise NotOwner(job, worker_id)
+
+    def requeue_expired(self, now: float | None = None) -> list[Job]:
+        """Jobs whose lease ran out go back to pending, or to failed once their attempts are used up."""
+        now = time.time() if now is None else now
+        expired = "status = ? AND lease_expires_at < ?"
+        params = (JobStatus.PROCESSING.value, now)
+        requeued = self._move(Transition.REQUEUE, expired + " AND attempts < max_attempts", params, now=now,
+                              set_sql="error = 'lease expired', lease_expires_at = NULL, worker_id = NULL")
+        failed = self._move(Transition.FAIL, expired, params, now=now,
+                            set_sql="error = 'lease expired; no attempts left', lease_expires_at = NULL,"
+                                    " finished_at = :now")
+        return requeued + failed
+
+    def _move(self, transition: Transition, where: str, params: Iterable[Any], *, now: float, guard: str = "",
+              set_sql: str = "", set_params: dict[str, Any] | None = None) -> list[Job]:
+        """The one statement that changes job status: the old state is checked in the same UPDATE."""
+        assignments = "status = :target, updated_at = :now" + (f", {set_sql}" if set_sql else "")
+        named = {"target": transition.target.value, "now": now, **(set_params or {})}
+        positional = list(params)
+        sources = [s.value for s in transition.sources]
+        clause = f"({where}) AND status IN ({', '.join(':src%d' % i for i in range(len(sources)))})"
+        named.update({f"src{i}": s for i, s in enumerate(sources)})
+        if guard:
+            clause += f" AND ({guard})"
+        sql = f"UPDATE jobs SET {assignments} WHERE {_name_positional(clause, positional, named)} RETURNING *"
+        with self._lock:
+            rows = self._db.execute(sql, named).fetchall()
+        return [Job.from_row(r) for r in rows]
+
+    # -- workers ------------------------------------------------------------------------------
+
+    def register_worker(self, *, worker_id: str, hostname: str, capabilities: dict[str, Any], concurrency: int,
+                        now: float | None = None) -> Worker:
+        now = time.time() if now is None else now
+        with self._lock:
+            row = self._db.execute(
+                "INSERT INTO workers (id, hostname, capabilities, concurrency, registered_at, last_seen_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname,"
+                " capabilities = excluded.capabilities, concurrency = excluded.concurrency,"
+                " registered_at = excluded.registered_at, last_seen_at = excluded.last_seen_at RETURNING *",
+                (worker_id, hostname, json.dumps(capabilities), concurrency, now, now),
+            ).fetchone()
+        return _worker(row)
+
+    def list_workers(self) -> list[Worker]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM workers ORDER BY id").fetchall()
+        return [_worker(r) for r in rows]
+
+    def jobs_of_worker(self, worker_id: str) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT id FROM jobs WHERE worker_id = ? AND status = ?",
+                                    (worker_id, JobStatus.PROCESSING.value)).fetchall()
+        return [r["id"] for r in rows]
+
+    def _touch_worker(self, worker_id: str, now: float) -> None:
+        with self._lock:
+            self._db.execute("UPDATE workers SET last_seen_at = ? WHERE id = ?", (now, worker_id))
+
+
+def _worker(row: sqlite3.Row) -> Worker:
+    values = dict(row)
+    values["capabilities"] = json.loads(values["capabilities"])
+    return Worker(**values)
+
+
+def _marks(items: Iterable[Any]) -> str:
+    return ", ".join("?" for _ in items)
+
+
+def _values(states: Iterable[JobStatus]) -> tuple[str, ...]:
+    return tuple(s.value for s in states)
+
+
+def _name_positional(clause: str, positional: list[Any], named: dict[str, Any]) -> str:
+    """Rewrite ``?`` placeholders as named ones so one statement can mix both kinds of parameters."""
+    parts = clause.split("?")
+    if len(parts) - 1 != len(positional):
+        raise ValueError("placeholder count does not match parameters")
+    out = [parts[0]]
+    for i, (value, rest) in enumerate(zip(positional, parts[1:])):
+        named[f"p{i}"] = value
+        out.append(f":p{i}{rest}")
+    return "".join(out)

@@ -1,0 +1,1 @@
+"""The converter worker: claims jobs, moves files over HTTP, converts them with FFmpeg."""

@@ -1,0 +1,174 @@
+"""The worker's side of the HTTP protocol with the master (requests)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import requests
+import requests.adapters
+
+from worker.errors import ApiRejected, JobLost, RetryableError, Shutdown
+from worker.multipart import MultipartFileBody
+from worker.progress import TransferProgress
+from worker.retry import RetryPolicy
+
+log = logging.getLogger("converter.worker")
+
+CONNECT_TIMEOUT = 10.0
+CONTROL_TIMEOUT = 30.0  # register, heartbeat, fail, release
+UPLOAD_FIELD = "video"
+UPLOAD_BLOCK = 1 << 20
+# Answers that mean "this job is not yours to work on any more".
+JOB_GONE_CODES = {"job_not_found", "invalid_job_state", "not_lease_owner"}
+
+
+class LargeBlockAdapter(requests.adapters.HTTPAdapter):
+    """urllib3 reads a streamed request body ``blocksize`` bytes at a time; its 16 KiB default is CPU-bound."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["blocksize"] = UPLOAD_BLOCK
+        super().init_poolmanager(*args, **kwargs)
+
+
+class MasterClient:
+    def __init__(self, base_url: str, worker_id: str, *, retry: RetryPolicy, chunk_size: int = 1 << 20,
+                 download_timeout: float = 1800.0, upload_timeout: float = 1800.0,
+                 progress_interval: float = 5.0):
+        self.base_url = base_url.rstrip("/")
+        self.worker_id = worker_id
+        self.retry = retry
+        self.chunk_size = chunk_size
+        self.download_timeout = download_timeout
+        self.upload_timeout = upload_timeout
+        self.progress_interval = progress_interval
+        self._local = threading.local()  # a requests.Session is not safe to share across threads
+
+    @property
+    def session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            adapter = LargeBlockAdapter()
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            session.headers["X-Worker-Id"] = self.worker_id
+            self._local.session = session
+        return session
+
+    # -- control calls --------------------------------------------------------------------------
+
+    def register(self, capabilities: dict[str, Any], concurrency: int, hostname: str) -> dict[str, Any]:
+        return self._control("POST", "/api/worker/register", {
+            "worker_id": self.worker_id, "hostname": hostname, "capabilities": capabilities,
+            "concurrency": concurrency})
+
+    def claim(self, wait: float) -> dict[str, Any] | None:
+        """The next job for this worker, waiting up to ``wait`` seconds for one; None if none came."""
+        response = self._request("POST", "/api/worker/claim", json={"worker_id": self.worker_id, "wait": wait},
+                                 timeout=(CONNECT_TIMEOUT, wait + CONTROL_TIMEOUT))
+        if response.status_code == 204:
+            return None
+        return _json_or_raise(response)
+
+    def heartbeat(self, job_id: str, progress: float | None) -> dict[str, Any]:
+        return self._control("POST", "/api/worker/heartbeat", {"worker_id": self.worker_id, "progress": progress},
+                             job_id=job_id)
+
+    def fail(self, job_id: str, error: str, *, retryable: bool) -> dict[str, Any]:
+        return self.retry.call(lambda: self._control("POST", "/api/worker/fail", {
+            "worker_id": self.worker_id, "error": error, "retryable": retryable}, job_id=job_id),
+            what=f"report failure of job {job_id}")
+
+    def release(self, job_id: str, reason: str) -> dict[str, Any]:
+        return self.retry.call(lambda: self._control("POST", "/api/worker/release", {
+            "worker_id": self.worker_id, "reason": reason}, job_id=job_id), what=f"release job {job_id}")
+
+    # -- transfers ------------------------------------------------------------------------------
+
+    def download_source_video(self, job_id: str, path: Path, cancel: threading.Event | None = None) -> int:
+        """Stream the job's source into ``path``; retried per the policy; no partial file survives a failure."""
+        return self.retry.call(lambda: self._download_once(job_id, path, cancel), what=f"download of job {job_id}")
+
+    def upload_converted_video(self, job_id: str, path: Path, cancel: threading.Event | None = None) -> int:
+        """Upload ``path`` as the job's output (multipart field ``video``); returns the size the master stored."""
+        return self.retry.call(lambda: self._upload_once(job_id, path, cancel), what=f"upload of job {job_id}")
+
+    def _download_once(self, job_id: str, path: Path, cancel: threading.Event | None) -> int:
+        try:
+            with self._request("GET", "/api/worker/download-video", job_id=job_id, stream=True,
+                               timeout=(CONNECT_TIMEOUT, self.download_timeout)) as response:
+                _raise_for_status(response)
+                expected = int(response.headers.get("Content-Length", "-1"))
+                progress = TransferProgress(f"download {job_id}", expected if expected >= 0 else None,
+                                            self.progress_interval)
+                with open(path, "wb", buffering=0) as out:
+                    for chunk in response.iter_content(self.chunk_size):
+                        if cancel is not None and cancel.is_set():
+                            raise Shutdown("download cancelled")
+                        out.write(chunk)
+                        progress.add(len(chunk))
+            if expected >= 0 and progress.done != expected:
+                raise RetryableError(f"download of job {job_id}: got {progress.done} of {expected} bytes")
+            progress.finish()
+            return progress.done
+        except requests.RequestException as exc:
+            path.unlink(missing_ok=True)
+            raise RetryableError(f"download of job {job_id}: {exc.__class__.__name__}: {exc}") from exc
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+
+    def _upload_once(self, job_id: str, path: Path, cancel: threading.Event | None) -> int:
+        size = path.stat().st_size
+        progress = TransferProgress(f"upload {job_id}", size, self.progress_interval)
+        body = MultipartFileBody(path, UPLOAD_FIELD, path.name, on_read=progress.add, cancel=cancel)
+        try:
+            response = self._request("POST", "/api/worker/upload-video", job_id=job_id, data=body,
+                                     headers={"Content-Type": body.content_type},
+                                     timeout=(CONNECT_TIMEOUT, self.upload_timeout))
+        finally:
+            body.close()
+        stored = _json_or_raise(response).get("size")
+        if stored != size:
+            raise RetryableError(f"upload of job {job_id}: master stored {stored} bytes, sent {size}")
+        progress.finish()
+        return size
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _control(self, method: str, path: str, body: dict[str, Any], job_id: str | None = None) -> dict[str, Any]:
+        return _json_or_raise(self._request(method, path, json=body, job_id=job_id, timeout=(CONNECT_TIMEOUT,
+                                                                                             CONTROL_TIMEOUT)))
+
+    def _request(self, method: str, path: str, *, job_id: str | None = None, **kwargs: Any) -> requests.Response:
+        params = {"job_id": job_id} if job_id is not None else None
+        try:
+            return self.session.request(method, self.base_url + path, params=params, **kwargs)
+        except requests.RequestException as exc:
+            raise RetryableError(f"{method} {path}: {exc.__class__.__name__}: {exc}") from exc
+
+
+def _raise_for_status(response: requests.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        payload = response.json()
+        code, message = str(payload.get("error")), str(payload.get("message"))
+    except ValueError:
+        code, message = "http_error", response.text[:200]
+    if response.status_code >= 500 or response.status_code in (408, 429):
+        raise RetryableError(f"master answered {response.status_code} {code}: {message}")
+    if code in JOB_GONE_CODES:
+        raise JobLost(response.status_code, code, message)
+    raise ApiRejected(response.status_code, code, message)
+
+
+def _json_or_raise(response: requests.Response) -> dict[str, Any]:
+    _raise_for_status(response)
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise RetryableError(f"master sent a non-JSON answer ({response.status_code})") from exc

@@ -1,0 +1,92 @@
+"""Worker configuration: a frozen dataclass built once in ``main()`` from YAML (the seed's ``storage:`` section)."""
+
+from __future__ import annotations
+
+import socket
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from converter_common.config_loader import ConfigError, build, load_yaml, require_positive
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class MasterSection:
+    url: str = "http://127.0.0.1:8080"
+
+    def validate(self, key: str) -> None:
+        parsed = urllib.parse.urlsplit(self.url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ConfigError(f"{key}.url", f"must be an http(s) URL, got {self.url!r}")
+
+
+@dataclass(frozen=True)
+class WorkerSection:
+    id: str = field(default_factory=socket.gethostname)
+    concurrency: int = 1  # jobs in parallel, each in its own cache dir
+    claim_wait: float = 20.0  # long-poll: how long one claim request waits for a job
+    heartbeat_interval: float = 10.0  # must stay well below the master's lease (60 s by default)
+    progress_interval: float = 5.0  # seconds between transfer/conversion progress log lines
+
+    def validate(self, key: str) -> None:
+        if not 1 <= self.concurrency <= 64:
+            raise ConfigError(f"{key}.concurrency", f"must be 1..64, got {self.concurrency}")
+        require_positive(f"{key}.claim_wait", self.claim_wait, allow_zero=True)
+        require_positive(f"{key}.heartbeat_interval", self.heartbeat_interval)
+        require_positive(f"{key}.progress_interval", self.progress_interval)
+
+
+@dataclass(frozen=True)
+class StorageSection:
+    mount_path: Path = Path("/mnt/videos")  # used by the shared-storage mode only
+    download_timeout: float = 1800.0  # seconds without a byte before a transfer is given up
+    upload_timeout: float = 1800.0
+    cache_path: Path = Path("/var/cache/converter")
+    chunk_size: int = 10 * MiB  # the seed's value; 1 MiB already saturates the disk here
+
+    def validate(self, key: str) -> None:
+        require_positive(f"{key}.download_timeout", self.download_timeout)
+        require_positive(f"{key}.upload_timeout", self.upload_timeout)
+        if not 64 * 1024 <= self.chunk_size <= 256 * MiB:
+            raise ConfigError(f"{key}.chunk_size", f"must be 64 KiB..256 MiB, got {self.chunk_size}")
+
+
+@dataclass(frozen=True)
+class RetrySection:
+    attempts: int = 3
+    base_delay: float = 2.0
+    factor: float = 2.0
+    cap: float = 60.0
+
+    def validate(self, key: str) -> None:
+        require_positive(f"{key}.attempts", self.attempts)
+        require_positive(f"{key}.base_delay", self.base_delay, allow_zero=True)
+        if self.factor < 1:
+            raise ConfigError(f"{key}.factor", f"must be >= 1, got {self.factor}")
+        require_positive(f"{key}.cap", self.cap, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class FfmpegSection:
+    binary: str = "ffmpeg"
+    ffprobe: str = "ffprobe"
+    timeout: float = 6 * 3600.0  # hard limit for one conversion
+
+    def validate(self, key: str) -> None:
+        require_positive(f"{key}.timeout", self.timeout)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    master: MasterSection = field(default_factory=MasterSection)
+    worker: WorkerSection = field(default_factory=WorkerSection)
+    storage: StorageSection = field(default_factory=StorageSection)
+    retry: RetrySection = field(default_factory=RetrySection)
+    ffmpeg: FfmpegSection = field(default_factory=FfmpegSection)
+
+
+def load_config(path: str | Path | None) -> WorkerConfig:
+    data = load_yaml(path) if path else {}
+    return build(WorkerConfig, data)

@@ -1,0 +1,47 @@
+"""``converter-worker``: load the config, run the worker until SIGTERM/SIGINT, exit 0 after a clean stop."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from converter_common.config_loader import ConfigError
+from worker.config import load_config
+from worker.worker import Worker
+
+log = logging.getLogger("converter.worker")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="converter-worker", description="Run a converter worker.")
+    parser.add_argument("--config", help="path to config.yaml (defaults apply when omitted)")
+    parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.check_config:
+        print("config ok")
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s: %(message)s")
+    worker = Worker.from_config(config)
+
+    def on_signal(signum: int, _frame) -> None:
+        log.info("received %s: finishing up", signal.Signals(signum).name)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("worker %s starting (master %s, cache %s, concurrency %d)", config.worker.id, config.master.url,
+             config.storage.cache_path, config.worker.concurrency)
+    worker.run()
+    log.info("worker stopped")
+    return 0
