@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Build (once) and cache a Debian 12 root filesystem that systemd-nspawn can boot for the deployment test.
+#
+# Usage: tests/deploy/build_rootfs.sh [CACHE_DIR]     (default /var/cache/converter-deploy-test)
+# Prints the path of the ready root filesystem on its last line.
+#
+# The image holds what a fresh Debian 12 server holds plus the heavy packages the roles install (ffmpeg, the Vulkan
+# loader and Mesa drivers, prometheus, python3-venv): the playbook still installs them with `apt state=present`, but
+# does not download ~300 MB three times on every test run. Services that the roles manage are disabled in the image
+# (the containers share the host network, so three prometheus instances would fight over :9090).
+set -euo pipefail
+
+CACHE_DIR=${1:-/var/cache/converter-deploy-test}
+MIRROR=${DEPLOY_TEST_MIRROR:-http://deb.debian.org/debian}
+SECURITY_MIRROR=${DEPLOY_TEST_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+SUITE=bookworm
+BASE_INCLUDE=systemd,systemd-sysv,dbus,python3,openssh-server,ca-certificates
+EXTRA_PACKAGES="python3-venv python3-apt curl ffmpeg libvulkan1 mesa-vulkan-drivers prometheus"
+# Bump when the recipe changes: a new key means a new image.
+RECIPE_VERSION=1
+KEY=$(printf '%s\n' "$RECIPE_VERSION" "$SUITE" "$BASE_INCLUDE" "$EXTRA_PACKAGES" | sha256sum | cut -c1-12)
+ROOT="$CACHE_DIR/rootfs-$SUITE-$KEY"
+
+if [[ -f "$ROOT/.converter-rootfs-ready" ]]; then
+  echo "$ROOT"
+  exit 0
+fi
+
+[[ $EUID -eq 0 ]] || { echo "build_rootfs.sh: must run as root" >&2; exit 1; }
+for tool in debootstrap systemd-nspawn; do
+  command -v "$tool" >/dev/null || { echo "build_rootfs.sh: $tool is missing (apt-get install debootstrap systemd-container)" >&2; exit 1; }
+done
+
+mkdir -p "$CACHE_DIR"
+TMP="$CACHE_DIR/.build-$KEY.$$"
+cleanup() { rm -rf --one-file-system "$TMP"; }
+trap cleanup EXIT
+
+echo "building $ROOT (debootstrap $SUITE from $MIRROR)" >&2
+debootstrap --variant=minbase --include="$BASE_INCLUDE" "$SUITE" "$TMP" "$MIRROR" >&2
+
+cat >"$TMP/etc/apt/sources.list" <<EOF
+deb $MIRROR $SUITE main
+deb $MIRROR $SUITE-updates main
+deb $SECURITY_MIRROR $SUITE-security main
+EOF
+# No recommends, like the roles; no documentation in the image.
+cat >"$TMP/etc/apt/apt.conf.d/90converter-test" <<'EOF'
+APT::Install-Recommends "false";
+APT::Install-Suggests "false";
+EOF
+cat >"$TMP/etc/dpkg/dpkg.cfg.d/90converter-test-nodoc" <<'EOF'
+path-exclude=/usr/share/doc/*
+path-exclude=/usr/share/man/*
+path-exclude=/usr/share/locale/*
+path-include=/usr/share/locale/locale.alias
+EOF
+cp /etc/resolv.conf "$TMP/etc/resolv.conf" 2>/dev/null || true
+
+run_in() { systemd-nspawn --quiet --register=no --resolv-conf=replace-host -D "$TMP" "$@"; }
+run_in /usr/bin/env DEBIAN_FRONTEND=noninteractive apt-get -q update >&2
+run_in /usr/bin/env DEBIAN_FRONTEND=noninteractive apt-get -q -y install $EXTRA_PACKAGES >&2
+run_in /usr/bin/env DEBIAN_FRONTEND=noninteractive apt-get -q -y dist-upgrade >&2
+run_in /usr/bin/apt-get clean >&2
+
+# The roles enable what they manage; nothing else may listen on the shared host network.
+run_in /bin/systemctl disable prometheus.service >&2 || true
+run_in /bin/systemctl mask systemd-networkd.service systemd-networkd.socket systemd-resolved.service \
+  apt-daily.timer apt-daily-upgrade.timer >&2 || true
+# sshd: root logs in with a key only; each container gets its own port at boot time.
+mkdir -p "$TMP/root/.ssh"
+chmod 700 "$TMP/root/.ssh"
+cat >"$TMP/etc/ssh/sshd_config.d/00-converter-test.conf" <<'EOF'
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+UseDNS no
+EOF
+: >"$TMP/etc/machine-id"
+rm -f "$TMP/etc/hostname"
+
+touch "$TMP/.converter-rootfs-ready"
+mv "$TMP" "$ROOT"
+trap - EXIT
+echo "$ROOT"

@@ -1,0 +1,158 @@
+import threading
+
+import pytest
+
+from master.states import JobStatus, Transition
+from master.store import DuplicateJob, InvalidTransition, JobNotFound, JobStore, NotOwner, OutputBusy
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = JobStore(tmp_path / "jobs.db")
+    yield s
+    s.close()
+
+
+def add(store, job_id="j1", output="out/j1.mp4", max_attempts=3, **kw):
+    return store.create_job(job_id=job_id, source_path="in/a.mp4", output_path=output, profile="h264-720p",
+                            source_size=10, max_attempts=max_attempts, **kw)
+
+
+class TestCreate:
+    def test_new_job_is_pending(self, store):
+        assert add(store).status is JobStatus.PENDING
+
+    def test_duplicate_id_is_refused(self, store):
+        add(store)
+        with pytest.raises(DuplicateJob):
+            add(store, output="out/other.mp4")
+
+    def test_two_active_jobs_cannot_write_one_output(self, store):
+        add(store)
+        with pytest.raises(OutputBusy):
+            add(store, job_id="j2")
+
+    def test_database_is_in_wal_mode_and_survives_reopen(self, tmp_path):
+        s = JobStore(tmp_path / "x.db")
+        add(s)
+        s.close()
+        again = JobStore(tmp_path / "x.db")
+        assert again.get_job("j1").status is JobStatus.PENDING
+        assert again._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        again.close()
+
+
+class TestClaim:
+    def test_claim_takes_oldest_pending_and_leases_it(self, store):
+        add(store, "a", "out/a.mp4", now=1)
+        add(store, "b", "out/b.mp4", now=2)
+        job = store.claim_next("w1", lease_seconds=30, now=100)
+        assert (job.id, job.status, job.worker_id, job.attempts) == ("a", JobStatus.PROCESSING, "w1", 1)
+        assert job.lease_expires_at == 130
+
+    def test_claim_returns_none_on_empty_queue(self, store):
+        assert store.claim_next("w1", 30) is None
+
+    def test_retry_delay_holds_job_back(self, store):
+        add(store)
+        store.claim_next("w1", 30, now=0)
+        store.fail("j1", worker_id="w1", error="net", retryable=True, retry_delay=10, now=1)
+        assert store.claim_next("w1", 30, now=5) is None
+        assert store.claim_next("w1", 30, now=11).id == "j1"
+
+    def test_concurrent_claimers_never_share_a_job(self, store):
+        for i in range(200):
+            add(store, f"j{i}", f"out/{i}.mp4")
+        claimed: dict[str, list[str]] = {"w0": [], "w1": [], "w2": [], "w3": []}
+
+        def claimer(name):
+            while (job := store.claim_next(name, 30)) is not None:
+                claimed[name].append(job.id)
+
+        threads = [threading.Thread(target=claimer, args=(n,)) for n in claimed]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        ids = [j for jobs in claimed.values() for j in jobs]
+        assert len(ids) == 200 and len(set(ids)) == 200
+
+
+class TestTransitions:
+    def test_complete_needs_processing(self, store):
+        add(store)
+        with pytest.raises(InvalidTransition):
+            store.complete("j1", 5)
+
+    def test_complete_by_other_worker_is_refused(self, store):
+        add(store)
+        store.claim_next("w1", 30)
+        with pytest.raises(NotOwner):
+            store.complete("j1", 5, worker_id="w2")
+        assert store.get_job("j1").status is JobStatus.PROCESSING
+
+    def test_completed_job_cannot_be_cancelled(self, store):
+        add(store)
+        store.claim_next("w1", 30)
+        store.complete("j1", 5, worker_id="w1")
+        with pytest.raises(InvalidTransition):
+            store.cancel("j1")
+
+    def test_unknown_job(self, store):
+        with pytest.raises(JobNotFound):
+            store.transition("nope", Transition.CANCEL)
+
+    def test_retryable_failure_requeues_until_attempts_are_used(self, store):
+        add(store, max_attempts=2)
+        store.claim_next("w1", 30, now=0)
+        assert store.fail("j1", worker_id="w1", error="e1", retryable=True, retry_delay=0, now=1).status \
+            is JobStatus.PENDING
+        store.claim_next("w1", 30, now=2)
+        job = store.fail("j1", worker_id="w1", error="e2", retryable=True, retry_delay=0, now=3)
+        assert (job.status, job.error, job.attempts) == (JobStatus.FAILED, "e2", 2)
+
+    def test_fatal_failure_fails_at_once(self, store):
+        add(store)
+        store.claim_next("w1", 30)
+        assert store.fail("j1", worker_id="w1", error="bad", retryable=False, retry_delay=0).status \
+            is JobStatus.FAILED
+
+    def test_release_does_not_count_the_attempt(self, store):
+        add(store)
+        store.claim_next("w1", 30)
+        job = store.release("j1", worker_id="w1", reason="shutdown")
+        assert (job.status, job.attempts, job.worker_id) == (JobStatus.PENDING, 0, None)
+
+    def test_retry_resets_a_failed_job(self, store):
+        add(store, max_attempts=1)
+        store.claim_next("w1", 30)
+        store.fail("j1", worker_id="w1", error="x", retryable=False, retry_delay=0)
+        job = store.retry("j1")
+        assert (job.status, job.attempts, job.error) == (JobStatus.PENDING, 0, None)
+
+
+class TestLeases:
+    def test_expired_lease_goes_back_to_pending(self, store):
+        add(store)
+        store.claim_next("w1", 10, now=0)
+        [job] = store.requeue_expired(now=11)
+        assert (job.status, job.error, job.worker_id) == (JobStatus.PENDING, "lease expired", None)
+
+    def test_heartbeat_renews_the_lease(self, store):
+        add(store)
+        store.claim_next("w1", 10, now=0)
+        store.heartbeat("j1", worker_id="w1", progress=50, lease_seconds=10, now=8)
+        assert store.requeue_expired(now=11) == []
+        assert store.get_job("j1").progress == 50
+
+    def test_expired_lease_with_no_attempts_left_fails(self, store):
+        add(store, max_attempts=1)
+        store.claim_next("w1", 10, now=0)
+        [job] = store.requeue_expired(now=11)
+        assert job.status is JobStatus.FAILED
+
+    def test_heartbeat_from_another_worker_is_refused(self, store):
+        add(store)
+        store.claim_next("w1", 10)
+        with pytest.raises(NotOwner):
+            store.heartbeat("j1", worker_id="w2", progress=None, lease_seconds=10)
