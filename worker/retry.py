@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
 import tenacity
@@ -26,12 +26,12 @@ class RetryPolicy:
     base_delay: float = 2.0
     factor: float = 2.0
     cap: float = 60.0
+    sleep: Callable[[float], None] = field(default=tenacity.nap.sleep, compare=False, repr=False)
 
     def delay(self, failures: int) -> float:
         return min(self.cap, self.base_delay * self.factor ** (failures - 1))
 
-    def call(self, fn: Callable[[], T], *, what: str, on_retry: Callable[[BaseException], None] | None = None,
-             sleep: Callable[[float], None] = tenacity.nap.sleep) -> T:
+    def call(self, fn: Callable[[], T], *, what: str, on_retry: Callable[[BaseException], None] | None = None) -> T:
         """Run ``fn``; retry it on ``RetryableError`` only; re-raise the last error when attempts run out."""
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
@@ -46,7 +46,7 @@ class RetryPolicy:
             wait=lambda state: self.delay(state.attempt_number),
             retry=tenacity.retry_if_exception_type(RetryableError),
             before_sleep=before_sleep,
-            sleep=sleep,
+            sleep=self.sleep,
             reraise=True,
         )
         return retrying(fn)

@@ -114,8 +114,9 @@ class UploadVideoHandler(BaseHandler):
         finally:
             temp.close()
 
-    def on_finish(self) -> None:
-        self._discard_temp()
+    def finish(self, chunk=None):
+        self._discard_temp()  # before the answer leaves: a client that sees an error sees no temp file
+        return super().finish(chunk)
 
     def on_connection_close(self) -> None:
         self._discard_temp()

@@ -32,12 +32,22 @@ for tool in debootstrap systemd-nspawn; do
 done
 
 mkdir -p "$CACHE_DIR"
-TMP="$CACHE_DIR/.build-$KEY.$$"
+TMP="$CACHE_DIR/build-$KEY-$$"
 cleanup() { rm -rf --one-file-system "$TMP"; }
 trap cleanup EXIT
 
-echo "building $ROOT (debootstrap $SUITE from $MIRROR)" >&2
-debootstrap --variant=minbase --include="$BASE_INCLUDE" "$SUITE" "$TMP" "$MIRROR" >&2
+# Stage 1 (debootstrap, ~1 min) is kept on its own so that a failure later does not repeat it.
+STAGE1="$CACHE_DIR/stage1-$SUITE-$KEY"
+if [[ ! -f "$STAGE1/.converter-stage1-ready" ]]; then
+  echo "building $STAGE1 (debootstrap $SUITE from $MIRROR)" >&2
+  rm -rf --one-file-system "$STAGE1.tmp"
+  debootstrap --variant=minbase --include="$BASE_INCLUDE" "$SUITE" "$STAGE1.tmp" "$MIRROR" >&2
+  touch "$STAGE1.tmp/.converter-stage1-ready"
+  mv "$STAGE1.tmp" "$STAGE1"
+fi
+echo "building $ROOT from $STAGE1" >&2
+cp -a "$STAGE1" "$TMP"
+rm -f "$TMP/.converter-stage1-ready"
 
 cat >"$TMP/etc/apt/sources.list" <<EOF
 deb $MIRROR $SUITE main
@@ -57,7 +67,7 @@ path-include=/usr/share/locale/locale.alias
 EOF
 cp /etc/resolv.conf "$TMP/etc/resolv.conf" 2>/dev/null || true
 
-run_in() { systemd-nspawn --quiet --register=no --resolv-conf=replace-host -D "$TMP" "$@"; }
+run_in() { systemd-nspawn --quiet --register=no --resolv-conf=replace-host -M converter-build -D "$TMP" "$@"; }
 run_in /usr/bin/env DEBIAN_FRONTEND=noninteractive apt-get -q update >&2
 run_in /usr/bin/env DEBIAN_FRONTEND=noninteractive apt-get -q -y install $EXTRA_PACKAGES >&2
 run_in /usr/bin/env DEBIAN_FRONTEND=noninteractive apt-get -q -y dist-upgrade >&2

@@ -22,7 +22,7 @@ def test_retryable_errors_are_retried_with_the_policy_delays():
             raise RetryableError("boom")
         return "ok"
 
-    assert RetryPolicy(3, 2, 2, 60).call(flaky, what="t", sleep=slept.append) == "ok"
+    assert RetryPolicy(3, 2, 2, 60, sleep=slept.append).call(flaky, what="t") == "ok"
     assert slept == [2, 4] and len(calls) == 3
 
 
@@ -34,7 +34,7 @@ def test_attempts_are_bounded_and_last_error_reraised():
         raise RetryableError(f"try {len(calls)}")
 
     with pytest.raises(RetryableError, match="try 3"):
-        RetryPolicy(3, 0, 2, 0).call(always, what="t", sleep=lambda s: None)
+        RetryPolicy(3, 0, 2, 0).call(always, what="t")
     assert len(calls) == 3
 
 
@@ -46,7 +46,7 @@ def test_fatal_errors_are_not_retried():
         raise FatalError("no")
 
     with pytest.raises(FatalError):
-        RetryPolicy(3, 0, 2, 0).call(fatal, what="t", sleep=lambda s: None)
+        RetryPolicy(3, 0, 2, 0).call(fatal, what="t")
     assert len(calls) == 1
 
 
@@ -54,5 +54,5 @@ def test_on_retry_hook_sees_each_retried_error():
     seen = []
     with pytest.raises(RetryableError):
         RetryPolicy(3, 0, 2, 0).call(lambda: (_ for _ in ()).throw(RetryableError("x")), what="t",
-                                     on_retry=seen.append, sleep=lambda s: None)
+                                     on_retry=seen.append)
     assert len(seen) == 2

@@ -1,0 +1,159 @@
+"""The real worker process against the real master process, with real FFmpeg."""
+
+import os
+import signal
+import stat
+import time
+
+import pytest
+import requests
+
+from tests.fixtures import Process, ffprobe, free_port, make_clip, wait_for, write_yaml
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """Start a master process; ``add_worker`` starts worker processes against it."""
+    port = free_port()
+    root = tmp_path / "storage"
+    master_cfg = write_yaml(tmp_path / "master.yaml", {
+        "server": {"host": "127.0.0.1", "port": port},
+        "storage": {"root": str(root)},
+        "database": {"path": str(tmp_path / "master.db")},
+        "jobs": {"lease_seconds": 5, "retry_delay": 0, "max_claim_wait": 5},
+    })
+    url = f"http://127.0.0.1:{port}"
+    processes = [Process("converter-master", master_cfg, tmp_path / "master.log")]
+    wait_for(lambda: _up(url), what="master to listen")
+
+    class Cluster:
+        pass
+
+    c = Cluster()
+    c.url, c.root, c.tmp = url, root, tmp_path
+
+    def add_worker(worker_id="w1", ffmpeg_binary="ffmpeg", concurrency=1):
+        cfg = write_yaml(tmp_path / f"{worker_id}.yaml", {
+            "master": {"url": url},
+            "worker": {"id": worker_id, "claim_wait": 2, "heartbeat_interval": 1, "concurrency": concurrency},
+            "storage": {"cache_path": str(tmp_path / f"cache-{worker_id}")},
+            "retry": {"attempts": 3, "base_delay": 0.05, "factor": 2, "cap": 0.5},
+            "ffmpeg": {"binary": ffmpeg_binary, "timeout": 120},
+        })
+        process = Process("converter-worker", cfg, tmp_path / f"{worker_id}.log")
+        processes.append(process)
+        return process
+
+    def submit(source, output, job_id):
+        response = requests.post(f"{url}/api/jobs", json={"id": job_id, "source_path": source,
+                                                          "output_path": output, "profile": "h264-720p"}, timeout=10)
+        assert response.status_code == 201, response.text
+
+    c.add_worker, c.submit = add_worker, submit
+    c.job = lambda job_id: requests.get(f"{url}/api/jobs/{job_id}", timeout=10).json()
+    c.wait_status = lambda job_id, *statuses, timeout=60: wait_for(
+        lambda: c.job(job_id)["status"] in statuses and c.job(job_id), timeout, what=f"job {job_id} {statuses}")
+    yield c
+    for process in reversed(processes):
+        process.stop()
+
+
+def _up(url):
+    try:
+        return requests.get(f"{url}/healthz", timeout=1).ok
+    except requests.ConnectionError:
+        return False
+
+
+def hanging_ffmpeg(tmp_path):
+    """A stub FFmpeg that never finishes (fault injection); it records its pid."""
+    stub = tmp_path / "ffmpeg-hang"
+    stub.write_text(f"#!/bin/sh\necho $$ > {tmp_path}/stub.pid\nexec sleep 600\n")
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    return str(stub)
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] != "Z"
+
+
+def test_worker_converts_a_1080p_clip_to_720p(cluster):
+    make_clip(cluster.root / "in" / "clip.mp4", seconds=2.0)
+    worker = cluster.add_worker()
+    cluster.submit("in/clip.mp4", "out/clip-720p.mp4", "e2e")
+    job = cluster.wait_status("e2e", "completed", "failed")
+    assert job["status"] == "completed", job
+    info = ffprobe(cluster.root / "out" / "clip-720p.mp4")
+    video = next(s for s in info["streams"] if s["codec_type"] == "video")
+    audio = next(s for s in info["streams"] if s["codec_type"] == "audio")
+    assert (video["codec_name"], video["width"], video["height"], audio["codec_name"]) == ("h264", 1280, 720, "aac")
+    assert abs(float(info["format"]["duration"]) - 2.0) <= 0.1
+    assert job["output_size"] == (cluster.root / "out" / "clip-720p.mp4").stat().st_size
+    wait_for(lambda: not any((cluster.tmp / "cache-w1").iterdir()), 5, what="cache dir removal")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+
+
+def test_corrupt_source_fails_after_one_attempt_and_worker_goes_on(cluster):
+    (cluster.root / "in").mkdir(parents=True)
+    (cluster.root / "in" / "corrupt.mp4").write_bytes(os.urandom(50_000))
+    make_clip(cluster.root / "in" / "good.mp4", seconds=1.0, size="320x240")
+    cluster.add_worker()
+    cluster.submit("in/corrupt.mp4", "out/corrupt.mp4", "bad")
+    cluster.submit("in/good.mp4", "out/good.mp4", "good")
+    bad = cluster.wait_status("bad", "failed", "completed")
+    assert bad["status"] == "failed" and bad["attempts"] == 1
+    assert "ffprobe cannot read" in bad["error"] or "ffmpeg failed" in bad["error"]
+    assert cluster.wait_status("good", "completed", "failed")["status"] == "completed"
+    assert not (cluster.root / "out" / "corrupt.mp4").exists()
+
+
+def test_sigterm_gives_the_running_job_back_and_exits_0(cluster):
+    make_clip(cluster.root / "in" / "clip.mp4", seconds=1.0, size="320x240")
+    worker = cluster.add_worker(ffmpeg_binary=hanging_ffmpeg(cluster.tmp))
+    cluster.submit("in/clip.mp4", "out/clip.mp4", "term")
+    wait_for(lambda: (cluster.tmp / "stub.pid").exists(), 20, what="ffmpeg stub to start")
+    stub_pid = int((cluster.tmp / "stub.pid").read_text())
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    job = cluster.job("term")
+    assert (job["status"], job["attempts"], job["worker_id"]) == ("pending", 0, None)
+    assert not alive(stub_pid)
+    assert not (cluster.tmp / "cache-w1" / "job_term").exists()
+
+
+def test_ffmpeg_dies_with_a_sigkilled_worker_and_the_lease_returns_the_job(cluster):
+    make_clip(cluster.root / "in" / "clip.mp4", seconds=1.0, size="320x240")
+    worker = cluster.add_worker(ffmpeg_binary=hanging_ffmpeg(cluster.tmp))
+    cluster.submit("in/clip.mp4", "out/clip.mp4", "kill")
+    wait_for(lambda: (cluster.tmp / "stub.pid").exists(), 20, what="ffmpeg stub to start")
+    stub_pid = int((cluster.tmp / "stub.pid").read_text())
+    worker.signal(signal.SIGKILL)
+    worker.wait(10)
+    wait_for(lambda: not alive(stub_pid), 5, what="ffmpeg child to die with its worker")
+    job = cluster.wait_status("kill", "pending", timeout=15)  # the 5 s lease expires, the reaper requeues
+    assert job["error"] == "lease expired" and job["attempts"] == 1
+    cluster.add_worker("w2")
+    assert cluster.wait_status("kill", "completed", "failed")["status"] == "completed"
+
+
+def test_two_workers_never_convert_the_same_job(cluster):
+    make_clip(cluster.root / "in" / "tiny.mp4", seconds=0.5, size="160x120")
+    for i in range(12):
+        cluster.submit("in/tiny.mp4", f"out/{i}.mp4", f"r{i}")
+    cluster.add_worker("wa")
+    cluster.add_worker("wb")
+    for i in range(12):
+        assert cluster.wait_status(f"r{i}", "completed", "failed", timeout=120)["status"] == "completed"
+    jobs = [cluster.job(f"r{i}") for i in range(12)]
+    assert all(j["attempts"] == 1 for j in jobs)
+    logs = (cluster.tmp / "wa.log").read_text() + (cluster.tmp / "wb.log").read_text()
+    for i in range(12):
+        assert logs.count(f"job r{i}: completed") == 1
