@@ -10,14 +10,17 @@ STAMP := $(VENV)/.installed
 demo: setup
 	$(PY) scripts/demo.py
 
+PYTEST = $(PY) -m pytest -q $(1); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+
 test: setup
-	$(PY) -m pytest -q
+	@$(call PYTEST,)
 
 test-unit: setup
-	$(PY) -m pytest -q -m "not integration"
+	@$(call PYTEST,-m "not integration")
 
 test-integration: setup
-	$(PY) -m pytest -q -m integration
+	@$(call PYTEST,-m integration)
 
 setup: system-deps venv
 
