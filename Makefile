@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := ffmpeg curl
+APT_PACKAGES := ffmpeg curl prometheus
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-unit test-integration setup system-deps venv clean

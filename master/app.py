@@ -10,6 +10,7 @@ import tornado.httpserver
 import tornado.ioloop
 import tornado.netutil
 import tornado.web
+from prometheus_client import CollectorRegistry
 
 from master.config import MasterConfig
 from master.dispatch import Dispatcher
@@ -18,21 +19,27 @@ from master.handlers.claim import ClaimHandler
 from master.handlers.download import DownloadVideoHandler
 from master.handlers.health import HealthHandler
 from master.handlers.jobs import JobCancelHandler, JobHandler, JobRetryHandler, JobsHandler
+from master.handlers.metrics import MetricsHandler
 from master.handlers.lease import FailHandler, HeartbeatHandler, ReleaseHandler
 from master.handlers.upload import TEMP_PREFIX, TEMP_SUFFIX, UploadVideoHandler
 from master.handlers.workers import WorkerRegisterHandler, WorkersHandler
+from master.metrics import MasterMetrics
 from master.store import JobStore
 
 log = logging.getLogger("converter.master")
+access_log = logging.getLogger("tornado.access")
 
 JOB = r"(?P<job_id>[^/]+)"
 
 
-def make_app(config: MasterConfig, store: JobStore, dispatcher: Dispatcher | None = None) -> tornado.web.Application:
-    services = Services(config=config, store=store, dispatcher=dispatcher or Dispatcher())
+def make_app(config: MasterConfig, store: JobStore, dispatcher: Dispatcher | None = None,
+             metrics: MasterMetrics | None = None) -> tornado.web.Application:
+    metrics = metrics or new_metrics(config, store, CollectorRegistry())
+    services = Services(config=config, store=store, dispatcher=dispatcher or Dispatcher(), metrics=metrics)
     deps = {"services": services}
     routes = [
         (r"/healthz", HealthHandler),
+        (r"/metrics", MetricsHandler),
         (r"/api/jobs", JobsHandler),
         (rf"/api/jobs/{JOB}", JobHandler),
         (rf"/api/jobs/{JOB}/cancel", JobCancelHandler),
@@ -50,7 +57,24 @@ def make_app(config: MasterConfig, store: JobStore, dispatcher: Dispatcher | Non
         [(pattern, handler, deps) for pattern, handler in routes],
         default_handler_class=NotFoundHandler,
         default_handler_args=deps,
+        log_function=lambda handler: _log_request(handler, metrics),
     )
+
+
+def new_metrics(config: MasterConfig, store: JobStore, registry: CollectorRegistry) -> MasterMetrics:
+    window = config.jobs.lease_seconds + config.jobs.max_claim_wait
+    return MasterMetrics(registry, store, config.storage.root, online_window=lambda: window)
+
+
+def _log_request(handler: tornado.web.RequestHandler, metrics: MasterMetrics) -> None:
+    """Tornado's access log line, plus the request-duration histogram (labels bounded: class, method, code)."""
+    seconds = handler.request.request_time()
+    metrics.http_duration.labels(type(handler).__name__, handler.request.method, str(handler.get_status())).observe(
+        seconds)
+    status = handler.get_status()
+    log_method = access_log.info if status < 400 else access_log.warning if status < 500 else access_log.error
+    request = handler.request
+    log_method("%d %s %s (%s) %.2fms", status, request.method, request.uri, request.remote_ip, 1000.0 * seconds)
 
 
 @dataclass
@@ -58,16 +82,19 @@ class RunningMaster:
     server: tornado.httpserver.HTTPServer
     reaper: tornado.ioloop.PeriodicCallback
     port: int
+    metrics: MasterMetrics
+    dispatcher: Dispatcher
 
     def stop(self) -> None:
         self.reaper.stop()
         self.server.stop()
 
 
-def start_master(config: MasterConfig, store: JobStore) -> RunningMaster:
+def start_master(config: MasterConfig, store: JobStore, registry: CollectorRegistry | None = None) -> RunningMaster:
     """Bind the HTTP server and start the lease reaper on the current IOLoop."""
     dispatcher = Dispatcher()
-    app = make_app(config, store, dispatcher)
+    metrics = new_metrics(config, store, registry or CollectorRegistry())
+    app = make_app(config, store, dispatcher, metrics)
     server = tornado.httpserver.HTTPServer(
         app,
         max_body_size=config.server.max_upload_size,
@@ -83,11 +110,12 @@ def start_master(config: MasterConfig, store: JobStore) -> RunningMaster:
         for job in store.requeue_expired():
             log.warning("lease of job %s expired: now %s (attempt %d/%d)", job.id, job.status.value,
                         job.attempts, job.max_attempts)
+            metrics.job_failed_or_requeued(job, "lease_expired")
         dispatcher.notify()
 
     reaper = tornado.ioloop.PeriodicCallback(reap, max(config.jobs.lease_seconds / 4, 0.05) * 1000)
     reaper.start()
-    return RunningMaster(server=server, reaper=reaper, port=port)
+    return RunningMaster(server=server, reaper=reaper, port=port, metrics=metrics, dispatcher=dispatcher)
 
 
 def remove_stale_uploads(root: Path) -> int:

@@ -8,7 +8,10 @@ import logging
 import signal
 import sys
 
+import tornado.ioloop
+
 from converter_common.config_loader import ConfigError
+from converter_common.systemd import Notifier
 from master.app import remove_stale_uploads, start_master
 from master.config import load_config
 from master.store import JobStore
@@ -54,11 +57,38 @@ async def _serve(config, store) -> None:
     running = start_master(config, store)
     log.info("master listening on http://%s:%d (storage %s, database %s)", config.server.host, running.port,
              config.storage.root, config.database.path)
+    notifier = Notifier()
+    notifier.ready(status_line(store))
+    pinger = _start_watchdog(notifier, store)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping")
+    notifier.stopping()
+    if pinger is not None:
+        pinger.stop()
     running.stop()
+
+
+def _start_watchdog(notifier: Notifier, store: JobStore) -> tornado.ioloop.PeriodicCallback | None:
+    """Ping systemd's watchdog from the IOLoop itself, so a blocked loop is caught and restarted."""
+    interval = notifier.watchdog_interval()
+    if interval is None:
+        return None
+
+    def ping() -> None:
+        notifier.watchdog()
+        notifier.status(status_line(store))
+
+    pinger = tornado.ioloop.PeriodicCallback(ping, interval * 1000)
+    pinger.start()
+    return pinger
+
+
+def status_line(store: JobStore) -> str:
+    counts = store.counts_by_status()
+    workers = len(store.list_workers())
+    return f"pending={counts['pending']} processing={counts['processing']} workers={workers}"
 

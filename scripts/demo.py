@@ -42,7 +42,7 @@ def main() -> int:
     }))
     (RUN / "worker.yaml").write_text(yaml.safe_dump({
         "master": {"url": url},
-        "worker": {"id": "demo-worker", "claim_wait": 5},
+        "worker": {"id": "demo-worker", "claim_wait": 5, "metrics_port": 0},
         "storage": {"cache_path": str(RUN / "cache"), "chunk_size": 10 * 1024 * 1024},
     }))
 

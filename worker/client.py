@@ -10,7 +10,10 @@ from typing import Any
 import requests
 import requests.adapters
 
+from prometheus_client import CollectorRegistry
+
 from worker.errors import ApiRejected, JobLost, RetryableError, Shutdown
+from worker.metrics import WorkerMetrics
 from worker.multipart import MultipartFileBody
 from worker.progress import TransferProgress
 from worker.retry import RetryPolicy
@@ -36,7 +39,7 @@ class LargeBlockAdapter(requests.adapters.HTTPAdapter):
 class MasterClient:
     def __init__(self, base_url: str, worker_id: str, *, retry: RetryPolicy, chunk_size: int = 1 << 20,
                  download_timeout: float = 1800.0, upload_timeout: float = 1800.0,
-                 progress_interval: float = 5.0):
+                 progress_interval: float = 5.0, metrics: WorkerMetrics | None = None):
         self.base_url = base_url.rstrip("/")
         self.worker_id = worker_id
         self.retry = retry
@@ -44,6 +47,7 @@ class MasterClient:
         self.download_timeout = download_timeout
         self.upload_timeout = upload_timeout
         self.progress_interval = progress_interval
+        self.metrics = metrics or WorkerMetrics(CollectorRegistry())
         self._local = threading.local()  # a requests.Session is not safe to share across threads
 
     @property
@@ -90,11 +94,20 @@ class MasterClient:
 
     def download_source_video(self, job_id: str, path: Path, cancel: threading.Event | None = None) -> int:
         """Stream the job's source into ``path``; retried per the policy; no partial file survives a failure."""
-        return self.retry.call(lambda: self._download_once(job_id, path, cancel), what=f"download of job {job_id}")
+        return self._transfer("download", job_id, lambda: self._download_once(job_id, path, cancel))
 
     def upload_converted_video(self, job_id: str, path: Path, cancel: threading.Event | None = None) -> int:
         """Upload ``path`` as the job's output (multipart field ``video``); returns the size the master stored."""
-        return self.retry.call(lambda: self._upload_once(job_id, path, cancel), what=f"upload of job {job_id}")
+        return self._transfer("upload", job_id, lambda: self._upload_once(job_id, path, cancel))
+
+    def _transfer(self, direction: str, job_id: str, attempt) -> int:
+        """Run one transfer under the retry policy, counting retries and final failures by direction."""
+        try:
+            return self.retry.call(attempt, what=f"{direction} of job {job_id}",
+                                   on_retry=lambda _exc: self.metrics.transfer_retries.labels(direction).inc())
+        except (RetryableError, ApiRejected):
+            self.metrics.transfer_failures.labels(direction).inc()
+            raise
 
     def _download_once(self, job_id: str, path: Path, cancel: threading.Event | None) -> int:
         try:
@@ -102,8 +115,7 @@ class MasterClient:
                                timeout=(CONNECT_TIMEOUT, self.download_timeout)) as response:
                 _raise_for_status(response)
                 expected = int(response.headers.get("Content-Length", "-1"))
-                progress = TransferProgress(f"download {job_id}", expected if expected >= 0 else None,
-                                            self.progress_interval)
+                progress = self._progress("download", job_id, expected if expected >= 0 else None)
                 with open(path, "wb", buffering=0) as out:
                     for chunk in response.iter_content(self.chunk_size):
                         if cancel is not None and cancel.is_set():
@@ -112,7 +124,7 @@ class MasterClient:
                         progress.add(len(chunk))
             if expected >= 0 and progress.done != expected:
                 raise RetryableError(f"download of job {job_id}: got {progress.done} of {expected} bytes")
-            progress.finish()
+            self._finish(progress, "download")
             return progress.done
         except requests.RequestException as exc:
             path.unlink(missing_ok=True)
@@ -123,7 +135,7 @@ class MasterClient:
 
     def _upload_once(self, job_id: str, path: Path, cancel: threading.Event | None) -> int:
         size = path.stat().st_size
-        progress = TransferProgress(f"upload {job_id}", size, self.progress_interval)
+        progress = self._progress("upload", job_id, size)
         body = MultipartFileBody(path, UPLOAD_FIELD, path.name, on_read=progress.add, cancel=cancel)
         try:
             response = self._request("POST", "/api/worker/upload-video", job_id=job_id, data=body,
@@ -134,8 +146,16 @@ class MasterClient:
         stored = _json_or_raise(response).get("size")
         if stored != size:
             raise RetryableError(f"upload of job {job_id}: master stored {stored} bytes, sent {size}")
-        progress.finish()
+        self._finish(progress, "upload")
         return size
+
+    def _progress(self, direction: str, job_id: str, total: int | None) -> TransferProgress:
+        return TransferProgress(f"{direction} {job_id}", total, self.progress_interval,
+                                on_bytes=self.metrics.transfer_bytes.labels(direction).inc)
+
+    def _finish(self, progress: TransferProgress, direction: str) -> None:
+        progress.finish()
+        self.metrics.transfer_done(direction, progress.done, progress.elapsed)
 
     # -- plumbing -------------------------------------------------------------------------------
 

@@ -29,6 +29,8 @@ class WorkerSection:
     claim_wait: float = 20.0  # long-poll: how long one claim request waits for a job
     heartbeat_interval: float = 10.0  # must stay well below the master's lease (60 s by default)
     progress_interval: float = 5.0  # seconds between transfer/conversion progress log lines
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9101  # Prometheus /metrics; 0 turns the endpoint off
 
     def validate(self, key: str) -> None:
         if not 1 <= self.concurrency <= 64:
@@ -36,6 +38,8 @@ class WorkerSection:
         require_positive(f"{key}.claim_wait", self.claim_wait, allow_zero=True)
         require_positive(f"{key}.heartbeat_interval", self.heartbeat_interval)
         require_positive(f"{key}.progress_interval", self.progress_interval)
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"{key}.metrics_port", f"must be 0..65535, got {self.metrics_port}")
 
 
 @dataclass(frozen=True)

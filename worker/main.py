@@ -7,6 +7,8 @@ import logging
 import signal
 import sys
 
+from prometheus_client import CollectorRegistry, start_http_server
+
 from converter_common.config_loader import ConfigError
 from worker.config import load_config
 from worker.worker import Worker
@@ -32,7 +34,15 @@ def main(argv: list[str] | None = None) -> int:
         print("config ok")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s: %(message)s")
-    worker = Worker.from_config(config)
+    registry = CollectorRegistry()
+    worker = Worker.from_config(config, registry)
+    if config.worker.metrics_port:
+        try:
+            start_http_server(config.worker.metrics_port, config.worker.metrics_host, registry=registry)
+        except OSError as exc:
+            print(f"converter-worker: cannot serve metrics on {config.worker.metrics_host}:"
+                  f"{config.worker.metrics_port}: {exc.strerror}", file=sys.stderr)
+            return 1
 
     def on_signal(signum: int, _frame) -> None:
         log.info("received %s: finishing up", signal.Signals(signum).name)

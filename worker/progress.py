@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 log = logging.getLogger("converter.worker")
 
@@ -14,12 +15,15 @@ class TransferProgress:
     label: str
     total: int | None
     interval: float
+    on_bytes: Callable[[int], None] | None = None
     done: int = 0
     started: float = field(default_factory=time.monotonic)
     _last_log: float = field(default_factory=time.monotonic)
 
     def add(self, n: int) -> None:
         self.done += n
+        if self.on_bytes is not None:
+            self.on_bytes(n)
         now = time.monotonic()
         if now - self._last_log >= self.interval:
             self._last_log = now

@@ -10,10 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
+from converter_common.systemd import Notifier
 from worker import ffmpeg
 from worker.client import MasterClient
 from worker.config import WorkerConfig
 from worker.errors import FatalError, JobLost, RetryableError, Shutdown
+from worker.metrics import WorkerMetrics
 from worker.retry import RetryPolicy
 
 log = logging.getLogger("converter.worker")
@@ -27,12 +31,15 @@ class ActiveJob:
     directory: Path
     abort: threading.Event
     progress: float = 0.0
+    stage: str = "download"
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig, client: MasterClient):
+    def __init__(self, config: WorkerConfig, client: MasterClient, notifier: Notifier | None = None):
         self.config = config
         self.client = client
+        self.metrics = client.metrics
+        self.notifier = notifier or Notifier()
         self.cache = config.storage.cache_path
         self._stopping = threading.Event()
         self._active: dict[str, ActiveJob] = {}
@@ -40,13 +47,15 @@ class Worker:
         self._idle_backoff = RetryPolicy(attempts=1, base_delay=1.0, factor=2.0, cap=30.0)
 
     @classmethod
-    def from_config(cls, config: WorkerConfig) -> "Worker":
+    def from_config(cls, config: WorkerConfig, registry: CollectorRegistry | None = None) -> "Worker":
         retry = RetryPolicy(config.retry.attempts, config.retry.base_delay, config.retry.factor, config.retry.cap)
+        metrics = WorkerMetrics(registry or CollectorRegistry())
+        metrics.watch_cache(config.storage.cache_path)
         client = MasterClient(config.master.url, config.worker.id, retry=retry,
                               chunk_size=config.storage.chunk_size,
                               download_timeout=config.storage.download_timeout,
                               upload_timeout=config.storage.upload_timeout,
-                              progress_interval=config.worker.progress_interval)
+                              progress_interval=config.worker.progress_interval, metrics=metrics)
         return cls(config, client)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -63,12 +72,26 @@ class Worker:
                  range(self.config.worker.concurrency)]
         for slot in slots:
             slot.start()
-        for slot in slots:
-            slot.join()
+        self.notifier.ready(self.status_line())
+        self._supervise(slots)
+
+    def _supervise(self, slots: list[threading.Thread]) -> None:
+        """The main thread pings systemd's watchdog and refreshes STATUS while the slots run."""
+        interval = self.notifier.watchdog_interval() or 5.0
+        while alive := [slot for slot in slots if slot.is_alive()]:
+            alive[0].join(timeout=interval)
+            self.notifier.watchdog()
+            self.notifier.status(self.status_line())
+
+    def status_line(self) -> str:
+        with self._lock:
+            jobs = [f"{job.job_id} {job.stage} {job.progress:.0f}%" for job in self._active.values()]
+        return ("stopping; " if self.stopping else "") + ("; ".join(jobs) if jobs else "idle")
 
     def stop(self) -> None:
         """Stop claiming; abort running jobs, which are given back to the master."""
         self._stopping.set()
+        self.notifier.stopping()
         with self._lock:
             for job in self._active.values():
                 job.abort.set()
@@ -111,19 +134,26 @@ class Worker:
             active.abort.set()
         heartbeat = threading.Thread(target=self._heartbeat_loop, args=(active,), daemon=True)
         heartbeat.start()
+        self.metrics.jobs_in_progress.inc()
+        outcome = "completed"
         try:
             self._convert_job(job, active)
         except Shutdown as exc:
-            self._give_back(active, exc)
+            outcome = "released" if self._give_back(active, exc) else "lost"
         except JobLost as exc:
+            outcome = "lost"
             log.warning("job %s is no longer ours (%s); dropping it", active.job_id, exc)
         except FatalError as exc:
+            outcome = "failed"
             log.error("job %s failed: %s", active.job_id, exc)
             self.client.fail(active.job_id, str(exc), retryable=False)
         except RetryableError as exc:
             log.error("job %s attempt failed: %s", active.job_id, exc)
-            self.client.fail(active.job_id, str(exc), retryable=True)
+            outcome = "retried" if self.client.fail(active.job_id, str(exc), retryable=True)["status"] == "pending" \
+                else "failed"
         finally:
+            self.metrics.jobs_in_progress.dec()
+            self.metrics.jobs_finished.labels(outcome).inc()
             active.abort.set()
             heartbeat.join()
             shutil.rmtree(active.directory, ignore_errors=True)
@@ -137,23 +167,29 @@ class Worker:
         output = active.directory / f"output{PurePosixPath(job['output_path']).suffix.lower()}"
         log.info("job %s: %s -> %s (%s)", active.job_id, job["source_path"], job["output_path"], profile.name)
         self.client.download_source_video(active.job_id, source, active.abort)
+        active.stage = "convert"
         duration = ffmpeg.probe(self.config.ffmpeg.ffprobe, source).duration
         command = ffmpeg.build_command(self.config.ffmpeg.binary, profile, source, output)
         seconds = ffmpeg.run(command, duration=duration, timeout=self.config.ffmpeg.timeout, cancel=active.abort,
                              on_progress=lambda pct: setattr(active, "progress", pct))
+        self.metrics.conversion_done("cpu", profile.name, seconds, duration)
         log.info("job %s: converted %.1f s of media in %.1f s", active.job_id, duration, seconds)
+        active.stage = "upload"
         size = self.client.upload_converted_video(active.job_id, output, active.abort)
         log.info("job %s: completed, %d bytes uploaded", active.job_id, size)
 
-    def _give_back(self, active: ActiveJob, exc: Exception) -> None:
+    def _give_back(self, active: ActiveJob, exc: Exception) -> bool:
+        """Release an interrupted job to the master; False when it was not ours any more or the master is away."""
         if not self.stopping:
             log.warning("job %s aborted: %s", active.job_id, exc)  # the lease was lost mid-job
-            return
+            return False
         try:
             self.client.release(active.job_id, "worker shutting down")
-            log.info("job %s given back to the master", active.job_id)
         except (RetryableError, FatalError) as release_error:
             log.warning("could not give job %s back (%s); its lease will expire", active.job_id, release_error)
+            return False
+        log.info("job %s given back to the master", active.job_id)
+        return True
 
     def _heartbeat_loop(self, active: ActiveJob) -> None:
         interval = self.config.worker.heartbeat_interval

@@ -14,6 +14,7 @@ from master import errors
 from master.config import MasterConfig
 from master.dispatch import Dispatcher
 from master.errors import ApiError
+from master.metrics import MasterMetrics
 from master.states import JobStatus
 from master.store import DuplicateJob, InvalidTransition, Job, JobNotFound, JobStore, NotOwner, OutputBusy, StoreError
 
@@ -28,6 +29,7 @@ class Services:
     config: MasterConfig
     store: JobStore
     dispatcher: Dispatcher
+    metrics: MasterMetrics
 
 
 class BaseHandler(tornado.web.RequestHandler):

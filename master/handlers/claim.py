@@ -30,6 +30,7 @@ class ClaimHandler(BaseHandler):
         while not self._client_gone:
             job = self.store.claim_next(worker_id, self.config.jobs.lease_seconds)
             if job is not None:
+                self.services.metrics.job_claimed(job)
                 self.write_json(job.to_dict())
                 return
             remaining = deadline - loop.time()

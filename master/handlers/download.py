@@ -39,5 +39,6 @@ class DownloadVideoHandler(BaseHandler):
                 self.write(chunk)
                 await self.flush()
                 remaining -= len(chunk)
+                self.services.metrics.bytes_served.inc(len(chunk))
         except tornado.iostream.StreamClosedError:
             return  # the client went away; nothing to clean up

@@ -44,6 +44,7 @@ class JobsHandler(BaseHandler):
             source_size=source_size,
             max_attempts=self.config.jobs.max_attempts,
         )
+        self.services.metrics.jobs_submitted.inc()
         self.services.dispatcher.notify()
         self.set_header("Location", f"/api/jobs/{job.id}")
         self.write_json(job.to_dict(), 201)

@@ -36,6 +36,7 @@ class FailHandler(_LeaseHandler):
             raise errors.bad_request("invalid_field", "retryable must be true or false")
         job = self.store.fail(job_id, worker_id=worker_id, error=error[:2000], retryable=retryable,
                               retry_delay=self.config.jobs.retry_delay)
+        self.services.metrics.job_failed_or_requeued(job, "retryable_failure")
         self.services.dispatcher.notify()
         self.write_json(job.to_dict())
 
@@ -47,5 +48,6 @@ class ReleaseHandler(_LeaseHandler):
         if not isinstance(reason, str):
             raise errors.bad_request("invalid_field", "reason must be a string")
         job = self.store.release(job_id, worker_id=worker_id, reason=reason[:2000])
+        self.services.metrics.job_failed_or_requeued(job, "released")
         self.services.dispatcher.notify()
         self.write_json(job.to_dict())

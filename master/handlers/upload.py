@@ -80,6 +80,7 @@ class UploadVideoHandler(BaseHandler):
         self._parser.register(UPLOAD_FIELD, self._sink)
 
     def data_received(self, chunk: bytes) -> None:
+        self.services.metrics.bytes_received.inc(len(chunk))
         if self._body_error is not None:
             return  # the rest of a rejected body is read and dropped so the client gets the answer
         try:
@@ -101,6 +102,7 @@ class UploadVideoHandler(BaseHandler):
         os.replace(self._temp_path, self.destination)
         self._temp_path = None
         job = self.store.complete(self.job.id, self._sink.size, worker_id=self.job.worker_id)
+        self.services.metrics.job_completed(job)
         self.write_json({"job_id": job.id, "status": job.status.value, "size": self._sink.size,
                          "output_path": job.output_path})
 

@@ -1,0 +1,91 @@
+"""Prometheus metrics of the master. Everything takes a registry, so each test gets a fresh one."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from converter_common.version import package_version
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from master.store import Job, JobStore
+
+# Seconds from 50 ms to 12 h: queue waits and whole jobs on multi-GB sources.
+LONG_BUCKETS = (0.05, 0.25, 1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200)
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+
+
+class JobsByStatusCollector(Collector):
+    """``converter_master_jobs{status}`` read from SQLite at scrape time, so it can never drift."""
+
+    def __init__(self, store: JobStore):
+        self._store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("converter_master_jobs", "Jobs in the queue by status.", labels=["status"])
+        for status, count in sorted(self._store.counts_by_status().items()):
+            family.add_metric([status], count)
+        yield family
+
+
+class MasterMetrics:
+    def __init__(self, registry: CollectorRegistry, store: JobStore, storage_root: Path,
+                 online_window: Callable[[], float]):
+        self.registry = registry
+        registry.register(JobsByStatusCollector(store))
+        self.jobs_submitted = Counter("converter_master_jobs_submitted", "Jobs accepted by POST /api/jobs.",
+                                      registry=registry)
+        self.jobs_completed = Counter("converter_master_jobs_completed", "Jobs whose output was stored.",
+                                      registry=registry)
+        self.jobs_failed = Counter("converter_master_jobs_failed", "Jobs that ended failed.", registry=registry)
+        self.jobs_requeued = Counter("converter_master_jobs_requeued", "Jobs sent back to pending, by reason.",
+                                     ["reason"], registry=registry)
+        for reason in ("retryable_failure", "lease_expired", "released"):
+            self.jobs_requeued.labels(reason)
+        self.queue_wait = Histogram("converter_master_queue_wait_seconds", "Submit to first claim.",
+                                    buckets=LONG_BUCKETS, registry=registry)
+        self.job_duration = Histogram("converter_master_job_duration_seconds", "Submit to completed.",
+                                      buckets=LONG_BUCKETS, registry=registry)
+        self.bytes_served = Counter("converter_master_bytes_served", "Source bytes sent to workers.",
+                                    registry=registry)
+        self.bytes_received = Counter("converter_master_bytes_received", "Upload body bytes received.",
+                                      registry=registry)
+        self.http_duration = Histogram("converter_master_http_request_duration_seconds",
+                                       "HTTP requests by handler class, method and status code.",
+                                       ["handler", "method", "code"], buckets=HTTP_BUCKETS, registry=registry)
+        workers_seen = Gauge("converter_master_workers_seen", "Workers that ever registered.", registry=registry)
+        workers_seen.set_function(lambda: len(store.list_workers()))
+        workers_active = Gauge("converter_master_workers_active", "Workers seen within the online window.",
+                               registry=registry)
+        workers_active.set_function(
+            lambda: sum(1 for w in store.list_workers() if time.time() - w.last_seen_at <= online_window()))
+        free = Gauge("converter_master_storage_free_bytes", "Free bytes on the storage root's filesystem.",
+                     registry=registry)
+        free.set_function(lambda: _free_bytes(storage_root))
+        Info("converter_master_build", "Version of the running master.", registry=registry).info(
+            {"version": package_version()})
+
+    def job_claimed(self, job: Job) -> None:
+        if job.attempts == 1 and job.claimed_at is not None:
+            self.queue_wait.observe(max(0.0, job.claimed_at - job.created_at))
+
+    def job_completed(self, job: Job) -> None:
+        self.jobs_completed.inc()
+        if job.finished_at is not None:
+            self.job_duration.observe(max(0.0, job.finished_at - job.created_at))
+
+    def job_failed_or_requeued(self, job: Job, reason: str) -> None:
+        if job.status.value == "failed":
+            self.jobs_failed.inc()
+        else:
+            self.jobs_requeued.labels(reason).inc()
+
+
+def _free_bytes(path: Path) -> float:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
