@@ -40,3 +40,32 @@ def attachment_disposition(name: str) -> str:
     if fallback == name:
         return f'attachment; filename="{fallback}"'
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
+
+
+class RangeNotSatisfiable(Exception):
+    pass
+
+
+def parse_byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The (first, last) byte of a single ``Range: bytes=...`` request, or None to send the whole file.
+
+    Multiple ranges and other units are ignored (RFC 9110 §14.2 lets a server do so).
+    Raises RangeNotSatisfiable when the one range asked for lies outside the file.
+    """
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    spec = header[len("bytes="):].strip()
+    first, sep, last = spec.partition("-")
+    if not sep or not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()) or (
+            last and not last.isdigit()):
+        return None
+    if not first:  # suffix range: the last N bytes
+        length = int(last)
+        if length == 0 or size == 0:
+            raise RangeNotSatisfiable()
+        return max(0, size - length), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or (last and int(last) < start):
+        raise RangeNotSatisfiable()
+    return start, end

@@ -6,11 +6,12 @@ from __future__ import annotations
 class ApiError(Exception):
     """An error rendered as ``{"error": code, "message": message}`` with ``status``."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers or {}
 
 
 def bad_request(code: str, message: str) -> ApiError:

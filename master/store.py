@@ -24,7 +24,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     output_path      TEXT NOT NULL,
     profile          TEXT NOT NULL,
     source_size      INTEGER NOT NULL,
+    source_sha256    TEXT NOT NULL,
+    source_mtime_ns  INTEGER NOT NULL,
     output_size      INTEGER,
+    output_sha256    TEXT,
     attempts         INTEGER NOT NULL DEFAULT 0,
     max_attempts     INTEGER NOT NULL,
     worker_id        TEXT,
@@ -98,7 +101,10 @@ class Job:
     output_path: str
     profile: str
     source_size: int
+    source_sha256: str
+    source_mtime_ns: int
     output_size: int | None
+    output_sha256: str | None
     attempts: int
     max_attempts: int
     worker_id: str | None
@@ -158,7 +164,8 @@ class JobStore:
     # -- jobs ---------------------------------------------------------------------------------
 
     def create_job(self, *, job_id: str, source_path: str, output_path: str, profile: str,
-                   source_size: int, max_attempts: int, now: float | None = None) -> Job:
+                   source_size: int, source_sha256: str, source_mtime_ns: int, max_attempts: int,
+                   now: float | None = None) -> Job:
         now = time.time() if now is None else now
         with self._lock, self._db:
             busy = self._db.execute(
@@ -169,10 +176,11 @@ class JobStore:
                 raise OutputBusy(output_path, busy["id"])
             try:
                 row = self._db.execute(
-                    "INSERT INTO jobs (id, status, source_path, output_path, profile, source_size, max_attempts,"
-                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
-                    (job_id, JobStatus.PENDING.value, source_path, output_path, profile, source_size,
-                     max_attempts, now, now),
+                    "INSERT INTO jobs (id, status, source_path, output_path, profile, source_size, source_sha256,"
+                    " source_mtime_ns, max_attempts, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                    (job_id, JobStatus.PENDING.value, source_path, output_path, profile, source_size, source_sha256,
+                     source_mtime_ns, max_attempts, now, now),
                 ).fetchone()
             except sqlite3.IntegrityError as exc:
                 raise DuplicateJob(job_id) from exc
@@ -238,12 +246,20 @@ class JobStore:
             raise NotOwner(job, worker_id)
         raise GuardFailed(job, guard)
 
-    def complete(self, job_id: str, output_size: int, *, worker_id: str | None = None, now: float | None = None) -> Job:
+    def complete(self, job_id: str, output_size: int, output_sha256: str, *, worker_id: str | None = None,
+                 now: float | None = None) -> Job:
         return self.transition(
             job_id, Transition.COMPLETE, worker_id=worker_id, now=now,
-            set_sql="output_size = :size, finished_at = :now, lease_expires_at = NULL, progress = 100, error = NULL",
-            size=output_size,
+            set_sql="output_size = :size, output_sha256 = :sha, finished_at = :now, lease_expires_at = NULL,"
+                    " progress = 100, error = NULL",
+            size=output_size, sha=output_sha256,
         )
+
+    def update_source_digest(self, job_id: str, *, size: int, sha256: str, mtime_ns: int) -> None:
+        """Remember the digest of a source that changed on disk since it was last hashed."""
+        with self._lock:
+            self._db.execute("UPDATE jobs SET source_size = ?, source_sha256 = ?, source_mtime_ns = ? WHERE id = ?",
+                             (size, sha256, mtime_ns, job_id))
 
     def fail(self, job_id: str, *, worker_id: str | None, error: str, retryable: bool, retry_delay: float,
              now: float | None = None) -> Job:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,9 @@ import requests.adapters
 
 from prometheus_client import CollectorRegistry
 
+from converter_common.digest import file_sha256, parse_repr_digest, repr_digest
 from worker.errors import ApiRejected, JobLost, RetryableError, Shutdown
+from worker.hashing import HashingWriter
 from worker.metrics import WorkerMetrics
 from worker.multipart import MultipartFileBody
 from worker.progress import TransferProgress
@@ -26,6 +31,23 @@ UPLOAD_FIELD = "video"
 UPLOAD_BLOCK = 1 << 20
 # Answers that mean "this job is not yours to work on any more".
 JOB_GONE_CODES = {"job_not_found", "invalid_job_state", "not_lease_owner"}
+
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+
+
+@dataclass
+class PartialDownload:
+    """What survives between attempts of one download: the bytes on disk, their running hash, the version."""
+
+    path: Path
+    offset: int = 0
+    etag: str | None = None
+    hasher: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+
+    def restart(self) -> None:
+        self.offset, self.etag, self.hasher = 0, None, hashlib.sha256()
+        self.path.unlink(missing_ok=True)
 
 
 class LargeBlockAdapter(requests.adapters.HTTPAdapter):
@@ -93,12 +115,22 @@ class MasterClient:
     # -- transfers ------------------------------------------------------------------------------
 
     def download_source_video(self, job_id: str, path: Path, cancel: threading.Event | None = None) -> int:
-        """Stream the job's source into ``path``; retried per the policy; no partial file survives a failure."""
-        return self._transfer("download", job_id, lambda: self._download_once(job_id, path, cancel))
+        """Stream the job's source into ``path``, verifying its SHA-256 while it arrives.
+
+        A cut transfer resumes from the bytes already on disk (Range + If-Range on the ETag); a digest
+        mismatch starts over. Retried per the policy; no partial file survives a final failure.
+        """
+        partial = PartialDownload(path)
+        try:
+            return self._transfer("download", job_id, lambda: self._download_once(job_id, partial, cancel))
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
 
     def upload_converted_video(self, job_id: str, path: Path, cancel: threading.Event | None = None) -> int:
         """Upload ``path`` as the job's output (multipart field ``video``); returns the size the master stored."""
-        return self._transfer("upload", job_id, lambda: self._upload_once(job_id, path, cancel))
+        digest = file_sha256(path)
+        return self._transfer("upload", job_id, lambda: self._upload_once(job_id, path, digest, cancel))
 
     def _transfer(self, direction: str, job_id: str, attempt) -> int:
         """Run one transfer under the retry policy, counting retries and final failures by direction."""
@@ -109,37 +141,59 @@ class MasterClient:
             self.metrics.transfer_failures.labels(direction).inc()
             raise
 
-    def _download_once(self, job_id: str, path: Path, cancel: threading.Event | None) -> int:
-        try:
-            with self._request("GET", "/api/worker/download-video", job_id=job_id, stream=True,
-                               timeout=(CONNECT_TIMEOUT, self.download_timeout)) as response:
-                _raise_for_status(response)
-                expected = int(response.headers.get("Content-Length", "-1"))
-                progress = self._progress("download", job_id, expected if expected >= 0 else None)
-                with open(path, "wb", buffering=0) as out:
-                    for chunk in response.iter_content(self.chunk_size):
-                        if cancel is not None and cancel.is_set():
-                            raise Shutdown("download cancelled")
-                        out.write(chunk)
-                        progress.add(len(chunk))
-            if expected >= 0 and progress.done != expected:
-                raise RetryableError(f"download of job {job_id}: got {progress.done} of {expected} bytes")
-            self._finish(progress, "download")
-            return progress.done
-        except requests.RequestException as exc:
-            path.unlink(missing_ok=True)
-            raise RetryableError(f"download of job {job_id}: {exc.__class__.__name__}: {exc}") from exc
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
+    def _download_once(self, job_id: str, partial: PartialDownload, cancel: threading.Event | None) -> int:
+        headers = {}
+        if partial.offset and partial.etag:
+            headers = {"Range": f"bytes={partial.offset}-", "If-Range": partial.etag}
+        with self._request("GET", "/api/worker/download-video", job_id=job_id, stream=True, headers=headers,
+                           timeout=(CONNECT_TIMEOUT, self.download_timeout)) as response:
+            _raise_for_status(response)
+            total = self._resume_point(response, partial)
+            expected_digest = _digest_header(response)
+            partial.etag = response.headers.get("ETag")
+            progress = self._progress("download", job_id, total)
+            progress.done = partial.offset
+            writer = HashingWriter(open(partial.path, "ab" if partial.offset else "wb", buffering=0), partial.hasher)
+            try:
+                for chunk in response.iter_content(self.chunk_size):
+                    if cancel is not None and cancel.is_set():
+                        raise Shutdown("download cancelled")
+                    writer.write(chunk)
+                    partial.offset += len(chunk)
+                    progress.add(len(chunk))
+            except requests.RequestException as exc:
+                raise RetryableError(f"download of job {job_id} cut at byte {partial.offset}: "
+                                     f"{exc.__class__.__name__}") from exc
+            finally:
+                writer.close()
+        if total is not None and partial.offset != total:
+            raise RetryableError(f"download of job {job_id}: got {partial.offset} of {total} bytes")
+        if expected_digest is not None and partial.hasher.digest() != expected_digest:
+            partial.restart()
+            raise RetryableError(f"download of job {job_id}: SHA-256 mismatch, downloading again")
+        self._finish(progress, "download")
+        return partial.offset
 
-    def _upload_once(self, job_id: str, path: Path, cancel: threading.Event | None) -> int:
+    @staticmethod
+    def _resume_point(response: requests.Response, partial: PartialDownload) -> int | None:
+        """Total size of the source; restarts ``partial`` unless the master resumed it where it stood."""
+        if response.status_code == 206:
+            match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+            if match and int(match.group(1)) == partial.offset:
+                return int(match.group(3))
+            raise RetryableError("master resumed the download at another offset")
+        if partial.offset:
+            partial.restart()  # a 200: the master sent the whole file (new version, or no Range support)
+        length = response.headers.get("Content-Length")
+        return int(length) if length and length.isdigit() else None
+
+    def _upload_once(self, job_id: str, path: Path, digest: bytes, cancel: threading.Event | None) -> int:
         size = path.stat().st_size
         progress = self._progress("upload", job_id, size)
         body = MultipartFileBody(path, UPLOAD_FIELD, path.name, on_read=progress.add, cancel=cancel)
         try:
             response = self._request("POST", "/api/worker/upload-video", job_id=job_id, data=body,
-                                     headers={"Content-Type": body.content_type},
+                                     headers={"Content-Type": body.content_type, "Repr-Digest": repr_digest(digest)},
                                      timeout=(CONNECT_TIMEOUT, self.upload_timeout))
         finally:
             body.close()
@@ -169,6 +223,13 @@ class MasterClient:
             return self.session.request(method, self.base_url + path, params=params, **kwargs)
         except requests.RequestException as exc:
             raise RetryableError(f"{method} {path}: {exc.__class__.__name__}: {exc}") from exc
+
+
+def _digest_header(response: requests.Response) -> bytes | None:
+    try:
+        return parse_repr_digest(response.headers.get("Repr-Digest"))
+    except ValueError as exc:
+        raise RetryableError(f"master sent a malformed Repr-Digest ({exc})") from None
 
 
 def _raise_for_status(response: requests.Response) -> None:

@@ -82,6 +82,8 @@ class BaseHandler(tornado.web.RequestHandler):
         if isinstance(e, ApiError):
             if not self._finished:
                 self.clear()
+                for name, value in e.headers.items():
+                    self.set_header(name, value)
                 self.write_json({"error": e.code, "message": e.message}, e.status)
             return
         super()._handle_request_exception(e)

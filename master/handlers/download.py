@@ -1,15 +1,23 @@
-"""/api/worker/download-video?job_id=: stream a processing job's source file."""
+"""/api/worker/download-video?job_id=: stream a processing job's source file.
+
+Sends ``Repr-Digest`` (RFC 9530) and a strong ``ETag`` from the SHA-256 computed at submission,
+and honours a single ``Range`` (with ``If-Range``) so a worker can resume a cut download.
+"""
 
 from __future__ import annotations
 
 import os
 
+import tornado.ioloop
 import tornado.iostream
 
+from converter_common.digest import file_sha256, repr_digest
 from master import errors
-from master.content import attachment_disposition, content_type_for
+from master.content import RangeNotSatisfiable, attachment_disposition, content_type_for, parse_byte_range
+from master.errors import ApiError
 from master.handlers.base import BaseHandler
 from master.paths import resolve_in_root
+from master.store import Job
 
 
 class DownloadVideoHandler(BaseHandler):
@@ -21,16 +29,46 @@ class DownloadVideoHandler(BaseHandler):
         except (FileNotFoundError, IsADirectoryError):
             raise errors.not_found("source_not_found", f"the source of job {job.id!r} is missing") from None
         with source:
-            size = os.fstat(source.fileno()).st_size
+            stat = os.fstat(source.fileno())
+            digest = await self._current_digest(job, path, stat)
+            etag = f'"sha256-{digest.hex()}"'
             self.set_header("Content-Type", content_type_for(path.name))
-            self.set_header("Content-Length", str(size))
             self.set_header("Content-Disposition", attachment_disposition(path.name))
-            await self._send(source, size)
+            self.set_header("Accept-Ranges", "bytes")
+            self.set_header("ETag", etag)
+            self.set_header("Repr-Digest", repr_digest(digest))
+            first, last = self._requested_range(stat.st_size, etag)
+            if (first, last) != (0, stat.st_size - 1):
+                self.set_status(206)
+                self.set_header("Content-Range", f"bytes {first}-{last}/{stat.st_size}")
+                source.seek(first)
+            length = last - first + 1
+            self.set_header("Content-Length", str(length))
+            await self._send(source, length)
 
-    async def _send(self, source, size: int) -> None:
+    async def _current_digest(self, job: Job, path, stat) -> bytes:
+        """The digest stored with the job, recomputed (in a thread) only if the file changed since."""
+        if (stat.st_size, stat.st_mtime_ns) == (job.source_size, job.source_mtime_ns):
+            return bytes.fromhex(job.source_sha256)
+        digest = await tornado.ioloop.IOLoop.current().run_in_executor(None, file_sha256, path)
+        self.store.update_source_digest(job.id, size=stat.st_size, sha256=digest.hex(), mtime_ns=stat.st_mtime_ns)
+        return digest
+
+    def _requested_range(self, size: int, etag: str) -> tuple[int, int]:
+        if_range = self.request.headers.get("If-Range")
+        if if_range is not None and if_range != etag:
+            return 0, size - 1  # the client's partial copy is of another version: send it all
+        try:
+            wanted = parse_byte_range(self.request.headers.get("Range"), size)
+        except RangeNotSatisfiable:
+            raise ApiError(416, "range_not_satisfiable", f"the source has {size} bytes",
+                           headers={"Content-Range": f"bytes */{size}"}) from None
+        return wanted if wanted is not None else (0, size - 1)
+
+    async def _send(self, source, length: int) -> None:
         # write + awaited flush per chunk: the client's pace limits how much the server buffers.
         chunk_size = self.config.server.chunk_size
-        remaining = size
+        remaining = length
         try:
             while remaining > 0:
                 chunk = source.read(min(chunk_size, remaining))

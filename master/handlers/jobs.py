@@ -5,6 +5,9 @@ from __future__ import annotations
 import uuid
 from pathlib import PurePosixPath
 
+import tornado.ioloop
+
+from converter_common.digest import file_sha256
 from converter_common.profiles import BUILTIN_PROFILES
 from master import errors
 from master.handlers.base import BaseHandler, check_job_id
@@ -15,7 +18,7 @@ MAX_PAGE = 1000
 
 
 class JobsHandler(BaseHandler):
-    def post(self) -> None:
+    async def post(self) -> None:
         body = self.json_body()
         unknown = set(body) - {"id", "source_path", "output_path", "profile"}
         if unknown:
@@ -25,7 +28,7 @@ class JobsHandler(BaseHandler):
         root = self.config.storage.root
         source = resolve_in_root(root, body.get("source_path"), "source_path")
         output = resolve_in_root(root, body.get("output_path"), "output_path")
-        source_size = require_file(source, "source_path")
+        require_file(source, "source_path")
         if output == source:
             raise errors.bad_request("invalid_path", "output_path must differ from source_path")
         if output.is_dir():
@@ -36,12 +39,17 @@ class JobsHandler(BaseHandler):
         allowed = BUILTIN_PROFILES[profile].containers
         if extension not in allowed:
             raise errors.bad_request("invalid_path", f"output_path must end in .{' or .'.join(allowed)} for {profile}")
+        stat = source.stat()
+        # Hashed once here, off the IOLoop; downloads send it as Repr-Digest and ETag without rereading the file.
+        digest = await tornado.ioloop.IOLoop.current().run_in_executor(None, file_sha256, source)
         job = self.store.create_job(
             job_id=job_id,
             source_path=storage_relative(root, source),
             output_path=storage_relative(root, output),
             profile=profile,
-            source_size=source_size,
+            source_size=stat.st_size,
+            source_sha256=digest.hex(),
+            source_mtime_ns=stat.st_mtime_ns,
             max_attempts=self.config.jobs.max_attempts,
         )
         self.services.metrics.jobs_submitted.inc()

@@ -7,6 +7,7 @@ the job become completed. On any failure the temp file is removed and the job is
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -16,6 +17,7 @@ import tornado.web
 from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.targets import BaseTarget
 
+from converter_common.digest import parse_repr_digest, repr_digest
 from master import errors
 from master.errors import ApiError
 from master.handlers.base import BaseHandler
@@ -28,12 +30,13 @@ WRITE_BUFFER = 1 << 20  # Tornado hands over 64 KiB pieces; the disk gets 1 MiB 
 
 
 class FileSink(BaseTarget):
-    """A streaming-form-data target writing into an already open file, counting bytes."""
+    """A streaming-form-data target writing into an already open file, counting and hashing the bytes."""
 
     def __init__(self, file) -> None:
         super().__init__()
         self._file = file
         self.size = 0
+        self.sha256 = hashlib.sha256()
 
     @property
     def started(self) -> bool:
@@ -45,6 +48,7 @@ class FileSink(BaseTarget):
 
     def on_data_received(self, chunk: bytes) -> None:
         self._file.write(chunk)
+        self.sha256.update(chunk)
         self.size += len(chunk)
 
 
@@ -60,6 +64,10 @@ class UploadVideoHandler(BaseHandler):
 
     def prepare(self) -> None:
         self.job = self.processing_job(self.job_id_argument())  # before a single byte is stored
+        try:
+            self.expected_digest = parse_repr_digest(self.request.headers.get("Repr-Digest"))
+        except ValueError as exc:
+            raise errors.bad_request("invalid_digest", f"Repr-Digest: {exc}") from None
         limit = self.config.server.max_upload_size
         declared = self.request.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -97,14 +105,19 @@ class UploadVideoHandler(BaseHandler):
             raise errors.bad_request("missing_video_part", f"multipart body has no {UPLOAD_FIELD!r} file part")
         if not self._sink.finished:
             raise errors.bad_request("invalid_multipart", "multipart body ended inside the video part")
+        digest = self._sink.sha256.digest()
+        if self.expected_digest is not None and digest != self.expected_digest:
+            raise errors.bad_request("digest_mismatch", f"the video part's SHA-256 is {repr_digest(digest)}, "
+                                                        f"Repr-Digest said {repr_digest(self.expected_digest)}")
         await self._close_temp_durably()
         self.job = self.processing_job(self.job.id)  # it may have been cancelled or re-leased meanwhile
         os.replace(self._temp_path, self.destination)
         self._temp_path = None
-        job = self.store.complete(self.job.id, self._sink.size, worker_id=self.job.worker_id)
+        job = self.store.complete(self.job.id, self._sink.size, digest.hex(), worker_id=self.job.worker_id)
         self.services.metrics.job_completed(job)
+        self.set_header("Repr-Digest", repr_digest(digest))
         self.write_json({"job_id": job.id, "status": job.status.value, "size": self._sink.size,
-                         "output_path": job.output_path})
+                         "sha256": digest.hex(), "output_path": job.output_path})
 
     async def _close_temp_durably(self) -> None:
         temp = self._temp_file

@@ -1,5 +1,6 @@
 """Every error case of the HTTP API, against a real master on a loopback port."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -225,6 +226,7 @@ class TestUploadErrors:
     def test_success_creates_output_dir_and_completes(self, master, processing):
         response = self.upload(master, processing, files={"video": ("r.mp4", b"converted" * 1000, "video/mp4")})
         assert response.json() == {"job_id": "u1", "status": "completed", "size": 9000,
+                                   "sha256": hashlib.sha256(b"converted" * 1000).hexdigest(),
                                    "output_path": "out/deep/dir/result.mp4"}
         assert (master.root / "out/deep/dir/result.mp4").read_bytes() == b"converted" * 1000
         assert master.job(processing)["output_size"] == 9000 and not self.leftovers(master)

@@ -15,7 +15,7 @@ def store(tmp_path):
 
 def add(store, job_id="j1", output="out/j1.mp4", max_attempts=3, **kw):
     return store.create_job(job_id=job_id, source_path="in/a.mp4", output_path=output, profile="h264-720p",
-                            source_size=10, max_attempts=max_attempts, **kw)
+                            source_size=10, source_sha256="00" * 32, source_mtime_ns=1, max_attempts=max_attempts, **kw)
 
 
 class TestCreate:
@@ -82,19 +82,19 @@ class TestTransitions:
     def test_complete_needs_processing(self, store):
         add(store)
         with pytest.raises(InvalidTransition):
-            store.complete("j1", 5)
+            store.complete("j1", 5, "ab" * 32)
 
     def test_complete_by_other_worker_is_refused(self, store):
         add(store)
         store.claim_next("w1", 30)
         with pytest.raises(NotOwner):
-            store.complete("j1", 5, worker_id="w2")
+            store.complete("j1", 5, "ab" * 32, worker_id="w2")
         assert store.get_job("j1").status is JobStatus.PROCESSING
 
     def test_completed_job_cannot_be_cancelled(self, store):
         add(store)
         store.claim_next("w1", 30)
-        store.complete("j1", 5, worker_id="w1")
+        store.complete("j1", 5, "ab" * 32, worker_id="w1")
         with pytest.raises(InvalidTransition):
             store.cancel("j1")
 
