@@ -12,6 +12,7 @@ import tornado.netutil
 import tornado.web
 from prometheus_client import CollectorRegistry
 
+from master.auth import Tokens
 from master.config import MasterConfig
 from master.dispatch import Dispatcher
 from master.handlers.base import NotFoundHandler, Services
@@ -33,9 +34,10 @@ JOB = r"(?P<job_id>[^/]+)"
 
 
 def make_app(config: MasterConfig, store: JobStore, dispatcher: Dispatcher | None = None,
-             metrics: MasterMetrics | None = None) -> tornado.web.Application:
+             metrics: MasterMetrics | None = None, tokens: Tokens = Tokens()) -> tornado.web.Application:
     metrics = metrics or new_metrics(config, store, CollectorRegistry())
-    services = Services(config=config, store=store, dispatcher=dispatcher or Dispatcher(), metrics=metrics)
+    services = Services(config=config, store=store, dispatcher=dispatcher or Dispatcher(), metrics=metrics,
+                        tokens=tokens)
     deps = {"services": services}
     routes = [
         (r"/healthz", HealthHandler),
@@ -90,11 +92,12 @@ class RunningMaster:
         self.server.stop()
 
 
-def start_master(config: MasterConfig, store: JobStore, registry: CollectorRegistry | None = None) -> RunningMaster:
+def start_master(config: MasterConfig, store: JobStore, registry: CollectorRegistry | None = None,
+                 tokens: Tokens = Tokens()) -> RunningMaster:
     """Bind the HTTP server and start the lease reaper on the current IOLoop."""
     dispatcher = Dispatcher()
     metrics = new_metrics(config, store, registry or CollectorRegistry())
-    app = make_app(config, store, dispatcher, metrics)
+    app = make_app(config, store, dispatcher, metrics, tokens)
     server = tornado.httpserver.HTTPServer(
         app,
         max_body_size=config.server.max_upload_size,

@@ -55,11 +55,19 @@ class JobsConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    admin_token_file: Path | None = None  # e.g. ${CREDENTIALS_DIRECTORY}/admin-token under systemd
+    worker_token_file: Path | None = None
+    allow_anonymous: bool = False  # needed to run without tokens on a non-loopback address
+
+
+@dataclass(frozen=True)
 class MasterConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     profiles: tuple[str, ...] = tuple(BUILTIN_PROFILES)
 
     def validate(self, key: str) -> None:

@@ -13,6 +13,7 @@ import tornado.ioloop
 from converter_common.config_loader import ConfigError
 from converter_common.systemd import Notifier
 from master.app import remove_stale_uploads, start_master
+from master.auth import load_tokens, refuse_open_exposure
 from master.config import load_config
 from master.store import JobStore
 
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = load_config(args.config)
+        tokens = load_tokens(config.auth.admin_token_file, config.auth.worker_token_file)
+        refuse_open_exposure(config.server.host, tokens, config.auth.allow_anonymous)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("removed %d unfinished upload(s) left by a previous run", removed)
     store = JobStore(config.database.path)
     try:
-        asyncio.run(_serve(config, store))
+        asyncio.run(_serve(config, store, tokens))
     except OSError as exc:
         print(f"converter-master: cannot listen on {config.server.host}:{config.server.port}: {exc.strerror}",
               file=sys.stderr)
@@ -53,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def _serve(config, store) -> None:
-    running = start_master(config, store)
+async def _serve(config, store, tokens) -> None:
+    running = start_master(config, store, tokens=tokens)
     log.info("master listening on http://%s:%d (storage %s, database %s)", config.server.host, running.port,
              config.storage.root, config.database.path)
     notifier = Notifier()

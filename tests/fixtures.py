@@ -18,6 +18,7 @@ from typing import Any
 import requests
 
 from master.app import RunningMaster, start_master
+from master.auth import Tokens
 from master.config import DatabaseConfig, JobsConfig, MasterConfig, ServerConfig, StorageConfig
 from master.store import JobStore
 from worker.client import MasterClient
@@ -51,8 +52,9 @@ def worker_config(tmp: Path, master_url: str, worker_id: str = "w1", **worker: A
 class ThreadedMaster:
     """The real master (``start_master``) served from its own IOLoop in a background thread."""
 
-    def __init__(self, config: MasterConfig):
+    def __init__(self, config: MasterConfig, tokens: Tokens = Tokens()):
         self.config = config
+        self.tokens = tokens
         config.storage.root.mkdir(parents=True, exist_ok=True)
         self.root = config.storage.root
         self.store = JobStore(config.database.path)
@@ -68,7 +70,7 @@ class ThreadedMaster:
         asyncio.set_event_loop(self._loop)
 
         async def start() -> None:
-            self._running = start_master(self.config, self.store)
+            self._running = start_master(self.config, self.store, tokens=self.tokens)
 
         self._loop.run_until_complete(start())
         started.set()
@@ -94,8 +96,13 @@ class ThreadedMaster:
         response = requests.post(f"{self.url}/api/worker/claim", json={"worker_id": worker_id, "wait": 0}, timeout=10)
         return None if response.status_code == 204 else response.json()
 
-    def client(self, worker_id: str = "tester", retry: RetryPolicy = FAST_RETRY) -> MasterClient:
-        return MasterClient(self.url, worker_id, retry=retry, progress_interval=0.5)
+    def job_with_token(self, job_id: str, token: str) -> dict[str, Any]:
+        return requests.get(f"{self.url}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"},
+                            timeout=10).json()
+
+    def client(self, worker_id: str = "tester", retry: RetryPolicy = FAST_RETRY, token: str | None = None
+               ) -> MasterClient:
+        return MasterClient(self.url, worker_id, retry=retry, progress_interval=0.5, token=token)
 
 
 def make_clip(path: Path, seconds: float = 2.0, size: str = "1920x1080", audio: bool = True, rate: int = 25) -> Path:

@@ -61,7 +61,7 @@ class LargeBlockAdapter(requests.adapters.HTTPAdapter):
 class MasterClient:
     def __init__(self, base_url: str, worker_id: str, *, retry: RetryPolicy, chunk_size: int = 1 << 20,
                  download_timeout: float = 1800.0, upload_timeout: float = 1800.0,
-                 progress_interval: float = 5.0, metrics: WorkerMetrics | None = None):
+                 progress_interval: float = 5.0, metrics: WorkerMetrics | None = None, token: str | None = None):
         self.base_url = base_url.rstrip("/")
         self.worker_id = worker_id
         self.retry = retry
@@ -70,6 +70,7 @@ class MasterClient:
         self.upload_timeout = upload_timeout
         self.progress_interval = progress_interval
         self.metrics = metrics or WorkerMetrics(CollectorRegistry())
+        self._token = token
         self._local = threading.local()  # a requests.Session is not safe to share across threads
 
     @property
@@ -81,6 +82,8 @@ class MasterClient:
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             session.headers["X-Worker-Id"] = self.worker_id
+            if self._token:
+                session.headers["Authorization"] = f"Bearer {self._token}"
             self._local.session = session
         return session
 

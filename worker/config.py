@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import urllib.parse
 from dataclasses import dataclass, field
@@ -15,6 +16,16 @@ MiB = 1 << 20
 @dataclass(frozen=True)
 class MasterSection:
     url: str = "http://127.0.0.1:8080"
+    token_file: Path | None = None  # the worker token; e.g. ${CREDENTIALS_DIRECTORY}/worker-token under systemd
+
+    def token(self) -> str | None:
+        """The bearer token, read from ``token_file`` (environment variables in the path are expanded)."""
+        if self.token_file is None:
+            return None
+        try:
+            return Path(os.path.expandvars(str(self.token_file))).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError("master.token_file", f"cannot read token file ({exc.strerror})") from None
 
     def validate(self, key: str) -> None:
         parsed = urllib.parse.urlsplit(self.url)

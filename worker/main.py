@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = load_config(args.config)
+        config.master.token()  # an unreadable token file is a config error, reported before start-up
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from converter_common.systemd import Notifier
 from worker import ffmpeg
 from worker.client import MasterClient
 from worker.config import WorkerConfig
-from worker.errors import FatalError, JobLost, RetryableError, Shutdown
+from worker.errors import ApiRejected, FatalError, JobLost, RetryableError, Shutdown
 from worker.metrics import WorkerMetrics
 from worker.retry import RetryPolicy
 
@@ -55,7 +55,8 @@ class Worker:
                               chunk_size=config.storage.chunk_size,
                               download_timeout=config.storage.download_timeout,
                               upload_timeout=config.storage.upload_timeout,
-                              progress_interval=config.worker.progress_interval, metrics=metrics)
+                              progress_interval=config.worker.progress_interval, metrics=metrics,
+                              token=config.master.token())
         return cls(config, client)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -110,7 +111,7 @@ class Worker:
             try:
                 step()
                 return
-            except RetryableError as exc:
+            except (RetryableError, ApiRejected) as exc:  # master away, or refusing us (bad token): keep trying
                 failures += 1
                 delay = self._idle_backoff.delay(failures)
                 log.warning("cannot %s: %s (next try in %.0f s)", what, exc, delay)
@@ -147,10 +148,12 @@ class Worker:
             outcome = "failed"
             log.error("job %s failed: %s", active.job_id, exc)
             self.client.fail(active.job_id, str(exc), retryable=False)
-        except RetryableError as exc:
+        except (RetryableError, OSError) as exc:  # OSError: the cache disk (full, unwritable)
             log.error("job %s attempt failed: %s", active.job_id, exc)
-            outcome = "retried" if self.client.fail(active.job_id, str(exc), retryable=True)["status"] == "pending" \
-                else "failed"
+            outcome = self._report_retryable(active, str(exc))
+        except Exception as exc:
+            log.exception("job %s: unexpected error", active.job_id)
+            outcome = self._report_retryable(active, f"worker error: {exc.__class__.__name__}: {exc}")
         finally:
             self.metrics.jobs_in_progress.dec()
             self.metrics.jobs_finished.labels(outcome).inc()
@@ -177,6 +180,10 @@ class Worker:
         active.stage = "upload"
         size = self.client.upload_converted_video(active.job_id, output, active.abort)
         log.info("job %s: completed, %d bytes uploaded", active.job_id, size)
+
+    def _report_retryable(self, active: ActiveJob, error: str) -> str:
+        job = self.client.fail(active.job_id, error, retryable=True)
+        return "retried" if job["status"] == "pending" else "failed"
 
     def _give_back(self, active: ActiveJob, exc: Exception) -> bool:
         """Release an interrupted job to the master; False when it was not ours any more or the master is away."""

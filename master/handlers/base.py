@@ -11,6 +11,7 @@ from typing import Any
 import tornado.web
 
 from master import errors
+from master.auth import Access, Tokens
 from master.config import MasterConfig
 from master.dispatch import Dispatcher
 from master.errors import ApiError
@@ -30,13 +31,26 @@ class Services:
     store: JobStore
     dispatcher: Dispatcher
     metrics: MasterMetrics
+    tokens: Tokens = Tokens()
 
 
 class BaseHandler(tornado.web.RequestHandler):
+    # Who may call each method; handlers override this table.
+    access: dict[str, Access] = {}
+
     def initialize(self, services: Services) -> None:
         self.services = services
         self.config = services.config
         self.store = services.store
+
+    def prepare(self) -> None:
+        needed = self.access.get(self.request.method, Access.ADMIN)
+        allowed = self.services.tokens.allows(needed, self.request.headers.get("Authorization"))
+        if allowed is None:
+            raise ApiError(401, "unauthorized", "a valid bearer token is required",
+                           headers={"WWW-Authenticate": 'Bearer realm="converter"'})
+        if not allowed:
+            raise ApiError(403, "forbidden", f"this token may not {self.request.method} {self.request.path}")
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")
@@ -100,7 +114,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
 
 class NotFoundHandler(BaseHandler):
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # no authentication: there is nothing here to protect
         raise errors.not_found("not_found", f"no route for {self.request.method} {self.request.path}")
 
 

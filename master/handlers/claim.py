@@ -5,6 +5,7 @@ from __future__ import annotations
 import tornado.ioloop
 
 from master import errors
+from master.auth import Access
 from master.handlers.base import BaseHandler, check_worker_id
 
 # Waiters re-check at least this often: a job whose retry delay ends wakes nobody by itself.
@@ -12,6 +13,8 @@ RECHECK_SECONDS = 1.0
 
 
 class ClaimHandler(BaseHandler):
+    access = {"POST": Access.WORKER}
+
     def initialize(self, services) -> None:  # type: ignore[override]
         super().initialize(services)
         self._client_gone = False

@@ -13,6 +13,7 @@ import tornado.iostream
 
 from converter_common.digest import file_sha256, repr_digest
 from master import errors
+from master.auth import Access
 from master.content import RangeNotSatisfiable, attachment_disposition, content_type_for, parse_byte_range
 from master.errors import ApiError
 from master.handlers.base import BaseHandler
@@ -21,6 +22,8 @@ from master.store import Job
 
 
 class DownloadVideoHandler(BaseHandler):
+    access = {"GET": Access.WORKER}
+
     async def get(self) -> None:
         job = self.processing_job(self.job_id_argument())
         path = resolve_in_root(self.config.storage.root, job.source_path, "source_path")

@@ -10,6 +10,7 @@ import tornado.ioloop
 from converter_common.digest import file_sha256
 from converter_common.profiles import BUILTIN_PROFILES
 from master import errors
+from master.auth import Access
 from master.handlers.base import BaseHandler, check_job_id
 from master.paths import require_file, resolve_in_root, storage_relative
 from master.states import JobStatus
@@ -18,6 +19,8 @@ MAX_PAGE = 1000
 
 
 class JobsHandler(BaseHandler):
+    access = {"GET": Access.READ, "POST": Access.ADMIN}
+
     async def post(self) -> None:
         body = self.json_body()
         unknown = set(body) - {"id", "source_path", "output_path", "profile"}
@@ -85,16 +88,22 @@ class JobsHandler(BaseHandler):
 
 
 class JobHandler(BaseHandler):
+    access = {"GET": Access.READ}
+
     def get(self, job_id: str) -> None:
         self.write_json(self.store.get_job(check_job_id(job_id)).to_dict())
 
 
 class JobCancelHandler(BaseHandler):
+    access = {"POST": Access.ADMIN}
+
     def post(self, job_id: str) -> None:
         self.write_json(self.store.cancel(check_job_id(job_id)).to_dict())
 
 
 class JobRetryHandler(BaseHandler):
+    access = {"POST": Access.ADMIN}
+
     def post(self, job_id: str) -> None:
         job = self.store.retry(check_job_id(job_id))
         self.services.dispatcher.notify()

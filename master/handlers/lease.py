@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from master import errors
+from master.auth import Access
 from master.handlers.base import BaseHandler, check_worker_id
 
 
 class _LeaseHandler(BaseHandler):
+    access = {"POST": Access.WORKER}
+
     def lease_request(self) -> tuple[str, str, dict]:
         job_id = self.job_id_argument()
         body = self.json_body()

@@ -19,6 +19,7 @@ from streaming_form_data.targets import BaseTarget
 
 from converter_common.digest import parse_repr_digest, repr_digest
 from master import errors
+from master.auth import Access
 from master.errors import ApiError
 from master.handlers.base import BaseHandler
 from master.paths import resolve_in_root
@@ -62,7 +63,10 @@ class UploadVideoHandler(BaseHandler):
         self._sink: FileSink | None = None
         self._body_error: ApiError | None = None
 
+    access = {"POST": Access.WORKER}
+
     def prepare(self) -> None:
+        super().prepare()  # authentication, before the body is read
         self.job = self.processing_job(self.job_id_argument())  # before a single byte is stored
         try:
             self.expected_digest = parse_repr_digest(self.request.headers.get("Repr-Digest"))

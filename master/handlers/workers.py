@@ -5,10 +5,13 @@ from __future__ import annotations
 import time
 
 from master import errors
+from master.auth import Access
 from master.handlers.base import BaseHandler, check_worker_id
 
 
 class WorkersHandler(BaseHandler):
+    access = {"GET": Access.READ}
+
     def get(self) -> None:
         now = time.time()
         # A worker long-polls at most max_claim_wait and heartbeats well within a lease: silent longer means gone.
@@ -23,6 +26,8 @@ class WorkersHandler(BaseHandler):
 
 
 class WorkerRegisterHandler(BaseHandler):
+    access = {"POST": Access.WORKER}
+
     def post(self) -> None:
         body = self.json_body()
         worker_id = check_worker_id(body.get("worker_id"))
