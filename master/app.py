@@ -19,8 +19,12 @@ from master.handlers.base import NotFoundHandler, Services
 from master.handlers.claim import ClaimHandler
 from master.handlers.download import DownloadVideoHandler
 from master.handlers.health import HealthHandler
-from master.handlers.jobs import JobCancelHandler, JobHandler, JobRetryHandler, JobsHandler
+from master.handlers.jobs import JobCancelHandler, JobHandler, JobRetryHandler
+from master.handlers.jobs_upload import JobsUploadHandler
 from master.handlers.metrics import MetricsHandler
+from master.handlers.openapi import OpenApiHandler
+from master.handlers.output import JobOutputHandler
+from master.handlers.profiles import ProfilesHandler
 from master.handlers.lease import FailHandler, HeartbeatHandler, ReleaseHandler
 from master.handlers.upload import TEMP_PREFIX, TEMP_SUFFIX, UploadVideoHandler
 from master.handlers.workers import WorkerRegisterHandler, WorkersHandler
@@ -42,10 +46,13 @@ def make_app(config: MasterConfig, store: JobStore, dispatcher: Dispatcher | Non
     routes = [
         (r"/healthz", HealthHandler),
         (r"/metrics", MetricsHandler),
-        (r"/api/jobs", JobsHandler),
+        (r"/api/openapi.json", OpenApiHandler),
+        (r"/api/profiles", ProfilesHandler),
+        (r"/api/jobs", JobsUploadHandler),
         (rf"/api/jobs/{JOB}", JobHandler),
         (rf"/api/jobs/{JOB}/cancel", JobCancelHandler),
         (rf"/api/jobs/{JOB}/retry", JobRetryHandler),
+        (rf"/api/jobs/{JOB}/output", JobOutputHandler),
         (r"/api/workers", WorkersHandler),
         (r"/api/worker/register", WorkerRegisterHandler),
         (r"/api/worker/claim", ClaimHandler),
@@ -103,6 +110,7 @@ def start_master(config: MasterConfig, store: JobStore, registry: CollectorRegis
         max_body_size=config.server.max_upload_size,
         body_timeout=config.server.timeout,
         idle_connection_timeout=config.server.timeout,
+        max_header_size=config.server.max_header_size,
         xheaders=False,
     )
     sockets = tornado.netutil.bind_sockets(config.server.port, config.server.host)

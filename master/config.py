@@ -20,12 +20,16 @@ class ServerConfig:
     timeout: float = 35 * 60
     max_upload_size: int = 64 * GiB
     chunk_size: int = 4 * MiB  # download read/write size; 1-4 MiB measured best (shared/notes/xfer.md)
+    max_concurrent_uploads: int = 16  # more at once get 503 + Retry-After
+    max_header_size: int = 64 * 1024
 
     def validate(self, key: str) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"{key}.port", f"must be 0..65535, got {self.port}")
         require_positive(f"{key}.timeout", self.timeout)
         require_positive(f"{key}.max_upload_size", self.max_upload_size)
+        require_positive(f"{key}.max_concurrent_uploads", self.max_concurrent_uploads)
+        require_positive(f"{key}.max_header_size", self.max_header_size)
         if not 64 * 1024 <= self.chunk_size <= 64 * MiB:
             raise ConfigError(f"{key}.chunk_size", f"must be 64 KiB..64 MiB, got {self.chunk_size}")
 
@@ -46,12 +50,16 @@ class JobsConfig:
     max_attempts: int = 3
     retry_delay: float = 10.0  # seconds a retryable failure waits before the job can be claimed again
     max_claim_wait: float = 30.0  # longest long-poll a worker may ask for
+    quarantine_after: int = 5  # consecutive failed jobs on one worker before it gets no jobs for a while
+    quarantine_seconds: float = 600.0
 
     def validate(self, key: str) -> None:
         require_positive(f"{key}.lease_seconds", self.lease_seconds)
         require_positive(f"{key}.max_attempts", self.max_attempts)
         require_positive(f"{key}.retry_delay", self.retry_delay, allow_zero=True)
         require_positive(f"{key}.max_claim_wait", self.max_claim_wait, allow_zero=True)
+        require_positive(f"{key}.quarantine_after", self.quarantine_after)
+        require_positive(f"{key}.quarantine_seconds", self.quarantine_seconds, allow_zero=True)
 
 
 @dataclass(frozen=True)

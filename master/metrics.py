@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -12,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from master.paths import free_bytes
 from master.store import Job, JobStore
 
 # Seconds from 50 ms to 12 h: queue waits and whole jobs on multi-GB sources.
@@ -65,7 +65,7 @@ class MasterMetrics:
             lambda: sum(1 for w in store.list_workers() if time.time() - w.last_seen_at <= online_window()))
         free = Gauge("converter_master_storage_free_bytes", "Free bytes on the storage root's filesystem.",
                      registry=registry)
-        free.set_function(lambda: _free_bytes(storage_root))
+        free.set_function(lambda: free_bytes(storage_root))
         Info("converter_master_build", "Version of the running master.", registry=registry).info(
             {"version": package_version()})
 
@@ -84,8 +84,4 @@ class MasterMetrics:
         else:
             self.jobs_requeued.labels(reason).inc()
 
-
-def _free_bytes(path: Path) -> float:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
 

@@ -46,3 +46,8 @@ def require_file(path: Path, field: str) -> int:
         raise bad_request("invalid_path", f"{field} is not a regular file")
     return st.st_size
 
+
+
+def free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize

@@ -47,7 +47,9 @@ CREATE TABLE IF NOT EXISTS workers (
     capabilities  TEXT NOT NULL,
     concurrency   INTEGER NOT NULL,
     registered_at REAL NOT NULL,
-    last_seen_at  REAL NOT NULL
+    last_seen_at  REAL NOT NULL,
+    consecutive_failures INTEGER NOT NULL DEFAULT 0,
+    quarantined_until    REAL NOT NULL DEFAULT 0
 );
 """
 
@@ -137,6 +139,8 @@ class Worker:
     concurrency: int
     registered_at: float
     last_seen_at: float
+    consecutive_failures: int
+    quarantined_until: float
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -209,13 +213,19 @@ class JobStore:
         counts.update({status: n for status, n in rows})
         return counts
 
-    def claim_next(self, worker_id: str, lease_seconds: float, now: float | None = None) -> Job | None:
-        """Atomically give the oldest claimable pending job to ``worker_id``; None when there is none."""
+    def claim_next(self, worker_id: str, lease_seconds: float, now: float | None = None,
+                   max_source_size: int | None = None) -> Job | None:
+        """Atomically give the oldest claimable pending job to ``worker_id``; None when there is none.
+
+        With ``max_source_size``, only jobs whose source fits (the worker's cache room) are considered.
+        """
         now = time.time() if now is None else now
+        size_limit = max_source_size if max_source_size is not None else 2**62
         rows = self._move(
             Transition.CLAIM,
-            "rowid = (SELECT rowid FROM jobs WHERE status = ? AND not_before <= ? ORDER BY rowid LIMIT 1)",
-            (JobStatus.PENDING.value, now),
+            "rowid = (SELECT rowid FROM jobs WHERE status = ? AND not_before <= ? AND source_size <= ?"
+            " ORDER BY rowid LIMIT 1)",
+            (JobStatus.PENDING.value, now, size_limit),
             now=now,
             set_sql="worker_id = :worker, lease_expires_at = :lease, attempts = attempts + 1, claimed_at = :now,"
                     " progress = 0",
@@ -354,7 +364,7 @@ class JobStore:
                 "INSERT INTO workers (id, hostname, capabilities, concurrency, registered_at, last_seen_at)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname,"
                 " capabilities = excluded.capabilities, concurrency = excluded.concurrency,"
-                " registered_at = excluded.registered_at, last_seen_at = excluded.last_seen_at RETURNING *",
+                " last_seen_at = excluded.last_seen_at RETURNING *",
                 (worker_id, hostname, json.dumps(capabilities), concurrency, now, now),
             ).fetchone()
         return _worker(row)
@@ -369,6 +379,28 @@ class JobStore:
             rows = self._db.execute("SELECT id FROM jobs WHERE worker_id = ? AND status = ?",
                                     (worker_id, JobStatus.PROCESSING.value)).fetchall()
         return [r["id"] for r in rows]
+
+    def record_worker_outcome(self, worker_id: str, *, failed: bool, threshold: int, quarantine_seconds: float,
+                              now: float | None = None) -> Worker | None:
+        """Count consecutive failures of a worker; at ``threshold`` it is quarantined (circuit breaker)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            if failed:
+                row = self._db.execute(
+                    "UPDATE workers SET consecutive_failures = consecutive_failures + 1,"
+                    " quarantined_until = CASE WHEN consecutive_failures + 1 >= ? THEN ? ELSE quarantined_until END"
+                    " WHERE id = ? RETURNING *", (threshold, now + quarantine_seconds, worker_id)).fetchone()
+            else:
+                row = self._db.execute(
+                    "UPDATE workers SET consecutive_failures = 0 WHERE id = ? RETURNING *", (worker_id,)).fetchone()
+        return None if row is None else _worker(row)
+
+    def quarantined_until(self, worker_id: str, now: float | None = None) -> float | None:
+        """When the worker's quarantine ends, or None if it is not quarantined."""
+        now = time.time() if now is None else now
+        with self._lock:
+            row = self._db.execute("SELECT quarantined_until FROM workers WHERE id = ?", (worker_id,)).fetchone()
+        return row[0] if row is not None and row[0] > now else None
 
     def _touch_worker(self, worker_id: str, now: float) -> None:
         with self._lock:

@@ -94,9 +94,15 @@ class MasterClient:
             "worker_id": self.worker_id, "hostname": hostname, "capabilities": capabilities,
             "concurrency": concurrency})
 
-    def claim(self, wait: float) -> dict[str, Any] | None:
-        """The next job for this worker, waiting up to ``wait`` seconds for one; None if none came."""
-        response = self._request("POST", "/api/worker/claim", json={"worker_id": self.worker_id, "wait": wait},
+    def claim(self, wait: float, cache_free_bytes: int | None = None) -> dict[str, Any] | None:
+        """The next job for this worker, waiting up to ``wait`` seconds for one; None if none came.
+
+        With ``cache_free_bytes`` the master only hands out a job whose source (and output) fit.
+        """
+        body: dict[str, Any] = {"worker_id": self.worker_id, "wait": wait}
+        if cache_free_bytes is not None:
+            body["cache_free_bytes"] = cache_free_bytes
+        response = self._request("POST", "/api/worker/claim", json=body,
                                  timeout=(CONNECT_TIMEOUT, wait + CONTROL_TIMEOUT))
         if response.status_code == 204:
             return None

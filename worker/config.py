@@ -11,6 +11,7 @@ from pathlib import Path
 from converter_common.config_loader import ConfigError, build, load_yaml, require_positive
 
 MiB = 1 << 20
+ACCELS = ("auto", "vulkan", "cpu")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class WorkerSection:
     claim_wait: float = 20.0  # long-poll: how long one claim request waits for a job
     heartbeat_interval: float = 10.0  # must stay well below the master's lease (60 s by default)
     progress_interval: float = 5.0  # seconds between transfer/conversion progress log lines
+    drain_timeout: float = 0.0  # on SIGTERM: seconds running jobs may take to finish before they are given back
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9101  # Prometheus /metrics; 0 turns the endpoint off
 
@@ -49,6 +51,7 @@ class WorkerSection:
         require_positive(f"{key}.claim_wait", self.claim_wait, allow_zero=True)
         require_positive(f"{key}.heartbeat_interval", self.heartbeat_interval)
         require_positive(f"{key}.progress_interval", self.progress_interval)
+        require_positive(f"{key}.drain_timeout", self.drain_timeout, allow_zero=True)
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"{key}.metrics_port", f"must be 0..65535, got {self.metrics_port}")
 
@@ -85,12 +88,27 @@ class RetrySection:
 
 @dataclass(frozen=True)
 class FfmpegSection:
-    binary: str = "ffmpeg"
+    # "auto": the system ffmpeg, or imageio-ffmpeg's (extra "vulkan") when the system one lacks the Vulkan filters
+    binary: str = "auto"
     ffprobe: str = "ffprobe"
     timeout: float = 6 * 3600.0  # hard limit for one conversion
+    stall_timeout: float = 180.0  # no new frame / out_time for this long: SIGTERM, then SIGKILL
+    kill_grace: float = 5.0  # seconds between SIGTERM and SIGKILL (a hung Vulkan decode ignores SIGTERM)
+    # auto: Vulkan on a GPU for profiles with a Vulkan filter or encoder; vulkan: always (a CPU device too); cpu: never
+    accel: str = "auto"
+    vulkan_device: str = "0"  # index or name, as FFmpeg's -init_hw_device vulkan=vk:<this> takes it
+    vulkan_decode: bool = False  # decode on the GPU too when the probe says it can (a 4K decode hung on an H200)
+    vulkan_max_failures: int = 3  # consecutive Vulkan failures that disable Vulkan until restart
+    duration_tolerance: float = 1.0  # output duration may differ from the source by this (or 1 %) at most
 
     def validate(self, key: str) -> None:
         require_positive(f"{key}.timeout", self.timeout)
+        require_positive(f"{key}.stall_timeout", self.stall_timeout)
+        require_positive(f"{key}.kill_grace", self.kill_grace, allow_zero=True)
+        if self.accel not in ACCELS:
+            raise ConfigError(f"{key}.accel", f"must be one of {', '.join(ACCELS)}, got {self.accel!r}")
+        require_positive(f"{key}.vulkan_max_failures", self.vulkan_max_failures)
+        require_positive(f"{key}.duration_tolerance", self.duration_tolerance)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""Everything about calling FFmpeg: profile → argument list, running it, probing media.
+"""Calling FFmpeg: running it under a watchdog, probing media, checking the output.
+
+The argument lists come from ``worker.profiles_ffmpeg`` (re-exported here as ``build_command``).
 
 The FFmpeg child runs in its own process group (so a kill reaches its helpers) and is told by
 the kernel to die with the worker thread that started it (PR_SET_PDEATHSIG), even on SIGKILL.
@@ -21,6 +23,7 @@ from typing import Callable
 
 from converter_common.profiles import BUILTIN_PROFILES, Profile
 from worker.errors import FatalError, RetryableError, Shutdown
+from worker.profiles_ffmpeg import Plan, build_command, output_size  # noqa: F401  (build_command: the one builder)
 
 log = logging.getLogger("converter.worker")
 
@@ -35,19 +38,12 @@ def profile_named(name: str) -> Profile:
         raise FatalError(f"unknown profile {name!r}") from None
 
 
-def build_command(binary: str, profile: Profile, source: Path, output: Path) -> list[str]:
-    """The FFmpeg argument list for ``profile``: first video stream, first audio stream if any."""
-    args = [
-        binary, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-y",
-        "-i", str(source),
-        "-map", "0:v:0", "-map", "0:a:0?",
-        "-vf", f"scale=-2:{profile.height}",  # keep the aspect ratio, width rounded to even
-        "-c:v", profile.video_codec, "-preset", profile.preset, "-crf", str(profile.crf), "-pix_fmt", "yuv420p",
-        "-c:a", profile.audio_codec, "-b:a", profile.audio_bitrate,
-    ]
-    if output.suffix.lower() in (".mp4", ".mov"):
-        args += ["-movflags", "+faststart"]
-    return args + ["-progress", "pipe:1", str(output)]
+class FfmpegStalled(RetryableError):
+    """FFmpeg made no progress for ``stall_timeout`` seconds and was killed."""
+
+
+class FfmpegTimedOut(RetryableError):
+    """FFmpeg ran past the hard ``timeout`` and was killed."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +53,16 @@ class MediaInfo:
     width: int | None
     height: int | None
     audio_codec: str | None
+    audio_streams: int = 0
+    subtitle_codecs: tuple[str, ...] = ()
+    pix_fmt: str | None = None
+    sample_aspect: float = 1.0
+    rotation: int = 0  # degrees from the display matrix; 90/270 swap the displayed width and height
+
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) as shown: pixel aspect applied, rotation applied."""
+        width, height = round((self.width or 0) * self.sample_aspect), self.height or 0
+        return (height, width) if self.rotation % 180 == 90 else (width, height)
 
 
 def probe(ffprobe: str, path: Path) -> MediaInfo:
@@ -69,23 +75,60 @@ def probe(ffprobe: str, path: Path) -> MediaInfo:
         raise FatalError(f"ffprobe cannot read {path.name}: {_last_line(result.stderr)}")
     data = json.loads(result.stdout or "{}")
     streams = data.get("streams", [])
-    video = next((s for s in streams if s.get("codec_type") == "video"), {})
-    audio = next((s for s in streams if s.get("codec_type") == "audio"), {})
+    video = next((s for s in streams if s.get("codec_type") == "video"
+                  and not s.get("disposition", {}).get("attached_pic")), {})
+    audio = [s for s in streams if s.get("codec_type") == "audio"]
     return MediaInfo(
         duration=float(data.get("format", {}).get("duration") or 0.0),
         video_codec=video.get("codec_name"),
         width=video.get("width"),
         height=video.get("height"),
-        audio_codec=audio.get("codec_name"),
+        audio_codec=audio[0].get("codec_name") if audio else None,
+        audio_streams=len(audio),
+        subtitle_codecs=tuple(s.get("codec_name") or "" for s in streams if s.get("codec_type") == "subtitle"),
+        pix_fmt=video.get("pix_fmt"),
+        sample_aspect=_ratio(video.get("sample_aspect_ratio")),
+        rotation=_rotation(video),
     )
 
 
+def check_output(ffprobe: str, output: Path, profile: Profile, source: MediaInfo, tolerance: float) -> MediaInfo:
+    """ffprobe the converted file; FatalError naming what is wrong unless it is what the profile promises."""
+    if not output.exists() or output.stat().st_size == 0:
+        raise FatalError("output check failed: ffmpeg wrote no output")
+    try:
+        info = probe(ffprobe, output)
+    except FatalError as exc:
+        raise FatalError(f"output check failed: {exc}") from None
+    expected_size = output_size(profile, source)
+    problems = []
+    if info.video_codec != profile.codec:
+        problems.append(f"video codec {info.video_codec}, expected {profile.codec}")
+    if expected_size and (info.width, info.height) != expected_size:
+        problems.append(f"size {info.width}x{info.height}, expected {expected_size[0]}x{expected_size[1]}")
+    if info.audio_streams != source.audio_streams:
+        problems.append(f"{info.audio_streams} audio streams, expected {source.audio_streams}")
+    allowed = max(tolerance, source.duration * 0.01)
+    if source.duration > 0 and abs(info.duration - source.duration) > allowed:
+        problems.append(f"duration {info.duration:.2f} s, source {source.duration:.2f} s (tolerance {allowed:.2f} s)")
+    if problems:
+        raise FatalError("output check failed: " + "; ".join(problems))
+    return info
+
+
 def run(command: list[str], *, duration: float, timeout: float, cancel: threading.Event,
-        on_progress: Callable[[float], None] | None = None) -> float:
+        on_progress: Callable[[float], None] | None = None, stall_timeout: float | None = None,
+        kill_grace: float = KILL_GRACE) -> float:
     """Run FFmpeg to completion and return the wall seconds it took.
 
-    Raises Shutdown when ``cancel`` is set, RetryableError on a timeout or a death by signal,
-    FatalError when FFmpeg itself reports an error (its last stderr line is the message).
+    Progress comes from ``-progress pipe:1``: ``out_time_us`` against ``duration`` gives the percent.
+    A watchdog kills the process group (SIGTERM, SIGKILL after ``kill_grace``) when ``cancel`` is
+    set, when ``timeout`` passes, or when neither ``out_time_us`` nor ``frame`` moved for
+    ``stall_timeout`` seconds.
+
+    Raises Shutdown when ``cancel`` is set, FfmpegTimedOut / FfmpegStalled (RetryableError) when the
+    watchdog fired, RetryableError on a death by signal, FatalError when FFmpeg itself reports an
+    error (its last stderr line is the message).
     """
     started = time.monotonic()
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -93,25 +136,23 @@ def run(command: list[str], *, duration: float, timeout: float, cancel: threadin
     stderr_tail: deque[str] = deque(maxlen=20)
     drain = threading.Thread(target=lambda: stderr_tail.extend(process.stderr), daemon=True)
     drain.start()
-    killer = _Watchdog(process, timeout, cancel)
+    killer = _Watchdog(process, timeout, cancel, stall_timeout, kill_grace)
     killer.start()
     try:
-        for line in process.stdout:
-            if on_progress is not None and line.startswith("out_time_us=") and duration > 0:
-                value = line.split("=", 1)[1].strip()
-                if value.isdigit():
-                    on_progress(min(100.0, int(value) / 1e6 / duration * 100))
+        _read_progress(process, killer, duration, on_progress)
         returncode = process.wait()
     finally:
         killer.stop()
         if process.poll() is None:
-            _kill_group(process)
+            _kill_group(process, kill_grace)
         drain.join(timeout=5)
     elapsed = time.monotonic() - started
     if cancel.is_set():
         raise Shutdown("conversion interrupted")
-    if killer.fired:
-        raise RetryableError(f"ffmpeg exceeded its {timeout:.0f} s limit and was killed")
+    if killer.fired == "timeout":
+        raise FfmpegTimedOut(f"ffmpeg exceeded its {timeout:.0f} s limit and was killed")
+    if killer.fired == "stall":
+        raise FfmpegStalled(f"ffmpeg made no progress for {stall_timeout:.0f} s and was killed")
     if returncode < 0:
         raise RetryableError(f"ffmpeg was killed by signal {-returncode}")
     if returncode != 0:
@@ -120,33 +161,60 @@ def run(command: list[str], *, duration: float, timeout: float, cancel: threadin
     return elapsed
 
 
-class _Watchdog(threading.Thread):
-    """Kills the FFmpeg process group when the job is cancelled or the hard timeout passes."""
+def _read_progress(process: subprocess.Popen, killer: "_Watchdog", duration: float,
+                   on_progress: Callable[[float], None] | None) -> None:
+    """Feed the watchdog and the caller from FFmpeg's ``key=value`` progress lines."""
+    seen: dict[str, str] = {}
+    for line in process.stdout:
+        key, _, value = line.strip().partition("=")
+        if key not in ("out_time_us", "frame") or seen.get(key) == value:
+            continue
+        seen[key] = value
+        killer.progressed()
+        if key == "out_time_us" and value.isdigit() and on_progress is not None and duration > 0:
+            on_progress(min(100.0, int(value) / 1e6 / duration * 100))
 
-    def __init__(self, process: subprocess.Popen, timeout: float, cancel: threading.Event):
+
+class _Watchdog(threading.Thread):
+    """Kills the FFmpeg process group on cancel, past the hard timeout, or when progress stalls."""
+
+    def __init__(self, process: subprocess.Popen, timeout: float, cancel: threading.Event,
+                 stall_timeout: float | None = None, kill_grace: float = KILL_GRACE):
         super().__init__(daemon=True)
         self._process = process
         self._deadline = time.monotonic() + timeout
         self._cancel = cancel
+        self._stall_timeout = stall_timeout
+        self._kill_grace = kill_grace
+        self._last_progress = time.monotonic()
         self._done = threading.Event()
-        self.fired = False
+        self.fired: str | None = None  # "timeout" or "stall" (not set on cancel)
+
+    def progressed(self) -> None:
+        self._last_progress = time.monotonic()
 
     def run(self) -> None:
         while not self._done.is_set():
-            if self._cancel.is_set() or time.monotonic() >= self._deadline:
-                self.fired = not self._cancel.is_set()
-                _kill_group(self._process)
+            now = time.monotonic()
+            if self._cancel.is_set():
+                _kill_group(self._process, self._kill_grace)
+                return
+            if now >= self._deadline or (self._stall_timeout and now - self._last_progress >= self._stall_timeout):
+                self.fired = "timeout" if now >= self._deadline else "stall"
+                log.warning("ffmpeg (pid %d): %s; killing its process group", self._process.pid,
+                            "hard timeout" if self.fired == "timeout" else "no progress")
+                _kill_group(self._process, self._kill_grace)
                 return
             self._done.wait(0.2)
 
     def stop(self) -> None:
         self._done.set()
-        self.join(timeout=KILL_GRACE + 1)
+        self.join(timeout=self._kill_grace + 1)
 
 
-def _kill_group(process: subprocess.Popen) -> None:
+def _kill_group(process: subprocess.Popen, grace: float = KILL_GRACE) -> None:
     """SIGTERM the process group, SIGKILL it if it is still there after the grace period."""
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, None)):
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
@@ -165,3 +233,21 @@ def _die_with_parent() -> None:
 
 def _last_line(text: str) -> str:
     return next((l.strip() for l in reversed(text.splitlines()) if l.strip()), "no message")
+
+
+def _ratio(text: str | None) -> float:
+    """``"4:3"`` → 1.333; 1.0 for missing, ``0:1`` and nonsense."""
+    num, _, den = (text or "").partition(":")
+    try:
+        value = int(num) / int(den)
+    except (ValueError, ZeroDivisionError):
+        return 1.0
+    return value if value > 0 else 1.0
+
+
+def _rotation(stream: dict) -> int:
+    for side in stream.get("side_data_list", []):
+        if "rotation" in side:
+            return int(float(side["rotation"])) % 360
+    rotate = stream.get("tags", {}).get("rotate", "0")
+    return int(rotate) % 360 if rotate.lstrip("-").isdigit() else 0

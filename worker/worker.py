@@ -17,7 +17,7 @@ from worker import ffmpeg
 from worker.client import MasterClient
 from worker.config import WorkerConfig
 from worker.errors import ApiRejected, FatalError, JobLost, RetryableError, Shutdown
-from worker.metrics import WorkerMetrics
+from worker.metrics import WorkerMetrics, free_bytes
 from worker.retry import RetryPolicy
 
 log = logging.getLogger("converter.worker")
@@ -30,6 +30,7 @@ class ActiveJob:
     job_id: str
     directory: Path
     abort: threading.Event
+    reserved: int = 0  # cache bytes this job may still need
     progress: float = 0.0
     stage: str = "download"
 
@@ -90,9 +91,21 @@ class Worker:
         return ("stopping; " if self.stopping else "") + ("; ".join(jobs) if jobs else "idle")
 
     def stop(self) -> None:
-        """Stop claiming; abort running jobs, which are given back to the master."""
+        """Stop claiming; running jobs get ``drain_timeout`` to finish, then are aborted and given back."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         self.notifier.stopping()
+        drain = self.config.worker.drain_timeout
+        if drain > 0:
+            log.info("draining: running jobs have %.0f s to finish", drain)
+            timer = threading.Timer(drain, self._abort_all)
+            timer.daemon = True
+            timer.start()
+        else:
+            self._abort_all()
+
+    def _abort_all(self) -> None:
         with self._lock:
             for job in self._active.values():
                 job.abort.set()
@@ -121,18 +134,19 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claim one job and process it to the end; False when no job came within the claim wait."""
-        job = self.client.claim(self.config.worker.claim_wait)
+        job = self.client.claim(self.config.worker.claim_wait, cache_free_bytes=self._cache_room())
         if job is None:
             return False
         self.process(job)
         return True
 
     def process(self, job: dict[str, Any]) -> None:
-        active = ActiveJob(job["id"], self.cache / f"job_{job['id']}", threading.Event())
+        active = ActiveJob(job["id"], self.cache / f"job_{job['id']}", threading.Event(),
+                           reserved=2 * int(job.get("source_size") or 0))
         with self._lock:
             self._active[active.job_id] = active
         if self.stopping:
-            active.abort.set()
+            active.abort.set()  # claimed while stopping: hand it straight back, even when draining
         heartbeat = threading.Thread(target=self._heartbeat_loop, args=(active,), daemon=True)
         heartbeat.start()
         self.metrics.jobs_in_progress.inc()
@@ -180,6 +194,12 @@ class Worker:
         active.stage = "upload"
         size = self.client.upload_converted_video(active.job_id, output, active.abort)
         log.info("job %s: completed, %d bytes uploaded", active.job_id, size)
+
+    def _cache_room(self) -> int:
+        """Free cache bytes not already promised to jobs in progress (each may need up to twice its source)."""
+        with self._lock:
+            promised = sum(job.reserved for job in self._active.values())
+        return max(0, free_bytes(self.cache) - promised)
 
     def _report_retryable(self, active: ActiveJob, error: str) -> str:
         job = self.client.fail(active.job_id, error, retryable=True)

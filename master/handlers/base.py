@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
@@ -32,6 +32,14 @@ class Services:
     dispatcher: Dispatcher
     metrics: MasterMetrics
     tokens: Tokens = Tokens()
+    upload_slots: "UploadSlots" = field(default_factory=lambda: UploadSlots())
+
+
+@dataclass
+class UploadSlots:
+    """How many uploads are streaming in now (IOLoop-only state, so no lock)."""
+
+    in_use: int = 0
 
 
 class BaseHandler(tornado.web.RequestHandler):

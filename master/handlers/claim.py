@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tornado.gen
 import tornado.ioloop
 
 from master import errors
@@ -28,10 +29,21 @@ class ClaimHandler(BaseHandler):
         wait = body.get("wait", 0)
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
             raise errors.bad_request("invalid_field", "wait must be a number of seconds >= 0")
+        room = body.get("cache_free_bytes")
+        if room is not None and (isinstance(room, bool) or not isinstance(room, int) or room < 0):
+            raise errors.bad_request("invalid_field", "cache_free_bytes must be an integer >= 0")
         loop = tornado.ioloop.IOLoop.current()
         deadline = loop.time() + min(float(wait), self.config.jobs.max_claim_wait)
+        quarantined = self.store.quarantined_until(worker_id)
+        if quarantined is not None:
+            await self._wait_out(deadline)  # a quarantined worker waits as if the queue were empty
+            self.set_header("X-Quarantined-Until", f"{quarantined:.0f}")
+            self._no_job()
+            return
+        # Room for the source and an output of about the same size.
+        max_source = room // 2 if room is not None else None
         while not self._client_gone:
-            job = self.store.claim_next(worker_id, self.config.jobs.lease_seconds)
+            job = self.store.claim_next(worker_id, self.config.jobs.lease_seconds, max_source_size=max_source)
             if job is not None:
                 self.services.metrics.job_claimed(job)
                 self.write_json(job.to_dict())
@@ -43,6 +55,14 @@ class ClaimHandler(BaseHandler):
                 await self.services.dispatcher.wait(min(remaining, RECHECK_SECONDS))
             except TimeoutError:
                 pass
+        self._no_job()
+
+    def _no_job(self) -> None:
         if not self._client_gone:
             self.set_status(204)
             self.finish()
+
+    async def _wait_out(self, deadline: float) -> None:
+        loop = tornado.ioloop.IOLoop.current()
+        while not self._client_gone and loop.time() < deadline:
+            await tornado.gen.sleep(min(RECHECK_SECONDS, deadline - loop.time()))

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from master import errors
 from master.auth import Access
 from master.handlers.base import BaseHandler, check_worker_id
+
+
+log = logging.getLogger("converter.master")
 
 
 class _LeaseHandler(BaseHandler):
@@ -39,6 +44,11 @@ class FailHandler(_LeaseHandler):
             raise errors.bad_request("invalid_field", "retryable must be true or false")
         job = self.store.fail(job_id, worker_id=worker_id, error=error[:2000], retryable=retryable,
                               retry_delay=self.config.jobs.retry_delay)
+        worker = self.store.record_worker_outcome(worker_id, failed=True, threshold=self.config.jobs.quarantine_after,
+                                                  quarantine_seconds=self.config.jobs.quarantine_seconds)
+        if worker is not None and worker.quarantined_until > job.updated_at:
+            log.warning("worker %s quarantined after %d consecutive failures", worker_id,
+                        worker.consecutive_failures)
         self.services.metrics.job_failed_or_requeued(job, "retryable_failure")
         self.services.dispatcher.notify()
         self.write_json(job.to_dict())

@@ -22,7 +22,7 @@ from master import errors
 from master.auth import Access
 from master.errors import ApiError
 from master.handlers.base import BaseHandler
-from master.paths import resolve_in_root
+from master.paths import free_bytes, resolve_in_root
 
 UPLOAD_FIELD = "video"
 TEMP_PREFIX = ".converter-upload-"
@@ -62,12 +62,14 @@ class UploadVideoHandler(BaseHandler):
         self._parser: StreamingFormDataParser | None = None
         self._sink: FileSink | None = None
         self._body_error: ApiError | None = None
+        self._holds_slot = False
 
     access = {"POST": Access.WORKER}
 
     def prepare(self) -> None:
         super().prepare()  # authentication, before the body is read
         self.job = self.processing_job(self.job_id_argument())  # before a single byte is stored
+        self._take_upload_slot()
         try:
             self.expected_digest = parse_repr_digest(self.request.headers.get("Repr-Digest"))
         except ValueError as exc:
@@ -76,6 +78,8 @@ class UploadVideoHandler(BaseHandler):
         declared = self.request.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise ApiError(413, "body_too_large", f"upload exceeds the limit of {limit} bytes")
+        if declared is not None and declared.isdigit() and int(declared) > free_bytes(self.config.storage.root):
+            raise ApiError(507, "insufficient_storage", "not enough free space on the master for this upload")
         self.request.connection.set_max_body_size(limit)
         self.request.connection.set_body_timeout(self.config.server.timeout)
         try:
@@ -119,6 +123,9 @@ class UploadVideoHandler(BaseHandler):
         self._temp_path = None
         job = self.store.complete(self.job.id, self._sink.size, digest.hex(), worker_id=self.job.worker_id)
         self.services.metrics.job_completed(job)
+        if job.worker_id is not None:
+            self.store.record_worker_outcome(job.worker_id, failed=False, threshold=self.config.jobs.quarantine_after,
+                                             quarantine_seconds=self.config.jobs.quarantine_seconds)
         self.set_header("Repr-Digest", repr_digest(digest))
         self.write_json({"job_id": job.id, "status": job.status.value, "size": self._sink.size,
                          "sha256": digest.hex(), "output_path": job.output_path})
@@ -140,7 +147,21 @@ class UploadVideoHandler(BaseHandler):
     def on_connection_close(self) -> None:
         self._discard_temp()
 
+    def _take_upload_slot(self) -> None:
+        slots = self.services.upload_slots
+        if slots.in_use >= self.config.server.max_concurrent_uploads:
+            raise ApiError(503, "too_many_uploads", "the master is receiving its maximum of concurrent uploads",
+                           headers={"Retry-After": "5"})
+        slots.in_use += 1
+        self._holds_slot = True
+
+    def _release_upload_slot(self) -> None:
+        if self._holds_slot:
+            self.services.upload_slots.in_use -= 1
+            self._holds_slot = False
+
     def _discard_temp(self) -> None:
+        self._release_upload_slot()
         if self._temp_file is not None and not self._temp_file.closed:
             try:
                 self._temp_file.close()

@@ -20,6 +20,7 @@ class WorkersHandler(BaseHandler):
         for worker in self.store.list_workers():
             data = worker.to_dict()
             data["online"] = now - worker.last_seen_at <= online_window
+            data["quarantined"] = worker.quarantined_until > now
             data["jobs"] = self.store.jobs_of_worker(worker.id)
             workers.append(data)
         self.write_json({"workers": workers})

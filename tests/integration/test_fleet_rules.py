@@ -1,0 +1,124 @@
+"""Quarantine (circuit breaker), disk-room-aware claims, upload limits and a full master disk."""
+
+import socket
+import time
+
+import pytest
+import requests
+
+from tests.fixtures import ThreadedMaster, master_config
+
+pytestmark = pytest.mark.integration
+
+
+def seed(master, name="a.mp4", size=1000):
+    (master.root / "in").mkdir(exist_ok=True)
+    (master.root / "in" / name).write_bytes(b"x" * size)
+    return f"in/{name}"
+
+
+def fail(master, job_id, worker):
+    return requests.post(f"{master.url}/api/worker/fail?job_id={job_id}",
+                         json={"worker_id": worker, "error": "gpu fell off the bus", "retryable": True}, timeout=5)
+
+
+@pytest.fixture
+def strict(tmp_path):
+    running = ThreadedMaster(master_config(tmp_path, quarantine_after=2, quarantine_seconds=60, max_attempts=5))
+    yield running
+    running.stop()
+
+
+def register(master, worker):
+    requests.post(f"{master.url}/api/worker/register", json={"worker_id": worker}, timeout=5).raise_for_status()
+
+
+def test_worker_failing_repeatedly_is_quarantined_and_others_get_the_job(strict):
+    register(strict, "broken")
+    register(strict, "healthy")
+    strict.submit(seed(strict), "out/a.mp4", job_id="q1")
+    for _ in range(2):
+        assert strict.claim("broken")["id"] == "q1"
+        fail(strict, "q1", "broken")
+    assert strict.claim("broken") is None
+    [broken] = [w for w in requests.get(f"{strict.url}/api/workers", timeout=5).json()["workers"]
+                if w["id"] == "broken"]
+    assert broken["quarantined"] and broken["consecutive_failures"] == 2
+    assert strict.claim("healthy")["id"] == "q1"
+
+
+def test_success_resets_the_failure_count(strict):
+    register(strict, "w")
+    strict.submit(seed(strict), "out/a.mp4", job_id="s1")
+    strict.claim("w")
+    fail(strict, "s1", "w")
+    strict.claim("w")
+    requests.post(f"{strict.url}/api/worker/upload-video?job_id=s1", files={"video": b"ok"}, timeout=5)
+    [worker] = requests.get(f"{strict.url}/api/workers", timeout=5).json()["workers"]
+    assert worker["consecutive_failures"] == 0 and not worker["quarantined"]
+
+
+def test_claim_skips_jobs_whose_source_does_not_fit_the_cache(master):
+    master.submit(seed(master, "big.mp4", 10_000), "out/big.mp4", job_id="big")
+    master.submit(seed(master, "small.mp4", 100), "out/small.mp4", job_id="small")
+    claim = requests.post(f"{master.url}/api/worker/claim",
+                          json={"worker_id": "w", "wait": 0, "cache_free_bytes": 5_000}, timeout=5)
+    assert claim.json()["id"] == "small"
+    assert master.job("big")["status"] == "pending"
+
+
+def test_upload_larger_than_free_storage_is_507(tmp_path):
+    config = master_config(tmp_path)
+    import dataclasses
+    config = dataclasses.replace(config, server=dataclasses.replace(config.server, max_upload_size=1 << 62))
+    running = ThreadedMaster(config)
+    try:
+        running.submit(seed(running), "out/a.mp4", job_id="f1")
+        running.claim("w")
+        port = int(running.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /api/worker/upload-video?job_id=f1 HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 4611686018427387904\r\n\r\n")
+            answer = sock.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 507") and "insufficient_storage" in answer
+        assert running.job("f1")["status"] == "processing"
+        assert not [p for p in running.root.rglob(".converter-upload-*")]
+    finally:
+        running.stop()
+
+
+def test_upload_over_the_size_limit_is_413(master):
+    master.submit(seed(master), "out/a.mp4", job_id="l1")
+    master.claim("w")
+    port = int(master.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST /api/worker/upload-video?job_id=l1 HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 999999999999999\r\n\r\n")
+        answer = sock.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 413") and "body_too_large" in answer
+
+
+def test_concurrent_upload_limit_answers_503(tmp_path):
+    import dataclasses
+    config = master_config(tmp_path)
+    config = dataclasses.replace(config, server=dataclasses.replace(config.server, max_concurrent_uploads=1))
+    running = ThreadedMaster(config)
+    try:
+        for i in (1, 2):
+            running.submit(seed(running, f"{i}.mp4"), f"out/{i}.mp4", job_id=f"c{i}")
+            running.claim("w")
+        port = int(running.url.rsplit(":", 1)[1])
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"POST /api/worker/upload-video?job_id=c1 HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n")
+        time.sleep(0.3)
+        second = requests.post(f"{running.url}/api/worker/upload-video?job_id=c2", files={"video": b"x"}, timeout=5)
+        assert second.status_code == 503 and second.headers["Retry-After"] == "5"
+        slow.close()  # the cut upload frees its slot and leaves no temp file
+        time.sleep(0.3)
+        third = requests.post(f"{running.url}/api/worker/upload-video?job_id=c2", files={"video": b"x"}, timeout=5)
+        assert third.status_code == 200
+        assert not [p for p in running.root.rglob(".converter-upload-*")]
+        assert running.job("c1")["status"] == "processing"
+    finally:
+        running.stop()
