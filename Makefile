@@ -36,7 +36,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[master,worker,test]'
+	$(VENV)/bin/pip install -q -e '.[master,worker,cli,test]'
 	touch $(STAMP)
 
 clean:

@@ -1,7 +1,17 @@
 """Named conversion profiles: what the output should be, not how FFmpeg is called.
 
-The master validates profile names against this table; the worker's ``worker.ffmpeg`` module
-turns a profile into an FFmpeg argument list. No raw FFmpeg arguments ever come from the API.
+The master validates profile names against this table; the worker's ``worker.profiles_ffmpeg``
+module turns a profile into an FFmpeg argument list (a Vulkan form and a CPU form). No raw FFmpeg
+arguments ever come from the API.
+
+Policies shared by every built-in profile (see docs/gpu.md):
+
+- video: the first video stream, scaled down to at most ``height`` lines (never up), the width
+  following the display aspect ratio, both rounded to even, square pixels; 8-bit 4:2:0 output
+  (a 10-bit source is converted, HDR is not tone-mapped); timestamps kept (VFR stays VFR).
+- audio: every audio stream, each encoded with ``audio_codec``/``audio_bitrate``; none is fine.
+- subtitles: ``subtitles="keep"`` keeps text subtitles (mov_text in MP4/MOV, copied or SRT in
+  MKV) and bitmap subtitles in MKV only (MP4 cannot hold them: dropped); ``"drop"`` drops all.
 """
 
 from __future__ import annotations
@@ -10,34 +20,45 @@ import re
 from dataclasses import dataclass
 
 PROFILE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+FILTERS = ("", "denoise", "deinterlace")
+SUBTITLE_POLICIES = ("keep", "drop")
 
 
 @dataclass(frozen=True)
 class Profile:
     name: str
     containers: tuple[str, ...]  # output extensions allowed (FFmpeg picks the muxer from it)
-    video_codec: str  # FFmpeg encoder name
-    height: int  # output height; width follows the aspect ratio, rounded to even
+    video_codec: str  # FFmpeg CPU encoder name, the first choice
+    height: int  # largest output height; width follows the aspect ratio, rounded to even
     crf: int
     preset: str
     audio_codec: str
     audio_bitrate: str
     description: str
+    codec: str = "h264"  # the output's codec as ffprobe names it (checked before upload)
+    alternative_encoders: tuple[str, ...] = ()  # CPU encoders to use when ``video_codec`` is missing
+    filter: str = ""  # "", "denoise" (nlmeans) or "deinterlace" (bwdif)
+    subtitles: str = "keep"
+
+
+def _profile(name: str, **fields) -> Profile:
+    defaults = dict(containers=("mp4", "mkv", "mov"), video_codec="libx264", height=1080, crf=21,
+                    preset="veryfast", audio_codec="aac", audio_bitrate="128k")
+    return Profile(name=name, **{**defaults, **fields})
 
 
 BUILTIN_PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
-        Profile(
-            name="h264-720p",
-            containers=("mp4", "mkv", "mov"),
-            video_codec="libx264",
-            height=720,
-            crf=23,
-            preset="veryfast",
-            audio_codec="aac",
-            audio_bitrate="128k",
-            description="H.264 720p, AAC audio, MP4 (faststart)",
-        ),
+        _profile("h264-720p", height=720, crf=23, description="H.264 720p, AAC audio, MP4 (faststart)"),
+        _profile("h264-1080p", description="H.264 1080p, AAC audio"),
+        _profile("hevc-1080p", video_codec="libx265", codec="hevc", crf=26, preset="fast",
+                 description="HEVC 1080p (hvc1 tag in MP4/MOV), AAC audio"),
+        _profile("av1-1080p", containers=("mp4", "mkv"), video_codec="libsvtav1", codec="av1", crf=35, preset="8",
+                 alternative_encoders=("libaom-av1",), description="AV1 1080p (SVT-AV1, else libaom), AAC audio"),
+        _profile("denoise-1080p", crf=20, filter="denoise",
+                 description="Non-local-means denoise (nlmeans_vulkan on a GPU), H.264 1080p, AAC audio"),
+        _profile("deinterlace", crf=20, filter="deinterlace",
+                 description="Deinterlace every frame (bwdif, one frame per frame), H.264 up to 1080p, AAC audio"),
     )
 }

@@ -27,6 +27,7 @@ from master.handlers.output import JobOutputHandler
 from master.handlers.profiles import ProfilesHandler
 from master.handlers.lease import FailHandler, HeartbeatHandler, ReleaseHandler
 from master.handlers.upload import TEMP_PREFIX, TEMP_SUFFIX, UploadVideoHandler
+from master.handlers.uploads import UploadHandler, UploadsHandler
 from master.handlers.workers import WorkerRegisterHandler, WorkersHandler
 from master.metrics import MasterMetrics
 from master.store import JobStore
@@ -61,6 +62,8 @@ def make_app(config: MasterConfig, store: JobStore, dispatcher: Dispatcher | Non
         (r"/api/worker/release", ReleaseHandler),
         (r"/api/worker/download-video", DownloadVideoHandler),
         (r"/api/worker/upload-video", UploadVideoHandler),
+        (r"/api/uploads", UploadsHandler),
+        (r"/api/uploads/(?P<upload_id>[0-9a-f]{32})", UploadHandler),
     ]
     return tornado.web.Application(
         [(pattern, handler, deps) for pattern, handler in routes],

@@ -15,6 +15,7 @@ from converter_common.systemd import Notifier
 from master.app import remove_stale_uploads, start_master
 from master.auth import load_tokens, refuse_open_exposure
 from master.config import load_config
+from master.handlers.uploads import remove_orphans
 from master.store import JobStore
 
 log = logging.getLogger("converter.master")
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     if removed:
         log.info("removed %d unfinished upload(s) left by a previous run", removed)
     store = JobStore(config.database.path)
+    removed = remove_orphans(store, config.storage.root)
+    if removed:
+        log.info("removed %d resumable upload file(s) that no upload refers to", removed)
     try:
         asyncio.run(_serve(config, store, tokens))
     except OSError as exc:

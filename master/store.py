@@ -51,6 +51,16 @@ CREATE TABLE IF NOT EXISTS workers (
     consecutive_failures INTEGER NOT NULL DEFAULT 0,
     quarantined_until    REAL NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS uploads (
+    id          TEXT PRIMARY KEY,
+    job_id      TEXT NOT NULL,
+    worker_id   TEXT,
+    length      INTEGER NOT NULL,
+    offset      INTEGER NOT NULL DEFAULT 0,
+    temp_path   TEXT NOT NULL,
+    sha256      TEXT,
+    created_at  REAL NOT NULL
+);
 """
 
 
@@ -144,6 +154,26 @@ class Worker:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A resumable (tus) upload of a job's output, in progress."""
+
+    id: str
+    job_id: str
+    worker_id: str | None
+    length: int
+    offset: int
+    temp_path: str  # relative to the storage root
+    sha256: str | None
+    created_at: float
+
+
+class UploadNotFound(StoreError):
+    def __init__(self, upload_id: str):
+        super().__init__(f"no upload with id {upload_id!r}")
+        self.upload_id = upload_id
 
 
 class JobStore:
@@ -353,6 +383,49 @@ class JobStore:
         with self._lock:
             rows = self._db.execute(sql, named).fetchall()
         return [Job.from_row(r) for r in rows]
+
+    # -- resumable uploads ----------------------------------------------------------------------
+
+    def create_upload(self, *, upload_id: str, job_id: str, worker_id: str | None, length: int, temp_path: str,
+                      sha256: str | None, now: float | None = None) -> tuple[Upload, list[Upload]]:
+        """Record a new upload for a job; returns it and the job's older uploads, which it replaces."""
+        now = time.time() if now is None else now
+        with self._lock, self._db:
+            stale = self._db.execute("DELETE FROM uploads WHERE job_id = ? RETURNING *", (job_id,)).fetchall()
+            row = self._db.execute(
+                "INSERT INTO uploads (id, job_id, worker_id, length, offset, temp_path, sha256, created_at)"
+                " VALUES (?, ?, ?, ?, 0, ?, ?, ?) RETURNING *",
+                (upload_id, job_id, worker_id, length, temp_path, sha256, now)).fetchone()
+        return Upload(**dict(row)), [Upload(**dict(r)) for r in stale]
+
+    def get_upload(self, upload_id: str) -> Upload:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+        if row is None:
+            raise UploadNotFound(upload_id)
+        return Upload(**dict(row))
+
+    def set_upload_offset(self, upload_id: str, offset: int) -> None:
+        with self._lock:
+            self._db.execute("UPDATE uploads SET offset = ? WHERE id = ?", (offset, upload_id))
+
+    def delete_upload(self, upload_id: str) -> Upload | None:
+        with self._lock:
+            row = self._db.execute("DELETE FROM uploads WHERE id = ? RETURNING *", (upload_id,)).fetchone()
+        return None if row is None else Upload(**dict(row))
+
+    def delete_orphan_uploads(self) -> list[Upload]:
+        """Forget uploads whose job is no longer processing (finished, cancelled, re-queued)."""
+        with self._lock:
+            rows = self._db.execute(
+                "DELETE FROM uploads WHERE job_id NOT IN (SELECT id FROM jobs WHERE status = ?) RETURNING *",
+                (JobStatus.PROCESSING.value,)).fetchall()
+        return [Upload(**dict(r)) for r in rows]
+
+    def list_uploads(self) -> list[Upload]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM uploads").fetchall()
+        return [Upload(**dict(r)) for r in rows]
 
     # -- workers ------------------------------------------------------------------------------
 

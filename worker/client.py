@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import re
@@ -19,7 +20,7 @@ from converter_common.digest import file_sha256, parse_repr_digest, repr_digest
 from worker.errors import ApiRejected, JobLost, RetryableError, Shutdown
 from worker.hashing import HashingWriter
 from worker.metrics import WorkerMetrics
-from worker.multipart import MultipartFileBody
+from worker.bodies import FileRangeBody, MultipartFileBody
 from worker.progress import TransferProgress
 from worker.retry import RetryPolicy
 
@@ -33,6 +34,7 @@ UPLOAD_BLOCK = 1 << 20
 JOB_GONE_CODES = {"job_not_found", "invalid_job_state", "not_lease_owner"}
 
 
+TUS_HEADERS = {"Tus-Resumable": "1.0.0"}
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
 
@@ -48,6 +50,16 @@ class PartialDownload:
     def restart(self) -> None:
         self.offset, self.etag, self.hasher = 0, None, hashlib.sha256()
         self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class TusUpload:
+    """A resumable upload across attempts: where it lives on the master once created."""
+
+    path: Path
+    size: int
+    sha256: bytes
+    location: str | None = None
 
 
 class LargeBlockAdapter(requests.adapters.HTTPAdapter):
@@ -136,6 +148,14 @@ class MasterClient:
             path.unlink(missing_ok=True)
             raise
 
+    def upload_resumable(self, job_id: str, path: Path, cancel: threading.Event | None = None) -> int:
+        """Upload ``path`` as the job's output over tus: a cut transfer resumes at the offset the master reports.
+
+        The whole file's SHA-256 goes in the upload's metadata; the master verifies it before the rename.
+        """
+        upload = TusUpload(path, path.stat().st_size, file_sha256(path))
+        return self._transfer("upload", job_id, lambda: self._tus_attempt(job_id, upload, cancel))
+
     def upload_converted_video(self, job_id: str, path: Path, cancel: threading.Event | None = None) -> int:
         """Upload ``path`` as the job's output (multipart field ``video``); returns the size the master stored."""
         digest = file_sha256(path)
@@ -220,6 +240,46 @@ class MasterClient:
         progress.finish()
         self.metrics.transfer_done(direction, progress.done, progress.elapsed)
 
+    def _tus_attempt(self, job_id: str, upload: "TusUpload", cancel: threading.Event | None) -> int:
+        offset = self._tus_offset(upload) if upload.location else None
+        if offset is None:
+            upload.location = self._tus_create(job_id, upload)
+            offset = 0
+        progress = self._progress("upload", job_id, upload.size)
+        progress.done = offset
+        body = FileRangeBody(upload.path, offset, upload.size - offset, on_read=progress.add, cancel=cancel)
+        try:
+            response = self._request("PATCH", upload.location, data=body, timeout=(CONNECT_TIMEOUT, self.upload_timeout),
+                                     headers={**TUS_HEADERS, "Upload-Offset": str(offset),
+                                              "Content-Type": "application/offset+octet-stream"})
+        finally:
+            body.close()
+        if response.status_code == 400 and _error_code(response) == "digest_mismatch":
+            upload.location = None  # the master dropped the upload: start a new one
+            raise RetryableError(f"upload of job {job_id}: the master computed another SHA-256")
+        _raise_for_status(response)
+        stored = int(response.headers.get("Upload-Offset", "-1"))
+        if stored != upload.size:
+            raise RetryableError(f"upload of job {job_id}: master holds {stored} of {upload.size} bytes")
+        self._finish(progress, "upload")
+        return upload.size
+
+    def _tus_create(self, job_id: str, upload: "TusUpload") -> str:
+        metadata = f"job_id {_b64(job_id.encode())},sha256 {_b64(upload.sha256)},filename {_b64(upload.path.name.encode())}"
+        response = self._request("POST", "/api/uploads", timeout=(CONNECT_TIMEOUT, CONTROL_TIMEOUT), headers={
+            **TUS_HEADERS, "Upload-Length": str(upload.size), "Upload-Metadata": metadata})
+        _raise_for_status(response)
+        return response.headers["Location"]
+
+    def _tus_offset(self, upload: "TusUpload") -> int | None:
+        """Where the master's copy of the upload ends; None when the master no longer has it."""
+        response = self._request("HEAD", upload.location, headers=TUS_HEADERS, timeout=(CONNECT_TIMEOUT,
+                                                                                         CONTROL_TIMEOUT))
+        if response.status_code in (404, 410):
+            return None
+        _raise_for_status(response)
+        return int(response.headers["Upload-Offset"])
+
     # -- plumbing -------------------------------------------------------------------------------
 
     def _control(self, method: str, path: str, body: dict[str, Any], job_id: str | None = None) -> dict[str, Any]:
@@ -227,11 +287,23 @@ class MasterClient:
                                                                                              CONTROL_TIMEOUT)))
 
     def _request(self, method: str, path: str, *, job_id: str | None = None, **kwargs: Any) -> requests.Response:
+        """A request to the master; ``path`` is absolute on the master (``/api/...``)."""
         params = {"job_id": job_id} if job_id is not None else None
         try:
             return self.session.request(method, self.base_url + path, params=params, **kwargs)
         except requests.RequestException as exc:
             raise RetryableError(f"{method} {path}: {exc.__class__.__name__}: {exc}") from exc
+
+
+def _b64(value: bytes) -> str:
+    return base64.b64encode(value).decode()
+
+
+def _error_code(response: requests.Response) -> str | None:
+    try:
+        return response.json().get("error")
+    except ValueError:
+        return None
 
 
 def _digest_header(response: requests.Response) -> bytes | None:

@@ -63,10 +63,13 @@ class StorageSection:
     upload_timeout: float = 1800.0
     cache_path: Path = Path("/var/cache/converter")
     chunk_size: int = 10 * MiB  # the seed's value; 1 MiB already saturates the disk here
+    upload_protocol: str = "tus"  # tus: resumable uploads; multipart: the seed's upload-video endpoint
 
     def validate(self, key: str) -> None:
         require_positive(f"{key}.download_timeout", self.download_timeout)
         require_positive(f"{key}.upload_timeout", self.upload_timeout)
+        if self.upload_protocol not in ("tus", "multipart"):
+            raise ConfigError(f"{key}.upload_protocol", f"must be tus or multipart, got {self.upload_protocol!r}")
         if not 64 * 1024 <= self.chunk_size <= 256 * MiB:
             raise ConfigError(f"{key}.chunk_size", f"must be 64 KiB..256 MiB, got {self.chunk_size}")
 

@@ -12,6 +12,7 @@ import ctypes
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -92,12 +93,45 @@ def probe(ffprobe: str, path: Path) -> MediaInfo:
     )
 
 
-def check_output(ffprobe: str, output: Path, profile: Profile, source: MediaInfo, tolerance: float) -> MediaInfo:
-    """ffprobe the converted file; FatalError naming what is wrong unless it is what the profile promises."""
+def probe_with_ffmpeg(binary: str, path: Path) -> MediaInfo:
+    """``probe`` for hosts without ffprobe (imageio-ffmpeg ships none): parse ``ffmpeg -i``'s stream summary."""
+    result = subprocess.run([binary, "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True, text=True,
+                            errors="replace", timeout=120)
+    text = result.stderr
+    streams = _STREAM.findall(text)
+    if "Duration:" not in text or not streams:
+        raise FatalError(f"ffmpeg cannot read {path.name}: {_last_line(text)}")
+    hours, minutes, seconds = _DURATION.search(text).groups() if _DURATION.search(text) else ("0", "0", "0")
+    video = next((rest for kind, _codec, rest in streams if kind == "Video" and "attached pic" not in rest), "")
+    size, sar = _SIZE.search(video), _SAR.search(video)
+    rotation = _ROTATION.search(text)
+    return MediaInfo(
+        duration=int(hours) * 3600 + int(minutes) * 60 + float(seconds),
+        video_codec=next((codec for kind, codec, rest in streams if kind == "Video" and rest == video), None),
+        width=int(size[1]) if size else None,
+        height=int(size[2]) if size else None,
+        audio_codec=next((codec for kind, codec, _ in streams if kind == "Audio"), None),
+        audio_streams=sum(kind == "Audio" for kind, _, _ in streams),
+        subtitle_codecs=tuple(codec for kind, codec, _ in streams if kind == "Subtitle"),
+        sample_aspect=_ratio(f"{sar[1]}:{sar[2]}") if sar else 1.0,
+        rotation=int(float(rotation[1])) % 360 if rotation else 0,
+    )
+
+
+_STREAM = re.compile(r"^\s*Stream #0:\d+\S*: (Video|Audio|Subtitle): (\w+)(.*)$", re.M)
+_DURATION = re.compile(r"Duration: (\d+):(\d+):([\d.]+)")
+_SIZE = re.compile(r", (\d{1,5})x(\d{1,5})[, ]")
+_SAR = re.compile(r"SAR (\d+):(\d+)")
+_ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees")
+
+
+def check_output(prober: Callable[[Path], MediaInfo], output: Path, profile: Profile, source: MediaInfo,
+                 tolerance: float) -> MediaInfo:
+    """Probe the converted file; FatalError naming what is wrong unless it is what the profile promises."""
     if not output.exists() or output.stat().st_size == 0:
         raise FatalError("output check failed: ffmpeg wrote no output")
     try:
-        info = probe(ffprobe, output)
+        info = prober(output)
     except FatalError as exc:
         raise FatalError(f"output check failed: {exc}") from None
     expected_size = output_size(profile, source)

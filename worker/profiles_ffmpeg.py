@@ -46,7 +46,7 @@ def output_size(profile: Profile, info: "MediaInfo | None") -> tuple[int, int] |
     width, height = info.display_size()
     out_h = min(profile.height, height)
     out_h -= out_h % 2
-    out_w = round(width * out_h / height / 2) * 2
+    out_w = int(width * out_h / height / 2 + 0.5) * 2  # half rounds up, like FFmpeg
     return max(out_w, 2), max(out_h, 2)
 
 
@@ -55,7 +55,7 @@ def filter_chain(profile: Profile, info: "MediaInfo | None", plan: Plan) -> str:
     options = FILTER_OPTIONS.get(profile.filter, "")
     if plan.accel != "vulkan":
         steps = [f"{CPU_FILTERS[profile.filter]}={options}"] if profile.filter else []
-        steps.append(f"scale={size[0]}:{size[1]}" if size else f"scale=-2:'min({profile.height},ih)'")
+        steps.append(f"scale={size[0]}:{size[1]}" if size else f"scale=-2:{profile.height}")
         return ",".join(steps + [f"format={PIX_FMT}", "setsar=1"])
     steps = [] if plan.vulkan_decode else [f"format={PIX_FMT}", "hwupload"]
     if profile.filter:
@@ -113,7 +113,8 @@ def build_command(binary: str, profile: Profile, source: Path, output: Path, *, 
         args += ["-init_hw_device", f"vulkan=vk:{plan.vulkan_device}", "-filter_hw_device", "vk"]
         if plan.vulkan_decode:
             args += ["-hwaccel", "vulkan", "-hwaccel_device", "vk", "-hwaccel_output_format", "vulkan"]
-    args += ["-i", str(source), "-map", "0:v:0", "-map", "0:a?"]
+    # Every audio stream; without a probe (``info`` None) the first one, if any.
+    args += ["-i", str(source), "-map", "0:v:0", "-map", "0:a?" if info is not None else "0:a:0?"]
     args += ["-vf", filter_chain(profile, info, plan)]
     args += encoder_args(plan.encoder or profile.video_codec, profile, container)
     args += ["-c:a", profile.audio_codec, "-b:a", profile.audio_bitrate]

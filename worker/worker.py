@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from converter_common.systemd import Notifier
-from worker import ffmpeg
+from worker import conversion, ffmpeg
 from worker.client import MasterClient
 from worker.config import WorkerConfig
 from worker.errors import ApiRejected, FatalError, JobLost, RetryableError, Shutdown
@@ -63,7 +63,7 @@ class Worker:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def register(self) -> dict[str, Any]:
-        capabilities = {"ffmpeg": self.config.ffmpeg.binary, "accel": ["cpu"]}
+        capabilities = conversion.for_worker(self).capabilities()  # probed once, at the first registration
         return self.client.register(capabilities, self.config.worker.concurrency, socket.gethostname())
 
     def run(self) -> None:
@@ -185,14 +185,21 @@ class Worker:
         log.info("job %s: %s -> %s (%s)", active.job_id, job["source_path"], job["output_path"], profile.name)
         self.client.download_source_video(active.job_id, source, active.abort)
         active.stage = "convert"
-        duration = ffmpeg.probe(self.config.ffmpeg.ffprobe, source).duration
-        command = ffmpeg.build_command(self.config.ffmpeg.binary, profile, source, output)
-        seconds = ffmpeg.run(command, duration=duration, timeout=self.config.ffmpeg.timeout, cancel=active.abort,
-                             on_progress=lambda pct: setattr(active, "progress", pct))
-        self.metrics.conversion_done("cpu", profile.name, seconds, duration)
-        log.info("job %s: converted %.1f s of media in %.1f s", active.job_id, duration, seconds)
+        converter = conversion.for_worker(self)
+        result = converter.convert(profile, source, output, active.abort, label=f"job {active.job_id}",
+                                   on_progress=lambda pct: setattr(active, "progress", pct))
+        log.info("job %s: converted %.1f s of media in %.1f s (%s, %s, speed %.2fx)%s", active.job_id,
+                 result.media_seconds, result.seconds, result.accel, result.encoder, result.speed,
+                 f" after a Vulkan failure: {result.fallback}" if result.fallback else "")
+        if converter.take_announcement():  # Vulkan was just disabled: tell the master
+            try:
+                self.register()
+            except (RetryableError, ApiRejected) as exc:
+                log.warning("could not re-send capabilities (%s); the next registration will", exc)
         active.stage = "upload"
-        size = self.client.upload_converted_video(active.job_id, output, active.abort)
+        upload = (self.client.upload_resumable if self.config.storage.upload_protocol == "tus"
+                  else self.client.upload_converted_video)
+        size = upload(active.job_id, output, active.abort)
         log.info("job %s: completed, %d bytes uploaded", active.job_id, size)
 
     def _cache_room(self) -> int:

@@ -17,7 +17,8 @@ from master.dispatch import Dispatcher
 from master.errors import ApiError
 from master.metrics import MasterMetrics
 from master.states import JobStatus
-from master.store import DuplicateJob, InvalidTransition, Job, JobNotFound, JobStore, NotOwner, OutputBusy, StoreError
+from master.store import (DuplicateJob, InvalidTransition, Job, JobNotFound, JobStore, NotOwner, OutputBusy,
+                          StoreError, UploadNotFound)
 
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
@@ -33,6 +34,8 @@ class Services:
     metrics: MasterMetrics
     tokens: Tokens = Tokens()
     upload_slots: "UploadSlots" = field(default_factory=lambda: UploadSlots())
+    # tus upload id → (offset, running SHA-256 up to it); lost on restart, then rebuilt from the file
+    upload_hashes: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -149,4 +152,6 @@ def api_error_from_store(exc: StoreError) -> ApiError:
         return errors.conflict("invalid_job_state", str(exc))
     if isinstance(exc, NotOwner):
         return errors.conflict("not_lease_owner", str(exc))
+    if isinstance(exc, UploadNotFound):
+        return errors.not_found("upload_not_found", str(exc))
     return ApiError(500, "internal_error", "store error")

@@ -12,7 +12,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import tornado.ioloop
 import tornado.web
 from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.targets import BaseTarget
@@ -21,8 +20,8 @@ from converter_common.digest import parse_repr_digest, repr_digest
 from master import errors
 from master.auth import Access
 from master.errors import ApiError
-from master.handlers.base import BaseHandler
-from master.paths import free_bytes, resolve_in_root
+from master.handlers.receiving import ReceivingHandler, close_file
+from master.paths import free_bytes
 
 UPLOAD_FIELD = "video"
 TEMP_PREFIX = ".converter-upload-"
@@ -54,7 +53,7 @@ class FileSink(BaseTarget):
 
 
 @tornado.web.stream_request_body
-class UploadVideoHandler(BaseHandler):
+class UploadVideoHandler(ReceivingHandler):
     def initialize(self, services) -> None:  # type: ignore[override]
         super().initialize(services)
         self._temp_path: Path | None = None
@@ -62,14 +61,13 @@ class UploadVideoHandler(BaseHandler):
         self._parser: StreamingFormDataParser | None = None
         self._sink: FileSink | None = None
         self._body_error: ApiError | None = None
-        self._holds_slot = False
 
     access = {"POST": Access.WORKER}
 
     def prepare(self) -> None:
         super().prepare()  # authentication, before the body is read
         self.job = self.processing_job(self.job_id_argument())  # before a single byte is stored
-        self._take_upload_slot()
+        self.take_upload_slot()
         try:
             self.expected_digest = parse_repr_digest(self.request.headers.get("Repr-Digest"))
         except ValueError as exc:
@@ -86,9 +84,8 @@ class UploadVideoHandler(BaseHandler):
             self._parser = StreamingFormDataParser(headers=self.request.headers)
         except Exception as exc:  # the library raises a bare ValueError-like error for a non-multipart type
             raise errors.bad_request("invalid_multipart", f"expected multipart/form-data ({exc})") from None
-        self.destination = resolve_in_root(self.config.storage.root, self.job.output_path, "output_path")
-        self.destination.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=self.destination.parent)
+        destination = self.output_destination(self.job)
+        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=destination.parent)
         self._temp_path = Path(name)
         os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the converted video from other users
         self._temp_file = os.fdopen(fd, "wb", buffering=WRITE_BUFFER)
@@ -117,28 +114,12 @@ class UploadVideoHandler(BaseHandler):
         if self.expected_digest is not None and digest != self.expected_digest:
             raise errors.bad_request("digest_mismatch", f"the video part's SHA-256 is {repr_digest(digest)}, "
                                                         f"Repr-Digest said {repr_digest(self.expected_digest)}")
-        await self._close_temp_durably()
-        self.job = self.processing_job(self.job.id)  # it may have been cancelled or re-leased meanwhile
-        os.replace(self._temp_path, self.destination)
+        close_file(self._temp_file)
+        job = await self.commit_output(self.job.id, self._temp_path, self._sink.size, digest)
         self._temp_path = None
-        job = self.store.complete(self.job.id, self._sink.size, digest.hex(), worker_id=self.job.worker_id)
-        self.services.metrics.job_completed(job)
-        if job.worker_id is not None:
-            self.store.record_worker_outcome(job.worker_id, failed=False, threshold=self.config.jobs.quarantine_after,
-                                             quarantine_seconds=self.config.jobs.quarantine_seconds)
         self.set_header("Repr-Digest", repr_digest(digest))
         self.write_json({"job_id": job.id, "status": job.status.value, "size": self._sink.size,
                          "sha256": digest.hex(), "output_path": job.output_path})
-
-    async def _close_temp_durably(self) -> None:
-        temp = self._temp_file
-        try:
-            temp.flush()
-            await tornado.ioloop.IOLoop.current().run_in_executor(None, os.fsync, temp.fileno())
-        except OSError as exc:
-            raise ApiError(507, "insufficient_storage", f"cannot store upload ({exc.strerror})") from None
-        finally:
-            temp.close()
 
     def finish(self, chunk=None):
         self._discard_temp()  # before the answer leaves: a client that sees an error sees no temp file
@@ -147,21 +128,8 @@ class UploadVideoHandler(BaseHandler):
     def on_connection_close(self) -> None:
         self._discard_temp()
 
-    def _take_upload_slot(self) -> None:
-        slots = self.services.upload_slots
-        if slots.in_use >= self.config.server.max_concurrent_uploads:
-            raise ApiError(503, "too_many_uploads", "the master is receiving its maximum of concurrent uploads",
-                           headers={"Retry-After": "5"})
-        slots.in_use += 1
-        self._holds_slot = True
-
-    def _release_upload_slot(self) -> None:
-        if self._holds_slot:
-            self.services.upload_slots.in_use -= 1
-            self._holds_slot = False
-
     def _discard_temp(self) -> None:
-        self._release_upload_slot()
+        self.release_upload_slot()
         if self._temp_file is not None and not self._temp_file.closed:
             try:
                 self._temp_file.close()

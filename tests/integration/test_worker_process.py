@@ -12,9 +12,14 @@ pytestmark = pytest.mark.integration
 
 
 def hanging_ffmpeg(tmp_path):
-    """A stub FFmpeg that never finishes (fault injection); it records its pid."""
+    """A stub FFmpeg whose conversions never finish (fault injection); it records their pid.
+
+    Other calls (the worker's capability probe) go to the real FFmpeg.
+    """
     stub = tmp_path / "ffmpeg-hang"
-    stub.write_text(f"#!/bin/sh\necho $$ > {tmp_path}/stub.pid\nexec sleep 600\n")
+    stub.write_text("#!/bin/sh\n"
+                    'case " $* " in *" -progress "*) ;; *) exec ffmpeg "$@" ;; esac\n'
+                    f"echo $$ > {tmp_path}/stub.pid\nexec sleep 600\n")
     stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
     return str(stub)
 

@@ -5,7 +5,7 @@ from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.targets import ValueTarget
 
 from worker.errors import Shutdown
-from worker.multipart import MultipartFileBody
+from worker.bodies import MultipartFileBody
 
 
 def read_all(body, block=1000):

@@ -1,0 +1,1 @@
+"""converterctl: the user's command line for the converter master (requests only)."""

@@ -1,0 +1,5 @@
+import sys
+
+from converterctl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,275 @@
+"""``converterctl``: submit, follow and fetch conversion jobs on a converter master.
+
+Global options (before or after the command): ``--url`` (``$CONVERTER_URL``, default
+``http://localhost:8080``), ``--token`` (``$CONVERTER_TOKEN``, sent as ``Authorization: Bearer``),
+``--json``, ``--timeout``. Exit statuses are in ``converterctl.errors`` and docs/cli.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from converterctl import errors, tables
+from converterctl.client import Client, quote_id
+from converterctl.errors import CliError, Failed, TimedOut, UsageError
+from converterctl.progress import JobBoard
+from converterctl.transfer import download_output, upload_source
+
+DEFAULT_URL = "http://localhost:8080"
+DEFAULT_PROFILE = "h264-720p"
+STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
+TERMINAL = {"completed", "failed", "cancelled"}
+JOB_FIELDS = ("id", "status", "profile", "source_path", "output_path", "source_size", "output_size", "progress",
+              "attempts", "max_attempts", "worker_id", "error", "created_at", "claimed_at", "finished_at",
+              "updated_at", "lease_expires_at")
+
+
+class Context:
+    """What every command gets: the parsed arguments, the API client, where to print."""
+
+    def __init__(self, args: argparse.Namespace, out=None, err=None):
+        self.args = args
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(self.args.url, self.args.token, self.args.timeout)
+        return self._client
+
+    @property
+    def show_progress(self) -> bool:
+        return not self.args.no_progress
+
+    def emit(self, data: Any, human: Callable[[Any], str]) -> None:
+        text = json.dumps(data, indent=2, sort_keys=True) if self.args.json else human(data)
+        print(text, file=self.out)
+
+
+# -- commands ---------------------------------------------------------------------------------------
+
+
+def cmd_submit(ctx: Context) -> int:
+    args = ctx.args
+    if (args.source is None) == (args.upload is None):
+        raise UsageError("give either a SOURCE path in storage or --upload FILE (one of them)")
+    if args.upload is not None:
+        job = _submit_upload(ctx, Path(args.upload))
+    else:
+        if not args.output:
+            raise UsageError("--output PATH is required when submitting a path in storage")
+        body = {"source_path": args.source, "output_path": args.output, "profile": args.profile}
+        if args.id:
+            body["id"] = args.id
+        job = ctx.client.json("POST", "/api/jobs", json=body)
+    if args.watch:
+        if not args.json:
+            print(f"submitted job {job['id']}", file=ctx.out)
+        return _watch(ctx, [job["id"]])
+    ctx.emit(job, lambda j: f"submitted job {j['id']} ({j['source_path']} -> {j['output_path']}, {j['profile']})")
+    return errors.EXIT_OK
+
+
+def _submit_upload(ctx: Context, path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UsageError(f"--upload: {path} is not a readable file")
+    fields = {"id": ctx.args.id or uuid.uuid4().hex[:16], "profile": ctx.args.profile}
+    if ctx.args.output:
+        fields["output_path"] = ctx.args.output
+    return upload_source(ctx.client, path, fields, show_progress=ctx.show_progress)
+
+
+def cmd_list(ctx: Context) -> int:
+    params = {"limit": ctx.args.limit, "offset": ctx.args.offset}
+    if ctx.args.status:
+        params["status"] = ctx.args.status
+    page = ctx.client.json("GET", "/api/jobs", params=params)
+    ctx.emit(page, _jobs_table)
+    return errors.EXIT_OK
+
+
+def _jobs_table(page: dict[str, Any]) -> str:
+    rows = [(j["id"], j["status"], j["profile"], "-" if j.get("progress") is None else f"{j['progress']:.0f}%",
+             j["source_path"], j["output_path"], tables.ago(j["updated_at"])) for j in page["jobs"]]
+    shown = f"{page['offset'] + 1}-{page['offset'] + len(rows)}" if rows else "none"
+    footer = f"\n({shown} of {page['total']})"
+    return tables.table(("ID", "STATUS", "PROFILE", "PROGRESS", "SOURCE", "OUTPUT", "UPDATED"), rows) + footer
+
+
+def cmd_show(ctx: Context) -> int:
+    ctx.emit(ctx.client.job(ctx.args.job), lambda j: tables.fields(j, JOB_FIELDS))
+    return errors.EXIT_OK
+
+
+def cmd_cancel(ctx: Context) -> int:
+    job = ctx.client.json("POST", f"/api/jobs/{quote_id(ctx.args.job)}/cancel")
+    ctx.emit(job, lambda j: f"job {j['id']} is {j['status']}")
+    return errors.EXIT_OK
+
+
+def cmd_retry(ctx: Context) -> int:
+    job = ctx.client.json("POST", f"/api/jobs/{quote_id(ctx.args.job)}/retry")
+    ctx.emit(job, lambda j: f"job {j['id']} is {j['status']} again")
+    return errors.EXIT_OK
+
+
+def cmd_workers(ctx: Context) -> int:
+    data = ctx.client.json("GET", "/api/workers")
+    rows = [(w["id"], w.get("hostname", ""), "yes" if w.get("online") else "no", w.get("concurrency"),
+             ",".join(w.get("jobs") or []) or "-", tables.ago(w.get("last_seen_at"))) for w in data["workers"]]
+    ctx.emit(data, lambda _: tables.table(("ID", "HOST", "ONLINE", "SLOTS", "JOBS", "LAST SEEN"), rows))
+    return errors.EXIT_OK
+
+
+def cmd_profiles(ctx: Context) -> int:
+    data = ctx.client.json("GET", "/api/profiles")
+    rows = [(p["name"], ",".join(p.get("containers") or []), p.get("video_codec", ""), p.get("height", ""),
+             p.get("description", "")) for p in data["profiles"]]
+    ctx.emit(data, lambda _: tables.table(("NAME", "CONTAINERS", "VIDEO", "HEIGHT", "DESCRIPTION"), rows))
+    return errors.EXIT_OK
+
+
+def cmd_download(ctx: Context) -> int:
+    job = ctx.client.job(ctx.args.job)
+    if job["status"] != "completed":
+        raise Failed(f"job {job['id']} is {job['status']}; only a completed job has an output to download")
+    destination = Path(ctx.args.output or Path(job["output_path"]).name)
+    if destination.exists() and not ctx.args.force:
+        raise Failed(f"{destination} exists; remove it or pass --force")
+    size = download_output(ctx.client, job["id"], destination, show_progress=ctx.show_progress)
+    ctx.emit({"job_id": job["id"], "path": str(destination), "size": size, "sha256": job.get("output_sha256")},
+             lambda d: f"saved {d['path']} ({d['size']} bytes, SHA-256 verified)")
+    return errors.EXIT_OK
+
+
+def cmd_watch(ctx: Context) -> int:
+    return _watch(ctx, ctx.args.jobs)
+
+
+def _watch(ctx: Context, job_ids: list[str]) -> int:
+    """Redraw the jobs until each is completed, failed or cancelled, or ``--max-time`` passes."""
+    ids = job_ids or _active_job_ids(ctx.client)
+    if not ids:
+        ctx.emit({"jobs": []}, lambda _: "no pending or processing jobs")
+        return errors.EXIT_OK
+    board = JobBoard(ctx.err if ctx.args.json else ctx.out)
+    deadline = time.monotonic() + ctx.args.max_time
+    while True:
+        jobs = [ctx.client.job(job_id) for job_id in ids]
+        if ctx.show_progress or all(j["status"] in TERMINAL for j in jobs):
+            board.show(jobs)
+        if all(j["status"] in TERMINAL for j in jobs):
+            break
+        if time.monotonic() >= deadline:
+            raise TimedOut(f"gave up after {ctx.args.max_time:g} s; jobs still running: "
+                           f"{', '.join(j['id'] for j in jobs if j['status'] not in TERMINAL)}")
+        time.sleep(ctx.args.interval)
+    if ctx.args.json:
+        ctx.emit({"jobs": jobs}, str)
+    bad = [j for j in jobs if j["status"] != "completed"]
+    return errors.EXIT_FAILED if bad else errors.EXIT_OK
+
+
+def _active_job_ids(client: Client) -> list[str]:
+    ids: list[str] = []
+    for status in ("processing", "pending"):
+        ids += [j["id"] for j in client.json("GET", "/api/jobs", params={"status": status, "limit": 1000})["jobs"]]
+    return ids
+
+
+# -- arguments ------------------------------------------------------------------------------------
+
+
+def _common_options(defaults: bool) -> argparse.ArgumentParser:
+    """Options accepted both before and after the command; only the top level carries the defaults."""
+    d = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=d(os.environ.get("CONVERTER_URL") or DEFAULT_URL),
+                        help="master URL (default: $CONVERTER_URL or %s)" % DEFAULT_URL)
+    common.add_argument("--token", default=d(os.environ.get("CONVERTER_TOKEN") or None),
+                        help="bearer token (default: $CONVERTER_TOKEN)")
+    common.add_argument("--json", action="store_true", default=d(False), help="print JSON for scripts")
+    common.add_argument("--timeout", type=_positive, default=d(30.0), help="seconds to wait for an answer")
+    common.add_argument("--no-progress", action="store_true", default=d(False), help="no progress bars")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="converterctl", parents=[_common_options(True)],
+                                     description="Submit, follow and fetch jobs on a converter master.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = [_common_options(False)]
+
+    def command(name: str, handler: Callable[[Context], int], help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=common, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    submit = command("submit", cmd_submit, "create a job from a file in storage, or upload one")
+    submit.add_argument("source", nargs="?", metavar="SOURCE", help="source path relative to the storage root")
+    submit.add_argument("--upload", metavar="FILE", help="upload this local file as the source")
+    submit.add_argument("-p", "--profile", default=DEFAULT_PROFILE, help="profile (default: %(default)s)")
+    submit.add_argument("-o", "--output", metavar="PATH", help="output path in storage (default for --upload: "
+                                                               "converted/<name>.<ext>)")
+    submit.add_argument("--id", help="job id (default: chosen for you)")
+    submit.add_argument("-w", "--watch", action="store_true", help="then watch the job until it ends")
+    _watch_options(submit)
+
+    listing = command("list", cmd_list, "list jobs, oldest first")
+    listing.add_argument("-s", "--status", choices=STATUSES)
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--offset", type=int, default=0)
+
+    command("show", cmd_show, "show one job").add_argument("job", metavar="JOB")
+    command("cancel", cmd_cancel, "cancel a pending or processing job").add_argument("job", metavar="JOB")
+    command("retry", cmd_retry, "requeue a failed or cancelled job").add_argument("job", metavar="JOB")
+    command("workers", cmd_workers, "list the workers the master knows")
+    command("profiles", cmd_profiles, "list the conversion profiles")
+
+    watch = command("watch", cmd_watch, "live progress of jobs until they end (default: all active jobs)")
+    watch.add_argument("jobs", nargs="*", metavar="JOB")
+    _watch_options(watch)
+
+    download = command("download", cmd_download, "download a completed job's output (resumable, verified)")
+    download.add_argument("job", metavar="JOB")
+    download.add_argument("-o", "--output", metavar="FILE", help="where to save it (default: the output's name)")
+    download.add_argument("-f", "--force", action="store_true", help="overwrite FILE if it exists")
+    return parser
+
+
+def _watch_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--interval", type=_positive, default=1.0, help="seconds between polls (default: 1)")
+    parser.add_argument("--max-time", type=_positive, default=24 * 3600.0,
+                        help="give up after this many seconds (exit 5; default: one day)")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < 1e9:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # usage errors: argparse prints them and exits with 2
+    ctx = Context(args)
+    try:
+        return args.handler(ctx)
+    except CliError as exc:
+        print(f"converterctl: error: {exc}", file=ctx.err)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("converterctl: interrupted", file=ctx.err)
+        return 130

@@ -1,0 +1,211 @@
+"""Uploading a source to create a job, downloading a job's output: streamed, with progress, restartable.
+
+Upload: ``POST /api/jobs`` with a multipart body read from disk 1 MiB at a time (the text fields
+first, then the ``video`` part). The job id is chosen here before the first attempt, so after a
+cut connection the next attempt first asks whether the job exists: a POST is never blindly
+repeated, and a retry cannot create a second job.
+
+Download: ``GET /api/jobs/<id>/output`` into ``FILE.part``, the version's ETag kept beside it in
+``FILE.part.etag``. A cut transfer, in this run or a later one, resumes with ``Range`` +
+``If-Range``; the whole file is checked against ``Repr-Digest`` before it is renamed to ``FILE``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+
+from converter_common.digest import parse_repr_digest
+from converterctl.client import Client, quote_id
+from converterctl.errors import ApiError, Failed, Unreachable
+from converterctl.progress import TransferBar
+
+READ_SIZE = 1 << 20
+TRANSFER_TIMEOUT = 300.0  # seconds without a byte moving before a transfer counts as cut
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+
+
+class MultipartUpload:
+    """A multipart/form-data body: small text fields, then one file part, read piecewise by requests."""
+
+    def __init__(self, path: Path, fields: dict[str, str], on_read: Callable[[int], None]):
+        self.boundary = uuid.uuid4().hex
+        parts = [f'--{self.boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+                 for name, value in fields.items()]
+        parts.append(f'--{self.boundary}\r\nContent-Disposition: form-data; name="video"; '
+                     f'filename="{_quote(path.name)}"\r\nContent-Type: application/octet-stream\r\n\r\n')
+        self._head = "".join(parts).encode()
+        self._tail = f"\r\n--{self.boundary}--\r\n".encode()
+        self._size = path.stat().st_size
+        self._path = path
+        self._file = None
+        self._stage = 0
+        self._on_read = on_read
+
+    @property
+    def content_type(self) -> str:
+        return f"multipart/form-data; boundary={self.boundary}"
+
+    def __len__(self) -> int:
+        return len(self._head) + self._size + len(self._tail)
+
+    def read(self, size: int = -1) -> bytes:
+        if self._stage == 0:
+            self._stage, self._file = 1, open(self._path, "rb", buffering=0)
+            return self._head
+        if self._stage == 1:
+            data = self._file.read(size if size and size > 0 else READ_SIZE)
+            if data:
+                self._on_read(len(data))
+                return data
+            self.close()
+            self._stage = 2
+        if self._stage == 2:
+            self._stage = 3
+            return self._tail
+        return b""
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def upload_source(client: Client, path: Path, fields: dict[str, str], *, attempts: int = 3,
+                  show_progress: bool = True) -> dict[str, Any]:
+    """Create a job from the local file ``path``; returns the job. ``fields`` must hold the job ``id``."""
+    last: Unreachable | None = None
+    for attempt in range(attempts):
+        if attempt and _job_exists(client, fields["id"]):
+            return client.job(fields["id"])  # the cut came after the master had created the job
+        progress = TransferBar(f"upload {path.name}", path.stat().st_size, enabled=show_progress)
+        body = MultipartUpload(path, fields, progress.update)
+        try:
+            response = client.request("POST", "/api/jobs", data=body, read_timeout=TRANSFER_TIMEOUT,
+                                      headers={"Content-Type": body.content_type})
+            progress.close()
+            return response.json()
+        except Unreachable as exc:
+            last = exc
+        finally:
+            body.close()
+    raise last
+
+
+def _job_exists(client: Client, job_id: str) -> bool:
+    try:
+        client.job(job_id)
+    except ApiError as exc:
+        if exc.code == "job_not_found":
+            return False
+        raise
+    return True
+
+
+class PartialFile:
+    """``FILE.part`` and ``FILE.part.etag``: the bytes so far and the version they belong to."""
+
+    def __init__(self, destination: Path):
+        self.path = destination.with_name(destination.name + ".part")
+        self.etag_path = destination.with_name(destination.name + ".part.etag")
+
+    def resume_point(self) -> tuple[int, str | None]:
+        if not self.path.exists() or not self.etag_path.exists():
+            self.discard()
+            return 0, None
+        return self.path.stat().st_size, self.etag_path.read_text().strip() or None
+
+    def digest_so_far(self, length: int):
+        hasher = hashlib.sha256()
+        with open(self.path, "rb", buffering=0) as f:
+            while length > 0:
+                chunk = f.read(min(READ_SIZE, length))
+                if not chunk:
+                    break
+                hasher.update(chunk)
+                length -= len(chunk)
+        return hasher
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.etag_path.unlink(missing_ok=True)
+
+
+def download_output(client: Client, job_id: str, destination: Path, *, attempts: int = 3,
+                    show_progress: bool = True) -> int:
+    """Fetch the job's output into ``destination``, resuming any ``.part`` left; returns its size."""
+    partial = PartialFile(destination)
+    last: Unreachable | None = None
+    for _ in range(attempts):
+        try:
+            size = _download_once(client, job_id, partial, show_progress)
+        except Unreachable as exc:
+            last = exc
+            continue
+        os.replace(partial.path, destination)
+        partial.etag_path.unlink(missing_ok=True)
+        return size
+    raise Unreachable(f"{last} (the partial file {partial.path.name} is kept; run the command again to resume)")
+
+
+def _download_once(client: Client, job_id: str, partial: PartialFile, show_progress: bool) -> int:
+    offset, etag = partial.resume_point()
+    headers = {"Range": f"bytes={offset}-", "If-Range": etag} if offset and etag else {}
+    try:
+        response = client.request("GET", f"/api/jobs/{quote_id(job_id)}/output", headers=headers, stream=True,
+                                  read_timeout=TRANSFER_TIMEOUT)
+    except ApiError as exc:
+        if exc.status != 416:
+            raise
+        partial.discard()  # the part is longer than the file: another version, start over
+        return _download_once(client, job_id, partial, show_progress)
+    with response:
+        offset = _start_offset(response, offset)
+        expected = parse_repr_digest(response.headers.get("Repr-Digest"))
+        total = offset + int(response.headers.get("Content-Length", "0"))
+        hasher = partial.digest_so_far(offset) if offset else hashlib.sha256()
+        partial.etag_path.write_text(response.headers.get("ETag", ""))
+        progress = TransferBar(f"download {job_id}", total, enabled=show_progress)
+        progress.start_at(offset)
+        _receive(response, partial.path, offset, hasher, progress)
+        progress.close()
+    if progress.done != total:
+        raise Unreachable(f"the connection closed after {progress.done} of {total} bytes")
+    if expected is not None and hasher.digest() != expected:
+        partial.discard()
+        raise Failed(f"the downloaded output of job {job_id} does not match its Repr-Digest; removed it")
+    return total
+
+
+def _start_offset(response: requests.Response, offset: int) -> int:
+    """Where the body starts: ``offset`` for a 206 that continues the part, 0 for a whole new copy."""
+    if response.status_code != 206:
+        return 0
+    match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+    if match is None or int(match.group(1)) != offset:
+        raise Failed(f"the master sent an unexpected range ({response.headers.get('Content-Range')!r})")
+    return offset
+
+
+def _receive(response: requests.Response, path: Path, offset: int, hasher, progress: TransferBar) -> None:
+    mode = "r+b" if offset else "wb"
+    with open(path, mode, buffering=0) as out:
+        out.truncate(offset)
+        out.seek(offset)
+        try:
+            for chunk in response.iter_content(READ_SIZE):
+                out.write(chunk)
+                hasher.update(chunk)
+                progress.update(len(chunk))
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+            raise Unreachable(f"the download was cut ({type(exc).__name__})") from None
+
+
+def _quote(filename: str) -> str:
+    return re.sub(r'[\\"\r\n]', "_", filename)

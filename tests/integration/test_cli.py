@@ -1,0 +1,196 @@
+"""The real ``converterctl`` (``python -m converterctl``) against a real master, and a worker for the workflow."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import ffmpeg_available, ffprobe, free_port
+
+pytestmark = pytest.mark.integration
+
+# Until pyproject lists the package, run it from the checkout (the tests change directory for downloads).
+REPO = Path(__file__).resolve().parents[2]
+
+
+def converterctl(url: str, *args: str, cwd=None, timeout: float = 120, env: dict | None = None):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CONVERTER_")}
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    environment.update(env or {})
+    command = [sys.executable, "-m", "converterctl", *(["--url", url] if url else []), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=environment)
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.skipif(not ffmpeg_available(), reason="needs ffmpeg")
+def test_upload_watch_download_gives_the_verified_output(cluster, clip_2s, tmp_path):
+    cluster.add_worker("w1")
+    submitted = converterctl(cluster.url, "submit", "--upload", str(clip_2s), "--json", "--no-progress")
+    assert submitted.returncode == 0, submitted.stderr
+    job = json.loads(submitted.stdout)
+    assert job["source_path"].startswith("incoming/") and job["output_path"] == "converted/clip.mp4"
+    assert job["source_sha256"] == sha256(clip_2s)
+
+    watched = converterctl(cluster.url, "watch", job["id"], "--interval", "0.2", "--max-time", "120")
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    assert "completed" in watched.stdout and "100.0%" in watched.stdout
+
+    downloaded = converterctl(cluster.url, "download", job["id"], "-o", "out.mp4", cwd=tmp_path)
+    assert downloaded.returncode == 0, downloaded.stderr
+    assert "SHA-256 verified" in downloaded.stdout
+    output = tmp_path / "out.mp4"
+    assert sha256(output) == cluster.job(job["id"])["output_sha256"]
+    assert ffprobe(output)["streams"][0]["height"] == 720
+    assert not list(tmp_path.glob("*.part*"))
+
+    # A cut download left half a file and its version: the next run sends only the rest.
+    data = output.read_bytes()
+    (tmp_path / "again.mp4.part").write_bytes(data[: len(data) // 2])
+    etag = f'"sha256-{cluster.job(job["id"])["output_sha256"]}"'
+    (tmp_path / "again.mp4.part.etag").write_text(etag)
+    resumed = converterctl(cluster.url, "download", job["id"], "-o", "again.mp4", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (tmp_path / "again.mp4").read_bytes() == data
+
+    # A part of another version (stale ETag) is replaced by the whole file, never spliced.
+    (tmp_path / "third.mp4.part").write_bytes(b"x" * 1000)
+    (tmp_path / "third.mp4.part.etag").write_text('"sha256-' + "0" * 64 + '"')
+    fresh = converterctl(cluster.url, "download", job["id"], "-o", "third.mp4", cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stderr
+    assert (tmp_path / "third.mp4").read_bytes() == data
+
+
+@pytest.fixture
+def stored_source(master):
+    path = master.root / "in" / "movie.mp4"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(os.urandom(200_000))
+    return "in/movie.mp4"
+
+
+def test_submit_list_show_cancel_retry_in_tables_and_json(master, stored_source):
+    created = converterctl(master.url, "submit", stored_source, "-o", "out/movie.mp4", "--id", "job1")
+    assert created.returncode == 0, created.stderr
+    assert "submitted job job1" in created.stdout
+
+    listed = converterctl(master.url, "list")
+    assert listed.returncode == 0
+    assert listed.stdout.splitlines()[0].split()[:3] == ["ID", "STATUS", "PROFILE"]
+    assert "job1" in listed.stdout and "pending" in listed.stdout
+
+    shown = json.loads(converterctl(master.url, "show", "job1", "--json").stdout)
+    assert shown["id"] == "job1" and shown["status"] == "pending"
+    assert "status:" in converterctl(master.url, "show", "job1").stdout
+
+    assert "cancelled" in converterctl(master.url, "cancel", "job1").stdout
+    assert json.loads(converterctl(master.url, "--json", "retry", "job1").stdout)["status"] == "pending"
+    assert json.loads(converterctl(master.url, "list", "--status", "pending", "--json").stdout)["total"] == 1
+
+
+def test_profiles_and_workers(master):
+    profiles = converterctl(master.url, "profiles")
+    assert profiles.returncode == 0 and "h264-720p" in profiles.stdout
+    assert json.loads(converterctl(master.url, "profiles", "--json").stdout)["profiles"][0]["name"] == "h264-720p"
+    master.client("w9").register({}, 1, "box9")
+    workers = converterctl(master.url, "workers")
+    assert workers.returncode == 0 and "w9" in workers.stdout and "box9" in workers.stdout
+
+
+def test_url_and_token_come_from_the_environment(master):
+    result = converterctl("", "list", "--json", env={"CONVERTER_URL": master.url, "CONVERTER_TOKEN": "t" * 20})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["total"] == 0
+
+
+def test_unknown_job_is_an_api_error(master):
+    result = converterctl(master.url, "show", "nope")
+    assert result.returncode == 3
+    assert "no job with id 'nope'" in result.stderr and "job_not_found" in result.stderr
+    assert converterctl(master.url, "download", "nope").returncode == 3
+
+
+def test_cancel_of_a_finished_state_is_an_api_error(master, stored_source):
+    converterctl(master.url, "submit", stored_source, "-o", "out/movie.mp4", "--id", "j2")
+    converterctl(master.url, "cancel", "j2")
+    again = converterctl(master.url, "cancel", "j2")
+    assert again.returncode == 3 and "invalid_job_state" in again.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["frobnicate"],
+    ["list", "--status", "sleeping"],
+    ["watch", "--interval", "-1"],
+    ["submit"],
+    ["submit", "in/movie.mp4"],  # a path in storage needs --output
+    [],
+])
+def test_bad_flags_are_usage_errors(master, args):
+    result = converterctl(master.url, *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() and "Traceback" not in result.stderr
+
+
+def test_unreachable_master_is_one_line_and_exit_4():
+    result = converterctl(f"http://127.0.0.1:{free_port()}", "list", timeout=30)
+    assert result.returncode == 4
+    assert result.stderr.strip().count("\n") == 0
+    assert "cannot reach the master" in result.stderr and "Connection refused" in result.stderr
+
+
+def test_watch_gives_up_after_max_time(master, stored_source):
+    converterctl(master.url, "submit", stored_source, "-o", "out/movie.mp4", "--id", "slow")
+    result = converterctl(master.url, "watch", "slow", "--interval", "0.1", "--max-time", "0.5")
+    assert result.returncode == 5 and "slow" in result.stderr
+
+
+def test_download_of_an_unfinished_job_says_so(master, stored_source):
+    converterctl(master.url, "submit", stored_source, "-o", "out/movie.mp4", "--id", "j3")
+    result = converterctl(master.url, "download", "j3")
+    assert result.returncode == 1 and "pending" in result.stderr
+
+
+# -- the endpoints converterctl uses, at the HTTP level ---------------------------------------------
+
+
+def test_a_refused_upload_leaves_nothing_in_incoming(master, tmp_path):
+    import requests
+
+    video = tmp_path / "a.mkv"
+    video.write_bytes(os.urandom(100_000))
+    with open(video, "rb") as f:
+        response = requests.post(f"{master.url}/api/jobs", files={"video": f}, data={"profile": "nope"}, timeout=10)
+    assert response.status_code == 400 and response.json()["error"] == "unknown_profile"
+    assert list((master.root / "incoming").iterdir()) == []
+    response = requests.post(f"{master.url}/api/jobs", files={"profile": (None, "h264-720p")}, timeout=10)
+    assert response.status_code == 400 and response.json()["error"] == "missing_video_part"
+
+
+def test_output_endpoint_ranges_and_head(master, stored_source):
+    import requests
+
+    master.submit(stored_source, "out/movie.mp4", job_id="r1")
+    master.claim()
+    data = os.urandom(50_000)
+    done = requests.post(f"{master.url}/api/worker/upload-video?job_id=r1", files={"video": ("m.mp4", data)},
+                         timeout=10)
+    assert done.status_code == 200, done.text
+    url = f"{master.url}/api/jobs/r1/output"
+    head = requests.head(url, timeout=10)
+    assert head.status_code == 200 and head.headers["Content-Length"] == str(len(data)) and not head.content
+    assert head.headers["ETag"] == f'"sha256-{hashlib.sha256(data).hexdigest()}"'
+    assert head.headers["Content-Disposition"] == 'attachment; filename="movie.mp4"'
+    part = requests.get(url, headers={"Range": "bytes=-100", "If-Range": head.headers["ETag"]}, timeout=10)
+    assert part.status_code == 206 and part.content == data[-100:]
+    other = requests.get(url, headers={"Range": "bytes=0-9", "If-Range": '"sha256-0"'}, timeout=10)
+    assert other.status_code == 200 and other.content == data
+    beyond = requests.get(url, headers={"Range": f"bytes={len(data)}-"}, timeout=10)
+    assert beyond.status_code == 416 and beyond.headers["Content-Range"] == f"bytes */{len(data)}"

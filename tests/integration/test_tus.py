@@ -1,0 +1,168 @@
+"""The resumable upload endpoint: tus 1.0.0 core, creation, checksum and termination, with a real tus client."""
+
+import base64
+import hashlib
+import os
+import socket
+import time
+
+import pytest
+import requests
+from tusclient import client as tus_client
+
+pytestmark = pytest.mark.integration
+
+TUS = {"Tus-Resumable": "1.0.0"}
+
+
+@pytest.fixture
+def job(master):
+    (master.root / "in").mkdir()
+    (master.root / "in" / "a.mp4").write_bytes(b"source")
+    master.submit("in/a.mp4", "out/result.mp4", job_id="t1")
+    master.claim("w1")
+    return "t1"
+
+
+def b64(value: bytes) -> str:
+    return base64.b64encode(value).decode()
+
+
+def create(master, length, job_id="t1", sha=None, **headers):
+    metadata = f"job_id {b64(job_id.encode())}" + (f",sha256 {b64(sha)}" if sha else "")
+    return requests.post(f"{master.url}/api/uploads", headers={**TUS, "Upload-Length": str(length),
+                                                               "Upload-Metadata": metadata, **headers}, timeout=10)
+
+
+def patch(master, location, offset, data, **headers):
+    return requests.patch(master.url + location, data=data, timeout=10, headers={
+        **TUS, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream", **headers})
+
+
+def head_offset(master, location):
+    return int(requests.head(master.url + location, headers=TUS, timeout=10).headers["Upload-Offset"])
+
+
+def temp_files(master):
+    return list(master.root.rglob(".converter-tus-*"))
+
+
+def test_options_advertises_the_extensions(master):
+    response = requests.options(f"{master.url}/api/uploads", timeout=10)
+    assert response.status_code == 204
+    assert response.headers["Tus-Version"] == "1.0.0"
+    assert set(response.headers["Tus-Extension"].split(",")) == {"creation", "checksum", "termination"}
+    assert "sha256" in response.headers["Tus-Checksum-Algorithm"]
+
+
+def test_create_patch_in_two_pieces_completes_the_job(master, job):
+    data = os.urandom(300_000)
+    created = create(master, len(data), sha=hashlib.sha256(data).digest())
+    assert created.status_code == 201 and created.headers["Tus-Resumable"] == "1.0.0"
+    location = created.headers["Location"]
+    first = patch(master, location, 0, data[:100_000])
+    assert first.status_code == 204 and first.headers["Upload-Offset"] == "100000"
+    assert head_offset(master, location) == 100_000
+    assert master.job(job)["status"] == "processing"
+    second = patch(master, location, 100_000, data[100_000:])
+    assert second.status_code == 204 and second.headers["Upload-Offset"] == str(len(data))
+    assert (master.root / "out" / "result.mp4").read_bytes() == data
+    done = master.job(job)
+    assert (done["status"], done["output_sha256"]) == ("completed", hashlib.sha256(data).hexdigest())
+    assert not temp_files(master)
+
+
+def test_wrong_offset_is_409(master, job):
+    location = create(master, 10).headers["Location"]
+    response = patch(master, location, 5, b"12345")
+    assert response.status_code == 409 and response.json()["error"] == "offset_mismatch"
+
+
+def test_missing_tus_version_is_412(master, job):
+    response = requests.post(f"{master.url}/api/uploads", headers={"Upload-Length": "5"}, timeout=10)
+    assert response.status_code == 412
+
+
+def test_per_patch_checksum_mismatch_is_460_and_discarded(master, job):
+    location = create(master, 10).headers["Location"]
+    bad = patch(master, location, 0, b"12345", **{"Upload-Checksum": f"sha256 {b64(hashlib.sha256(b'x').digest())}"})
+    assert bad.status_code == 460
+    assert head_offset(master, location) == 0
+    good = patch(master, location, 0, b"12345", **{"Upload-Checksum": f"sha1 {b64(hashlib.sha1(b'12345').digest())}"})
+    assert good.status_code == 204 and head_offset(master, location) == 5
+
+
+def test_whole_file_digest_mismatch_refuses_the_output(master, job):
+    location = create(master, 4, sha=hashlib.sha256(b"good").digest()).headers["Location"]
+    response = patch(master, location, 0, b"evil")
+    assert response.status_code == 400 and response.json()["error"] == "digest_mismatch"
+    assert not (master.root / "out" / "result.mp4").exists() and not temp_files(master)
+    assert master.job(job)["status"] == "processing"
+
+
+def test_termination_removes_the_upload(master, job):
+    location = create(master, 10).headers["Location"]
+    assert requests.delete(master.url + location, headers=TUS, timeout=10).status_code == 204
+    assert requests.head(master.url + location, headers=TUS, timeout=10).status_code == 404
+    assert not temp_files(master)
+
+
+def test_cut_patch_keeps_its_bytes_and_resumes(master, job):
+    data = os.urandom(2_000_000)
+    location = create(master, len(data), sha=hashlib.sha256(data).digest()).headers["Location"]
+    port = int(master.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(f"PATCH {location} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
+                     f"Content-Type: application/offset+octet-stream\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+                     + data[:700_000])
+        time.sleep(0.3)
+    time.sleep(0.3)
+    offset = head_offset(master, location)
+    assert 0 < offset <= 700_000
+    assert patch(master, location, offset, data[offset:]).status_code == 204
+    assert (master.root / "out" / "result.mp4").read_bytes() == data
+
+
+def test_real_tus_client_uploads_a_file(master, job, tmp_path):
+    path = tmp_path / "converted.mp4"
+    path.write_bytes(os.urandom(1_500_000))
+    client = tus_client.TusClient(f"{master.url}/api/uploads")
+    uploader = client.uploader(str(path), chunk_size=400_000, upload_checksum=True,
+                               metadata={"job_id": job, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+    uploader.upload()
+    assert (master.root / "out" / "result.mp4").read_bytes() == path.read_bytes()
+    assert master.job(job)["status"] == "completed"
+
+
+def test_upload_for_a_job_not_processing_is_refused(master):
+    (master.root / "in").mkdir()
+    (master.root / "in" / "a.mp4").write_bytes(b"s")
+    master.submit("in/a.mp4", "out/a.mp4", job_id="p1")
+    assert create(master, 5, job_id="p1").status_code == 400
+    assert not temp_files(master)
+
+
+class TestWorkerResumableUpload:
+    def test_worker_client_uploads_over_tus(self, master, job, tmp_path):
+        path = tmp_path / "output.mp4"
+        path.write_bytes(os.urandom(3_000_000))
+        assert master.client("w1").upload_resumable(job, path) == 3_000_000
+        assert (master.root / "out" / "result.mp4").read_bytes() == path.read_bytes()
+
+    def test_cut_upload_resumes_from_the_masters_offset(self, master, job, tmp_path):
+        from tests.faults.proxy import Fault, FaultProxy
+
+        data = os.urandom(6_000_000)
+        path = tmp_path / "output.mp4"
+        path.write_bytes(data)
+        proxy = FaultProxy(int(master.url.rsplit(":", 1)[1]))
+        # POST and PATCH share the first (keep-alive) connection: cut it 4 MB into the PATCH
+        proxy.add(Fault("up", after_bytes=4_000_000))
+        client = master.client("w1")
+        client.base_url = proxy.url
+        assert client.upload_resumable(job, path) == len(data)
+        assert (master.root / "out" / "result.mp4").read_bytes() == data
+        sent = client.metrics.transfer_bytes.labels("upload")._value.get()
+        assert sent < 2 * len(data) - 3_000_000  # resumed: the bytes the master had kept were not sent again
+        assert client.metrics.transfer_retries.labels("upload")._value.get() == 1
+        proxy.close()

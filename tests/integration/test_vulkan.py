@@ -1,0 +1,128 @@
+"""The real worker and master processes with accel: vulkan — on lavapipe, and with stub FFmpegs that fail or hang
+only in their Vulkan runs (so the CPU fallback, its counter and the disabling of Vulkan are seen end to end)."""
+
+import os
+import stat
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.fixtures import Process, ffprobe, free_port, make_clip, wait_for, write_yaml
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def start_worker(cluster):
+    started = []
+
+    def start(worker_id="vk", **ffmpeg):
+        metrics_port = free_port()
+        cfg = write_yaml(cluster.tmp / f"{worker_id}.yaml", {
+            "master": {"url": cluster.url},
+            "worker": {"id": worker_id, "claim_wait": 2, "heartbeat_interval": 1, "metrics_host": "127.0.0.1",
+                       "metrics_port": metrics_port},
+            "storage": {"cache_path": str(cluster.tmp / f"cache-{worker_id}")},
+            "retry": {"attempts": 3, "base_delay": 0.05, "factor": 2, "cap": 0.5},
+            "ffmpeg": {"binary": "ffmpeg", "timeout": 120, "accel": "vulkan", **ffmpeg},
+        })
+        process = Process("converter-worker", cfg, cluster.tmp / f"{worker_id}.log")
+        process.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def submit(cluster, job_id, profile="h264-720p", source="in/clip.mp4"):
+    response = requests.post(f"{cluster.url}/api/jobs", json={"id": job_id, "source_path": source,
+                                                              "output_path": f"out/{job_id}.mp4", "profile": profile},
+                             timeout=10)
+    assert response.status_code == 201, response.text
+
+
+def capabilities(cluster, worker_id="vk"):
+    workers = requests.get(f"{cluster.url}/api/workers", timeout=10).json()["workers"]
+    return next(w["capabilities"] for w in workers if w["id"] == worker_id)
+
+
+def samples(process):
+    text = requests.get(process.metrics_url, timeout=5).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def vulkan_only_stub(tmp_path, behaviour):
+    """The real FFmpeg, except that a conversion with ``hwupload`` (a Vulkan form) runs ``behaviour`` instead."""
+    path = tmp_path / "ffmpeg-vk-stub"
+    path.write_text(f"""#!/bin/sh
+case " $* " in
+  *" -progress "*hwupload*|*hwupload*" -progress "*) echo $$ > {tmp_path}/vk-stub.pid; {behaviour};;
+esac
+exec ffmpeg "$@"
+""")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] != "Z"
+
+
+def test_a_job_runs_through_the_real_vulkan_path_on_lavapipe(cluster, start_worker):
+    make_clip(cluster.root / "in" / "clip.mp4", seconds=1.0, size="320x240")
+    worker = start_worker()
+    wait_for(lambda: requests.get(f"{cluster.url}/api/workers", timeout=5).json()["workers"], 20, what="register")
+    caps = capabilities(cluster)
+    assert caps["vulkan"]["available"] and caps["vulkan"]["type"] == "cpu" and "scale_vulkan" in caps["vulkan"]["filters"]
+    assert caps["accel"] == ["vulkan", "cpu"] and caps["accel_mode"] == "vulkan"
+    submit(cluster, "vk1")
+    assert cluster.wait_status("vk1", "completed", "failed")["status"] == "completed"
+    video = next(s for s in ffprobe(cluster.root / "out" / "vk1.mp4")["streams"] if s["codec_type"] == "video")
+    assert (video["codec_name"], video["width"], video["height"]) == ("h264", 320, 240)
+    assert "job vk1: converted 1.0 s of media" in worker.output() and "(vulkan, libx264, speed" in worker.output()
+    metrics = samples(worker)
+    assert metrics[("converter_worker_conversion_duration_seconds_count",
+                    (("accel", "vulkan"), ("profile", "h264-720p")))] == 1
+    assert metrics[("converter_worker_vulkan_available", ())] == 1
+    assert metrics[("converter_worker_vulkan_fallbacks_total", ())] == 0
+    assert worker.output().count("; vulkan: llvmpipe") == 1  # the probe is logged once
+
+
+def test_vulkan_failures_fall_back_to_the_cpu_and_then_disable_vulkan(cluster, start_worker):
+    make_clip(cluster.root / "in" / "clip.mp4", seconds=1.0, size="320x240")
+    stub = vulkan_only_stub(cluster.tmp, "echo 'vulkan exploded' >&2; exit 1")
+    worker = start_worker(binary=stub, vulkan_max_failures=2)
+    for job_id in ("f1", "f2", "f3"):
+        submit(cluster, job_id)
+        job = cluster.wait_status(job_id, "completed", "failed")
+        assert (job["status"], job["attempts"]) == ("completed", 1), job
+    log = worker.output()
+    assert log.count("Vulkan run failed (ffmpeg failed: vulkan exploded); rerunning on the CPU") == 2
+    assert "Vulkan disabled until the worker restarts: 2 consecutive Vulkan failures" in log
+    metrics = samples(worker)
+    assert metrics[("converter_worker_vulkan_fallbacks_total", ())] == 2  # f3 ran on the CPU from the start
+    assert metrics[("converter_worker_vulkan_available", ())] == 0
+    assert metrics[("converter_worker_conversion_duration_seconds_count", (("accel", "cpu"), ("profile", "h264-720p")))] == 3
+    caps = capabilities(cluster)  # re-sent when Vulkan was disabled
+    assert caps["accel"] == ["cpu"] and caps["vulkan"]["disabled"].startswith("2 consecutive Vulkan failures")
+
+
+def test_a_hung_vulkan_run_is_killed_by_the_watchdog_and_rerun_on_the_cpu(cluster, start_worker):
+    make_clip(cluster.root / "in" / "clip.mp4", seconds=1.0, size="320x240")
+    stub = vulkan_only_stub(cluster.tmp, "trap '' TERM; exec sleep 600")  # like the H200 decode hang
+    worker = start_worker(binary=stub, stall_timeout=1.0, kill_grace=0.5)
+    submit(cluster, "hang")
+    job = cluster.wait_status("hang", "completed", "failed")
+    assert (job["status"], job["attempts"]) == ("completed", 1), job
+    assert not alive(int((cluster.tmp / "vk-stub.pid").read_text()))
+    assert "Vulkan run failed (ffmpeg made no progress for 1 s and was killed); rerunning on the CPU" in worker.output()
+    assert samples(worker)[("converter_worker_vulkan_fallbacks_total", ())] == 1
