@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := ffmpeg curl prometheus
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-integration setup system-deps venv clean
+.PHONY: demo test test-unit test-integration setup system-deps venv clean bench-dispatch bench-transfer \
+	ansible-venv ansible-lint deploy-test
 
 demo: setup
 	$(PY) scripts/demo.py
@@ -41,3 +42,28 @@ $(STAMP): pyproject.toml
 
 clean:
 	rm -rf $(VENV) demo-run .pytest_cache
+
+bench-dispatch: setup
+	$(PY) bench/dispatch.py
+
+bench-transfer: setup
+	@dpkg -s nginx-light >/dev/null 2>&1 || dpkg -s nginx >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light)
+	$(PY) bench/transfer.py
+
+ANSIBLE_VENV ?= /opt/converter-ansible/venv
+DEPLOY_APT_PACKAGES := debootstrap systemd-container openssh-client curl
+
+ansible-venv:
+	tests/deploy/ansible_venv.sh $(ANSIBLE_VENV)
+
+ansible-lint: ansible-venv
+	cd ansible && PATH=$(ANSIBLE_VENV)/bin:$$PATH ansible-lint --offline
+
+deploy-test: setup ansible-venv
+	@missing=""; for p in $(DEPLOY_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	ANSIBLE_VENV=$(ANSIBLE_VENV) timeout 1500 tests/deploy/run_deploy_test.sh

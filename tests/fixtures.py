@@ -144,9 +144,10 @@ def write_yaml(path: Path, data: dict[str, Any]) -> Path:
 class Process:
     """A console script of ours run as a real process, its output kept in a log file."""
 
-    def __init__(self, script: str, config: Path, log: Path, env: dict[str, str] | None = None):
+    def __init__(self, script: str, config: Path, log: Path, env: dict[str, str] | None = None,
+                 append: bool = False):
         self.log = log
-        self._log_file = open(log, "wb")
+        self._log_file = open(log, "ab" if append else "wb")
         self.popen = subprocess.Popen([str(VENV_BIN / script), "--config", str(config)], stdout=self._log_file,
                                       stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
@@ -180,3 +181,95 @@ def free_port() -> int:
 
 def ffmpeg_available() -> bool:
     return shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
+
+
+class Cluster:
+    """A real master process and real worker processes, with the knobs fault tests need."""
+
+    def __init__(self, tmp: Path, *, storage_root: Path | None = None, **jobs: Any):
+        self.tmp = tmp
+        self.root = storage_root or tmp / "storage"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workers: list[Process] = []
+        self.master_config = write_yaml(tmp / "master.yaml", {
+            "server": {"host": "127.0.0.1", "port": self.port},
+            "storage": {"root": str(self.root)},
+            "database": {"path": str(tmp / "master.db")},
+            "jobs": {"lease_seconds": 5, "retry_delay": 0, "max_claim_wait": 5, **jobs},
+        })
+        self.master = self._start_master()
+
+    def _start_master(self) -> Process:
+        process = Process("converter-master", self.master_config, self.tmp / "master.log", append=True)
+        wait_for(self._up, what="master to listen")
+        return process
+
+    def restart_master(self, sig: int = signal.SIGKILL) -> None:
+        self.master.signal(sig)
+        self.master.wait(30)
+        self.master.stop()
+        self.master = self._start_master()
+
+    def _up(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/healthz", timeout=1).ok
+        except requests.ConnectionError:
+            return False
+
+    def add_worker(self, worker_id: str = "w1", ffmpeg_binary: str = "ffmpeg", concurrency: int = 1, *,
+                   master_url: str | None = None, cache_path: Path | None = None, retry: dict | None = None,
+                   ffmpeg_timeout: float = 120, **worker: Any) -> Process:
+        metrics_port = free_port()
+        config = write_yaml(self.tmp / f"{worker_id}.yaml", {
+            "master": {"url": master_url or self.url},
+            "worker": {"id": worker_id, "claim_wait": 2, "heartbeat_interval": 1, "concurrency": concurrency,
+                       "metrics_host": "127.0.0.1", "metrics_port": metrics_port, **worker},
+            "storage": {"cache_path": str(cache_path or self.tmp / f"cache-{worker_id}")},
+            "retry": retry or {"attempts": 3, "base_delay": 0.05, "factor": 2, "cap": 0.5},
+            "ffmpeg": {"binary": ffmpeg_binary, "timeout": ffmpeg_timeout},
+        })
+        process = Process("converter-worker", config, self.tmp / f"{worker_id}.log")
+        process.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self.workers.append(process)
+        return process
+
+    def submit(self, source: str, output: str, job_id: str, profile: str = "h264-720p") -> None:
+        response = requests.post(f"{self.url}/api/jobs", json={"id": job_id, "source_path": source,
+                                                               "output_path": output, "profile": profile}, timeout=30)
+        assert response.status_code == 201, response.text
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return requests.get(f"{self.url}/api/jobs/{job_id}", timeout=10).json()
+
+    def wait_status(self, job_id: str, *statuses: str, timeout: float = 60) -> dict[str, Any]:
+        def reached():
+            job = self.job(job_id)
+            return job if job["status"] in statuses else None
+        return wait_for(reached, timeout, what=f"job {job_id} to be {'/'.join(statuses)}")
+
+    def stop(self) -> None:
+        for process in reversed(self.workers):
+            process.stop()
+        self.master.stop()
+
+
+def stub_ffmpeg(directory: Path, *, hang_when: str = "") -> str:
+    """An FFmpeg wrapper that injects a hang (fault injection): conversions whose arguments contain
+    ``hang_when`` never finish and record their pid in ``<directory>/stub.pid``; everything else
+    (other jobs, the worker's capability probe) runs the real FFmpeg."""
+    stub = directory / "ffmpeg-stub"
+    stub.write_text("#!/bin/sh\n"
+                    f'case " $* " in *" -progress "*{hang_when}*|*{hang_when}*" -progress "*) ;; '
+                    '*) exec ffmpeg "$@" ;; esac\n'
+                    f"echo $$ > {directory}/stub.pid\nexec sleep 600\n")
+    stub.chmod(0o755)
+    return str(stub)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

@@ -67,7 +67,7 @@ path-include=/usr/share/locale/locale.alias
 EOF
 cp /etc/resolv.conf "$TMP/etc/resolv.conf" 2>/dev/null || true
 
-run_in() { systemd-nspawn --quiet --register=no --resolv-conf=replace-host -M converter-build -D "$TMP" "$@"; }
+run_in() { systemd-nspawn --quiet --register=no --keep-unit --resolv-conf=replace-host -M converter-build -D "$TMP" "$@"; }
 run_in /usr/bin/env DEBIAN_FRONTEND=noninteractive apt-get -q update >&2
 run_in /usr/bin/env DEBIAN_FRONTEND=noninteractive apt-get -q -y install $EXTRA_PACKAGES >&2
 run_in /usr/bin/env DEBIAN_FRONTEND=noninteractive apt-get -q -y dist-upgrade >&2

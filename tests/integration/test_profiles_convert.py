@@ -129,3 +129,16 @@ def test_text_subtitles_are_kept_as_mov_text_in_mp4_and_srt_in_mkv(cpu, clips, t
     assert [s["codec_name"] for s in streams(tmp_path / "out.mp4", "subtitle")] == ["mov_text"]
     convert(cpu, "h264-720p", tmp_path / "out.mp4", tmp_path / "back.mkv")
     assert [s["codec_name"] for s in streams(tmp_path / "back.mkv", "subtitle")] == ["subrip"]
+
+
+@pytest.mark.parametrize("name", ["odd", "two-audio", "subtitles", "no-audio"])
+def test_ffmpeg_stream_summary_stands_in_for_ffprobe(clips, name):
+    """Hosts with only imageio-ffmpeg's binary have no ffprobe: the worker reads ``ffmpeg -i`` instead."""
+    from dataclasses import replace
+
+    from worker import ffmpeg
+
+    expected = ffmpeg.probe("ffprobe", clips[name])
+    got = ffmpeg.probe_with_ffmpeg("ffmpeg", clips[name])
+    assert got.duration == pytest.approx(expected.duration, abs=0.01)  # ffmpeg -i prints centiseconds
+    assert replace(got, duration=0) == replace(expected, duration=0, pix_fmt=None)

@@ -78,7 +78,8 @@ def test_required_directives(name: str) -> None:
     assert d.get("StartLimitIntervalSec") and d.get("StartLimitBurst")
     assert d["User"] == ["converter"] and d["DynamicUser"] == ["no"]
     assert d["ConfigurationDirectory"] == ["converter"]
-    assert d["LoadCredential"] == ["token:/etc/converter/token"]
+    assert "worker-token:/etc/converter/worker-token" in d["LoadCredential"]
+    assert all(c.split(":", 1)[1].startswith("/etc/converter/") for c in d["LoadCredential"])
     for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "ProtectKernelTunables", "ProtectKernelModules",
                 "ProtectKernelLogs", "ProtectControlGroups", "ProtectClock", "ProtectHostname", "RestrictRealtime",
                 "RestrictSUIDSGID", "LockPersonality", "RemoveIPC", "RestrictNamespaces"):
@@ -93,12 +94,14 @@ def test_master_specifics() -> None:
     assert d["StateDirectory"] == ["converter"]
     assert d["PrivateDevices"] == ["yes"] and d["PrivateUsers"] == ["yes"]
     assert d["MemoryDenyWriteExecute"] == ["yes"]
+    assert d["LoadCredential"] == ["admin-token:/etc/converter/admin-token", "worker-token:/etc/converter/worker-token"]
 
 
 def test_worker_keeps_gpu_and_drains() -> None:
     d = _directives(_unit("converter-worker.service"))
     assert d["CacheDirectory"] == ["converter-worker"]
     assert d["PrivateDevices"] == ["no"]
+    assert d["LoadCredential"] == ["worker-token:/etc/converter/worker-token"]  # never the admin token
     assert d["DeviceAllow"] == ["char-drm rw"]
     assert d["SupplementaryGroups"] == ["render video"]
     assert "PrivateUsers" not in d

@@ -1,0 +1,529 @@
+#!/usr/bin/env bash
+# Deployment test: boot one master and two worker containers (systemd-nspawn, Debian 12), deploy them with the real
+# `ansible-playbook ansible/deploy.yml` over SSH, then check the running cluster. Run as root: `make deploy-test`.
+#
+# Every container shares the host network, so each one gets its own ports: sshd 2221 (master), 2222, 2223 (workers);
+# master API 18080; worker metrics 9101, 9102; Prometheus (on the master container) 19090. All bound to 127.0.0.1.
+#
+# Environment:
+#   DEPLOY_TEST_CACHE   where the root filesystem and the dependency wheelhouse are cached
+#                       (default /var/cache/converter-deploy-test)
+#   ANSIBLE_VENV        venv with ansible-core + ansible-lint (default /opt/converter-ansible/venv; created if missing)
+#   DEPLOY_TEST_KEEP=1  leave the work dir (logs, inventory) behind; containers and mounts are always removed
+#   DEPLOY_TEST_SOURCE  source tree the converter wheel is built from (default: this checkout's working tree), e.g.
+#                       a `git archive HEAD | tar -x -C DIR` export to test a committed state; the roles and units
+#                       always come from this checkout
+#
+# Each check prints PASS, FAIL or SKIP (with the reason); the script exits 1 if any check failed.
+set -uo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+CACHE=${DEPLOY_TEST_CACHE:-/var/cache/converter-deploy-test}
+SRC=$(cd "${DEPLOY_TEST_SOURCE:-$REPO}" && pwd)
+PY=${PY:-$REPO/.venv/bin/python}
+PIP=${PIP:-$REPO/.venv/bin/pip}
+MASTER_PORT=18080
+PROM_PORT=19090
+declare -A SSH_PORT=([master]=2221 [worker1]=2222 [worker2]=2223)
+declare -A METRICS_PORT=([worker1]=9101 [worker2]=9102)
+CONTAINERS=(master worker1 worker2)
+WORKERS=(worker1 worker2)
+
+T0=$(date +%s)
+PHASES=()
+RESULTS=()
+FAILED=0
+PHASE_NAME=""
+PHASE_START=0
+
+log() { printf '[%4ds] %s\n' $(($(date +%s) - T0)) "$*"; }
+phase() {
+  phase_end
+  PHASE_NAME=$1
+  PHASE_START=$(date +%s)
+  log "=== phase: $PHASE_NAME"
+}
+phase_end() {
+  if [[ -n "$PHASE_NAME" ]]; then
+    PHASES+=("$(printf '%-34s %5ds' "$PHASE_NAME" $(($(date +%s) - PHASE_START)))")
+    PHASE_NAME=""
+  fi
+}
+pass() { RESULTS+=("PASS  $*"); log "PASS  $*"; }
+fail() { RESULTS+=("FAIL  $*"); log "FAIL  $*"; FAILED=1; }
+skip() { RESULTS+=("SKIP  $*"); log "SKIP  $*"; }
+
+[[ $EUID -eq 0 ]] || { echo "run_deploy_test.sh: must run as root (it boots containers)" >&2; exit 1; }
+for tool in systemd-nspawn debootstrap ssh curl; do
+  command -v "$tool" >/dev/null || { echo "run_deploy_test.sh: $tool missing (apt-get install systemd-container debootstrap openssh-client curl)" >&2; exit 1; }
+done
+for port in "${SSH_PORT[@]}" "${METRICS_PORT[@]}" $MASTER_PORT $PROM_PORT; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+    echo "run_deploy_test.sh: port $port is already in use on 127.0.0.1 (a container left running?)" >&2
+    exit 1
+  fi
+done
+
+WORK=$(mktemp -d /var/tmp/converter-deploy-test.XXXXXX)
+declare -A NSPAWN_PID=()
+
+cleanup() {
+  local rc=$?
+  phase_end
+  log "cleanup: stopping containers"
+  local name pid
+  for name in "${!NSPAWN_PID[@]}"; do
+    pid=${NSPAWN_PID[$name]}
+    # nspawn turns SIGTERM into SIGRTMIN+3 for the container's systemd: an orderly poweroff.
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for name in "${!NSPAWN_PID[@]}"; do
+    pid=${NSPAWN_PID[$name]}
+    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "cleanup: $name did not power off in 20 s, killing nspawn $pid"
+      kill -KILL "$pid" 2>/dev/null || true
+      sleep 1
+    fi
+  done
+  for name in "${CONTAINERS[@]}"; do
+    if mountpoint -q "$WORK/$name/root"; then
+      umount "$WORK/$name/root" 2>/dev/null || umount -l "$WORK/$name/root" || log "cleanup: cannot unmount $WORK/$name/root"
+    fi
+  done
+  if [[ "${DEPLOY_TEST_KEEP:-0}" == 1 || $FAILED == 1 || $rc != 0 ]]; then
+    # Keep logs for a post-mortem, not the container layers.
+    for name in "${CONTAINERS[@]}"; do rm -rf --one-file-system "$WORK/$name/upper" "$WORK/$name/work"; done
+    log "cleanup: logs kept in $WORK"
+  else
+    rm -rf --one-file-system "$WORK"
+  fi
+  echo
+  echo "---- phase timings ----"
+  printf '%s\n' "${PHASES[@]}"
+  printf '%-34s %5ds\n' "TOTAL" $(($(date +%s) - T0))
+  echo "---- results ----"
+  printf '%s\n' "${RESULTS[@]}"
+  local npass nfail nskip
+  npass=$(printf '%s\n' "${RESULTS[@]}" | grep -c '^PASS' || true)
+  nfail=$(printf '%s\n' "${RESULTS[@]}" | grep -c '^FAIL' || true)
+  nskip=$(printf '%s\n' "${RESULTS[@]}" | grep -c '^SKIP' || true)
+  if [[ $rc != 0 && $nfail == 0 ]]; then nfail=1; echo "FAIL  aborted (exit $rc)"; fi
+  echo "deploy-test: $npass passed, $nfail failed, $nskip skipped"
+  if [[ $nfail != 0 ]]; then exit 1; fi
+  exit 0
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+SSH_OPTS=(-i "$WORK/id_ed25519" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR
+          -o ConnectTimeout=5 -o BatchMode=yes)
+on() { local name=$1; shift; ssh "${SSH_OPTS[@]}" -p "${SSH_PORT[$name]}" root@127.0.0.1 "$@"; }
+ADMIN_TOKEN=""
+api() { # curl, with the admin bearer token once the playbook has generated it
+  if [[ -n "$ADMIN_TOKEN" ]]; then curl -sS --max-time 10 -H "Authorization: Bearer $ADMIN_TOKEN" "$@"
+  else curl -sS --max-time 10 "$@"; fi
+}
+job_field() { # job_field ID FIELD
+  api "http://127.0.0.1:$MASTER_PORT/api/jobs/$1" | "$PY" -c "import json,sys; print(json.load(sys.stdin).get('$2'))"
+}
+wait_job_status() { # wait_job_status ID WANTED TIMEOUT; prints the last status
+  local id=$1 want=$2 deadline=$(($(date +%s) + $3)) status=""
+  while (($(date +%s) < deadline)); do
+    status=$(job_field "$id" status 2>/dev/null)
+    [[ "$status" == "$want" ]] && break
+    [[ "$status" == failed || "$status" == cancelled ]] && break
+    sleep 1
+  done
+  echo "$status"
+}
+submit_job() { # submit_job SOURCE OUTPUT -> prints the job id
+  api -f -X POST -H 'Content-Type: application/json' \
+    -d "{\"source_path\":\"$1\",\"output_path\":\"$2\",\"profile\":\"h264-720p\"}" \
+    "http://127.0.0.1:$MASTER_PORT/api/jobs" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["id"])'
+}
+worker_running_ffmpeg() { # prints the worker container whose converter user runs ffmpeg now
+  local w
+  for w in "${WORKERS[@]}"; do
+    if on "$w" pgrep -u converter -x ffmpeg >/dev/null 2>&1; then echo "$w"; return 0; fi
+  done
+  return 1
+}
+wait_processing_on_worker() { # wait until the job runs ffmpeg on some worker; prints that worker
+  local id=$1 deadline=$(($(date +%s) + $2)) w
+  while (($(date +%s) < deadline)); do
+    if [[ "$(job_field "$id" status 2>/dev/null)" == processing ]] && w=$(worker_running_ffmpeg); then
+      echo "$w"; return 0
+    fi
+    sleep 0.5
+  done
+  return 1
+}
+recap_changed() { # total changed= over the PLAY RECAP of a playbook log
+  sed -n '/PLAY RECAP/,$p' "$1" | grep -o 'changed=[0-9]*' | cut -d= -f2 | awk '{s+=$1} END {print s+0}'
+}
+recap_failed() {
+  sed -n '/PLAY RECAP/,$p' "$1" | grep -oE '(failed|unreachable)=[0-9]*' | cut -d= -f2 | awk '{s+=$1} END {print s+0}'
+}
+
+# --------------------------------------------------------------------------------------------------------------
+phase "controller tools"
+ANSIBLE_VENV=$("$REPO/tests/deploy/ansible_venv.sh" "${ANSIBLE_VENV:-/opt/converter-ansible/venv}" | tail -1) || exit 1
+export PATH="$ANSIBLE_VENV/bin:$PATH"
+log "ansible: $(ansible-playbook --version 2>/dev/null | sed -n 1p)"
+
+# The daemons send sd_notify (READY=1, WATCHDOG=1) through the sdnotify package once that work is in the tree;
+# without it Type=notify would time out on start, so such a build is deployed with a Type=simple drop-in and the
+# notify checks are reported as SKIP. The wheel is built from the working tree, so look there (not only at HEAD).
+if grep -rqs --include='*.py' -e sdnotify -e 'READY=1' "$SRC/master" "$SRC/worker" "$SRC/converter_common" \
+   && grep -qs sdnotify "$SRC/pyproject.toml"; then SD_NOTIFY=true; else SD_NOTIFY=false; fi
+if grep -q metrics_port "$SRC/worker/config.py"; then WORKER_METRICS=true; else WORKER_METRICS=false; fi
+if grep -q admin_token_file "$SRC/master/config.py"; then AUTH=true; else AUTH=false; fi
+log "converter source: $SRC; sd_notify in the daemons: $SD_NOTIFY; worker.metrics_port in the worker config: $WORKER_METRICS; token auth: $AUTH"
+
+phase "rootfs (debootstrap, cached)"
+ROOTFS=$("$REPO/tests/deploy/build_rootfs.sh" "$CACHE" 2>"$WORK/rootfs.log" | tail -1) \
+  || { tail -30 "$WORK/rootfs.log"; fail "build the Debian 12 root filesystem (log: $WORK/rootfs.log)"; exit 1; }
+log "rootfs: $ROOTFS"
+
+phase "wheels (controller)"
+mkdir -p "$WORK/dist"
+"$PIP" wheel -q --no-deps -w "$WORK/dist" "$SRC" >"$WORK/wheel.log" 2>&1 || { cat "$WORK/wheel.log"; fail "build the converter wheel"; exit 1; }
+WHEEL=$(ls "$WORK"/dist/converter-*.whl)
+# Dependencies: built once per pyproject.toml, then installed offline in the containers.
+DEPS_KEY=$(sha256sum "$SRC/pyproject.toml" | cut -c1-12)
+WHEELHOUSE="$CACHE/wheelhouse-$DEPS_KEY"
+if [[ ! -f "$WHEELHOUSE/.ready" ]]; then
+  rm -rf "$WHEELHOUSE.tmp"
+  "$PIP" wheel -q -w "$WHEELHOUSE.tmp" "$SRC[master,worker]" >"$WORK/wheelhouse.log" 2>&1 \
+    || { tail -20 "$WORK/wheelhouse.log"; fail "build the dependency wheelhouse"; exit 1; }
+  rm -f "$WHEELHOUSE.tmp"/converter-*.whl
+  touch "$WHEELHOUSE.tmp/.ready"
+  mv "$WHEELHOUSE.tmp" "$WHEELHOUSE"
+fi
+log "wheel: $(basename "$WHEEL"); wheelhouse: $WHEELHOUSE ($(ls "$WHEELHOUSE" | wc -l) wheels)"
+
+phase "ansible-lint (production profile)"
+if (cd "$REPO/ansible" && NO_COLOR=1 timeout 300 ansible-lint --offline >"$WORK/ansible-lint.log" 2>&1); then
+  pass "ansible-lint, production profile, no skips ($(grep -o 'Passed.*' "$WORK/ansible-lint.log" | tail -1 | cut -c1-60))"
+else
+  tail -30 "$WORK/ansible-lint.log"
+  fail "ansible-lint (log: $WORK/ansible-lint.log)"
+fi
+
+# --------------------------------------------------------------------------------------------------------------
+phase "boot containers"
+ssh-keygen -q -t ed25519 -N '' -f "$WORK/id_ed25519"
+for name in "${CONTAINERS[@]}"; do
+  d="$WORK/$name"
+  mkdir -p "$d/upper" "$d/work" "$d/root"
+  mount -t overlay overlay -o "lowerdir=$ROOTFS,upperdir=$d/upper,workdir=$d/work" "$d/root" \
+    || { fail "overlay mount for $name"; exit 1; }
+  echo "$name" >"$d/root/etc/hostname"
+  printf '127.0.1.1 %s\n' "$name" >>"$d/root/etc/hosts"
+  install -m 0600 "$WORK/id_ed25519.pub" "$d/root/root/.ssh/authorized_keys"
+  printf 'Port %s\nListenAddress 127.0.0.1\n' "${SSH_PORT[$name]}" >"$d/root/etc/ssh/sshd_config.d/10-port.conf"
+  setsid systemd-nspawn --quiet --register=no --keep-unit --boot --resolv-conf=replace-host \
+    -M "$name" -D "$d/root" >"$WORK/$name.console.log" 2>&1 </dev/null &
+  NSPAWN_PID[$name]=$!
+done
+for name in "${CONTAINERS[@]}"; do
+  ok=0
+  for _ in $(seq 1 120); do
+    if on "$name" true 2>/dev/null; then ok=1; break; fi
+    kill -0 "${NSPAWN_PID[$name]}" 2>/dev/null || break
+    sleep 0.5
+  done
+  if [[ $ok == 1 ]]; then
+    state=$(on "$name" systemctl is-system-running --wait 2>/dev/null || true)
+    pass "container $name booted, sshd on 127.0.0.1:${SSH_PORT[$name]} (system: $state)"
+  else
+    tail -20 "$WORK/$name.console.log"
+    fail "container $name: no ssh on 127.0.0.1:${SSH_PORT[$name]}"
+    exit 1
+  fi
+done
+
+# --------------------------------------------------------------------------------------------------------------
+phase "inventory"
+cat >"$WORK/inventory.yml" <<EOF
+all:
+  vars:
+    ansible_user: root
+    ansible_host: 127.0.0.1
+    ansible_ssh_private_key_file: $WORK/id_ed25519
+    ansible_ssh_common_args: -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
+    converter_common_wheel: $WHEEL
+    converter_common_wheelhouse: $WHEELHOUSE
+  children:
+    master:
+      hosts:
+        master:
+          ansible_port: ${SSH_PORT[master]}
+          converter_master_port: $MASTER_PORT
+          converter_master_listen_host: 127.0.0.1
+          converter_master_sd_notify: $SD_NOTIFY
+          converter_master_auth: $AUTH
+          converter_master_extra_config:
+            jobs: {lease_seconds: 15, retry_delay: 1}
+    workers:
+      vars:
+        converter_worker_sd_notify: $SD_NOTIFY
+        converter_worker_auth: $AUTH
+        converter_worker_metrics_in_config: $WORKER_METRICS
+        converter_worker_extra_config:
+          worker: {heartbeat_interval: 3, claim_wait: 5}
+        converter_worker_metrics_host: 127.0.0.1
+      hosts:
+        worker1:
+          ansible_port: ${SSH_PORT[worker1]}
+          converter_worker_metrics_port: ${METRICS_PORT[worker1]}
+        worker2:
+          ansible_port: ${SSH_PORT[worker2]}
+          converter_worker_metrics_port: ${METRICS_PORT[worker2]}
+    monitoring:
+      hosts:
+        master:
+      vars:
+        converter_monitoring_listen_address: 127.0.0.1:$PROM_PORT
+        converter_monitoring_scrape_interval: 2s
+EOF
+log "inventory: $WORK/inventory.yml"
+
+export ANSIBLE_CONFIG="$REPO/ansible/ansible.cfg"
+export ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1
+PLAYBOOK=(ansible-playbook -i "$WORK/inventory.yml" "$REPO/ansible/deploy.yml"
+          -e "converter_credentials_dir=$WORK/credentials")
+
+phase "ansible-playbook (first run)"
+(cd "$REPO/ansible" && timeout 900 "${PLAYBOOK[@]}") >"$WORK/playbook1.log" 2>&1
+rc=$?
+sed -n '/PLAY RECAP/,$p' "$WORK/playbook1.log"
+if [[ $rc == 0 ]]; then
+  pass "ansible-playbook deploy.yml (changed=$(recap_changed "$WORK/playbook1.log"))"
+else
+  grep -E 'fatal:|FAILED|ERROR' "$WORK/playbook1.log" | tail -20
+  fail "ansible-playbook deploy.yml exited $rc (log: $WORK/playbook1.log)"
+  for name in "${CONTAINERS[@]}"; do
+    on "$name" 'journalctl -u converter-master -u converter-worker -u prometheus --no-pager -n 30' 2>/dev/null \
+      | sed "s/^/[$name] /"
+  done
+  exit 1
+fi
+
+[[ $AUTH == true ]] && ADMIN_TOKEN=$(cat "$WORK/credentials/admin_token")
+
+# --------------------------------------------------------------------------------------------------------------
+phase "service checks"
+check_unit() { # check_unit HOST UNIT
+  local host=$1 unit=$2 state props
+  state=$(on "$host" systemctl is-active "$unit" 2>/dev/null)
+  if [[ "$state" == active ]]; then pass "$host: $unit is active"; else fail "$host: $unit is $state"; fi
+  props=$(on "$host" systemctl show -p Type,WatchdogUSec,NotifyAccess,User,NRestarts "$unit" | tr '\n' ' ')
+  if [[ $SD_NOTIFY == true ]]; then
+    if [[ "$props" == *"Type=notify"* && "$props" == *"WatchdogUSec=30s"* ]]; then
+      pass "$host: $unit notify/watchdog in force ($props)"
+    else
+      fail "$host: $unit notify/watchdog not in force ($props)"
+    fi
+  else
+    skip "$host: $unit Type=notify/WatchdogSec: sdnotify not yet in master/ worker/, deployed with a Type=simple drop-in ($props)"
+  fi
+  if [[ "$props" == *"User=converter"* ]]; then pass "$host: $unit runs as converter"; else fail "$host: $unit user ($props)"; fi
+}
+check_unit master converter-master.service
+state=$(on master systemctl is-active prometheus.service 2>/dev/null)
+if [[ "$state" == active ]]; then pass "master: prometheus.service is active"; else fail "master: prometheus.service is $state"; fi
+for w in "${WORKERS[@]}"; do check_unit "$w" converter-worker.service; done
+# The hardening applies on a running system too (systemd-analyze security against the live unit).
+for name in master worker1; do
+  unit=converter-worker.service; limit=2.5; [[ $name == master ]] && { unit=converter-master.service; limit=2.0; }
+  exposure=$(on "$name" systemd-analyze security --no-pager "$unit" 2>/dev/null | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+  if [[ -n "$exposure" ]] && awk -v e="$exposure" -v l="$limit" 'BEGIN {exit !(e <= l)}'; then
+    pass "$name: live systemd-analyze security $unit: $exposure (<= $limit)"
+  else
+    fail "$name: live systemd-analyze security $unit: '${exposure}' (limit $limit)"
+  fi
+done
+# The shipped unit files went in unchanged.
+for name in "${CONTAINERS[@]}"; do
+  unit=converter-worker.service; [[ $name == master ]] && unit=converter-master.service
+  if on "$name" cat "/etc/systemd/system/$unit" | cmp -s - "$REPO/systemd/$unit"; then
+    pass "$name: /etc/systemd/system/$unit is systemd/$unit"
+  else
+    fail "$name: /etc/systemd/system/$unit differs from systemd/$unit"
+  fi
+done
+# Tokens: generated once on the controller; the worker token on every host, the admin token on the master only.
+sum_of() { on "$1" "sha256sum $2 2>/dev/null" | cut -c1-64; }
+ctl_worker=$(sha256sum "$WORK/credentials/worker_token" 2>/dev/null | cut -c1-64)
+ctl_admin=$(sha256sum "$WORK/credentials/admin_token" 2>/dev/null | cut -c1-64)
+ok=1
+for name in "${CONTAINERS[@]}"; do
+  # the password lookup stores the token without a newline; the hosts' files end with one
+  [[ "$(on "$name" cat /etc/converter/worker-token)" == "$(cat "$WORK/credentials/worker_token" 2>/dev/null)" ]] || ok=0
+  [[ "$(on "$name" "stat -c '%U:%G %a' /etc/converter/worker-token")" == "root:root 600" ]] || ok=0
+done
+if [[ $ok == 1 && -n "$ctl_worker" ]]; then pass "worker token from the controller on every host (root:root 0600)"
+else fail "worker token missing, different or not 0600 on some host"; fi
+if [[ -n "$ctl_admin" && "$(on master cat /etc/converter/admin-token)" == "$(cat "$WORK/credentials/admin_token")" ]] \
+   && ! on worker1 test -e /etc/converter/admin-token && ! on worker2 test -e /etc/converter/admin-token; then
+  pass "admin token from the controller on the master only"
+else
+  fail "admin token missing on the master or present on a worker"
+fi
+if [[ $AUTH == true ]]; then
+  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -X POST -H 'Content-Type: application/json' \
+    -d '{"source_path":"in/x.mp4","output_path":"out/x.mp4","profile":"h264-720p"}' "http://127.0.0.1:$MASTER_PORT/api/jobs")
+  if [[ $code == 401 || $code == 403 ]]; then pass "anonymous POST /api/jobs refused ($code)"
+  else fail "anonymous POST /api/jobs answered $code, want 401/403"; fi
+else
+  skip "token auth: not in this converter build"
+fi
+
+# --------------------------------------------------------------------------------------------------------------
+phase "conversion job"
+STORAGE=/var/lib/converter/storage
+# Sources made in the master container: a short one, and longer ones that stay in flight for the restart checks.
+on master "set -e; mkdir -p $STORAGE/in;
+  ffmpeg -v error -y -f lavfi -i testsrc2=size=1920x1080:rate=25 -f lavfi -i sine=frequency=440 -t 4 \
+    -c:v libx264 -preset ultrafast -c:a aac -shortest $STORAGE/in/short.mp4;
+  ffmpeg -v error -y -f lavfi -i testsrc2=size=1920x1080:rate=30 -f lavfi -i sine=frequency=440 -t 40 \
+    -c:v libx264 -preset ultrafast -crf 30 -c:a aac -shortest $STORAGE/in/long.mp4;
+  chown -R converter:converter $STORAGE/in" 2> >(grep -v 'insecure memory' >&2) || fail "make test sources on the master"
+t_job=$(date +%s)
+if job1=$(submit_job in/short.mp4 out/short.mp4); then
+  status=$(wait_job_status "$job1" completed 120)
+  if [[ "$status" == completed ]]; then
+    probe=$(on master "ffprobe -v error -select_streams v:0 -show_entries stream=codec_name,height -of csv=p=0 $STORAGE/out/short.mp4")
+    if [[ "$probe" == "h264,720" ]]; then
+      pass "job $job1 completed by $(job_field "$job1" worker_id) in $(($(date +%s) - t_job)) s; output is h264 720p"
+    else
+      fail "job $job1 completed but the output probes as '$probe'"
+    fi
+  else
+    fail "job $job1 ended as '$status': $(api "http://127.0.0.1:$MASTER_PORT/api/jobs/$job1")"
+  fi
+else
+  fail "POST /api/jobs refused the job"
+fi
+
+# --------------------------------------------------------------------------------------------------------------
+phase "prometheus scrape"
+prom_up() { # prints "job instance value" lines
+  api "http://127.0.0.1:$PROM_PORT/api/v1/query" --data-urlencode 'query=up{job=~"converter-.*"}' | "$PY" -c '
+import json, sys
+for r in json.load(sys.stdin)["data"]["result"]:
+    print(r["metric"]["job"], r["metric"]["instance"], r["value"][1])'
+}
+# Targets whose /metrics is not in this build yet are reported as SKIP; do not wait for them.
+want_up=3
+grep -rqs '/metrics' "$SRC/master" || want_up=$((want_up - 1))
+[[ $WORKER_METRICS == true ]] || want_up=$((want_up - 2))
+deadline=$(($(date +%s) + 30))
+while :; do
+  up_lines=$(prom_up 2>/dev/null)
+  n_up=$(grep -c ' 1$' <<<"$up_lines")
+  n_targets=$(grep -c . <<<"$up_lines")
+  ((n_up >= want_up && n_targets >= 3)) && break
+  (($(date +%s) >= deadline)) && break
+  sleep 2
+done
+echo "$up_lines" | sed 's/^/  up: /'
+n_targets=$(grep -c . <<<"$up_lines")
+if [[ $n_targets == 3 ]]; then pass "prometheus has the 3 targets generated from the inventory"; else fail "prometheus targets: $n_targets, want 3"; fi
+while read -r job inst val; do
+  [[ -z "$job" ]] && continue
+  if [[ "$val" == 1 ]]; then
+    pass "prometheus scrapes $job $inst (up == 1)"
+  else
+    err=$(api "http://127.0.0.1:$PROM_PORT/api/v1/targets" | "$PY" -c "
+import json, sys
+for t in json.load(sys.stdin)['data']['activeTargets']:
+    if t['labels']['instance'] == '$inst': print(t.get('lastError', ''))")
+    if { [[ $job == converter-master ]] && ! grep -rq '/metrics' "$SRC/master"; } || \
+       { [[ $job == converter-worker ]] && [[ $WORKER_METRICS == false ]]; }; then
+      skip "prometheus scrape of $job $inst: up == 0, /metrics not yet in the code ($err)"
+    else
+      fail "prometheus scrape of $job $inst: up == $val ($err)"
+    fi
+  fi
+done <<<"$up_lines"
+
+n_rules=$(api "http://127.0.0.1:$PROM_PORT/api/v1/rules" | "$PY" -c '
+import json, sys
+print(sum(len(g["rules"]) for g in json.load(sys.stdin)["data"]["groups"]))' 2>/dev/null)
+n_src=$(grep -c -- '- alert:' "$REPO/ansible/roles/converter_monitoring/files/converter.rules.yml")
+if [[ -n "$n_rules" && "$n_rules" == "$n_src" ]]; then pass "prometheus loaded the $n_rules converter alert rules"
+else fail "prometheus has ${n_rules:-no} rules loaded, want $n_src"; fi
+
+# --------------------------------------------------------------------------------------------------------------
+phase "ansible-playbook (idempotence)"
+(cd "$REPO/ansible" && timeout 600 "${PLAYBOOK[@]}") >"$WORK/playbook2.log" 2>&1
+rc=$?
+sed -n '/PLAY RECAP/,$p' "$WORK/playbook2.log"
+changed=$(recap_changed "$WORK/playbook2.log")
+if [[ $rc == 0 && $changed == 0 && $(recap_failed "$WORK/playbook2.log") == 0 ]]; then
+  pass "second playbook run: changed=0"
+else
+  grep -B2 -E '^changed:' "$WORK/playbook2.log" | grep -E '^TASK|^changed' | tail -20
+  fail "second playbook run: rc=$rc changed=$changed (log: $WORK/playbook2.log)"
+fi
+
+# --------------------------------------------------------------------------------------------------------------
+phase "SIGKILL a worker mid-job"
+if job2=$(submit_job in/long.mp4 out/long-kill.mp4) && victim=$(wait_processing_on_worker "$job2" 60); then
+  before=$(on "$victim" systemctl show -p NRestarts --value converter-worker)
+  log "job $job2 runs on $victim (NRestarts=$before); SIGKILL"
+  on "$victim" systemctl kill -s SIGKILL converter-worker
+  restarted=0
+  for _ in $(seq 1 40); do
+    sleep 0.5
+    after=$(on "$victim" systemctl show -p NRestarts --value converter-worker)
+    if ((after > before)) && [[ $(on "$victim" systemctl is-active converter-worker) == active ]]; then restarted=1; break; fi
+  done
+  if [[ $restarted == 1 ]]; then pass "$victim: converter-worker restarted by systemd after SIGKILL (NRestarts $before -> $after)"
+  else fail "$victim: converter-worker not restarted after SIGKILL ($(on "$victim" systemctl show -p ActiveState,SubState,Result,NRestarts converter-worker | tr '\n' ' '))"; fi
+  n_ffmpeg=$(on "$victim" pgrep -c -x ffmpeg || true)
+  if ((n_ffmpeg <= 1)); then pass "$victim: no orphaned ffmpeg after SIGKILL ($n_ffmpeg running)"
+  else fail "$victim: $n_ffmpeg ffmpeg processes after SIGKILL (orphans of the killed worker)"; fi
+  status=$(wait_job_status "$job2" completed 240)
+  if [[ "$status" == completed ]]; then
+    pass "job $job2 killed in flight still completed (attempts=$(job_field "$job2" attempts), worker $(job_field "$job2" worker_id))"
+  else
+    fail "job $job2 after SIGKILL ended as '$status': $(api "http://127.0.0.1:$MASTER_PORT/api/jobs/$job2")"
+  fi
+else
+  fail "SIGKILL check: job never ran on a worker (status $(job_field "${job2:-none}" status 2>/dev/null))"
+fi
+
+# --------------------------------------------------------------------------------------------------------------
+phase "stop a worker mid-job (drain)"
+if job3=$(submit_job in/long.mp4 out/long-stop.mp4) && victim=$(wait_processing_on_worker "$job3" 60); then
+  log "job $job3 runs on $victim; systemctl stop"
+  t_stop=$(date +%s)
+  on "$victim" systemctl stop converter-worker
+  took=$(($(date +%s) - t_stop))
+  props=$(on "$victim" systemctl show -p Result,ExecMainStatus,ActiveState converter-worker | tr '\n' ' ')
+  if [[ "$props" == *"Result=success"* && "$props" == *"ExecMainStatus=0"* ]] && ((took < 120)); then
+    pass "$victim: systemctl stop drained in ${took} s, clean exit ($props)"
+  else
+    fail "$victim: systemctl stop took ${took} s ($props)"
+  fi
+  if on "$victim" pgrep -u converter -x ffmpeg >/dev/null; then fail "$victim: ffmpeg left running after stop"; fi
+  status=$(wait_job_status "$job3" completed 240)
+  if [[ "$status" == completed ]]; then
+    pass "job $job3 given back on stop and completed by $(job_field "$job3" worker_id)"
+  else
+    fail "job $job3 after stop ended as '$status': $(api "http://127.0.0.1:$MASTER_PORT/api/jobs/$job3")"
+  fi
+  on "$victim" systemctl start converter-worker || fail "$victim: converter-worker does not start again"
+else
+  fail "drain check: job never ran on a worker"
+fi
+
+phase_end
+for name in "${CONTAINERS[@]}"; do
+  on "$name" 'journalctl -u converter-master -u converter-worker --no-pager -o short-monotonic' >"$WORK/$name.journal.log" 2>/dev/null || true
+done
+exit 0
