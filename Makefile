@@ -37,7 +37,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[master,worker,cli,test]'
+	$(VENV)/bin/pip install -q -e '.[master,worker,cli,test,bench]'
 	touch $(STAMP)
 
 clean:

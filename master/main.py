@@ -11,6 +11,7 @@ import sys
 import tornado.ioloop
 
 from converter_common.config_loader import ConfigError
+from converter_common.runtime_metrics import production_registry
 from converter_common.systemd import Notifier
 from master.app import remove_stale_uploads, start_master
 from master.auth import load_tokens, refuse_open_exposure
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _serve(config, store, tokens) -> None:
-    running = start_master(config, store, tokens=tokens)
+    running = start_master(config, store, production_registry(), tokens=tokens)
     log.info("master listening on http://%s:%d (storage %s, database %s)", config.server.host, running.port,
              config.storage.root, config.database.path)
     notifier = Notifier()

@@ -7,8 +7,9 @@ import logging
 import signal
 import sys
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import start_http_server
 
+from converter_common.runtime_metrics import production_registry
 from converter_common.config_loader import ConfigError
 from worker.config import load_config
 from worker.worker import Worker
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         print("config ok")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s: %(message)s")
-    registry = CollectorRegistry()
+    registry = production_registry()
     worker = Worker.from_config(config, registry)
     if config.worker.metrics_port:
         try:

@@ -57,6 +57,13 @@ class WorkerMetrics:
         Info("converter_worker_build", "Version of the running worker.", registry=registry).info(
             {"version": package_version()})
 
+    def prepare_conversion_series(self, profiles: list[str], accels: list[str]) -> None:
+        """Create the conversion series up front, so dashboards show 0 (not nothing) before the first job."""
+        for accel in accels:
+            for profile in profiles:
+                self.conversion_duration.labels(accel, profile)
+                self.conversion_speed.labels(accel, profile)
+
     def watch_cache(self, cache_path: Path) -> None:
         """Cache size and free space, measured at scrape time (a walk of a few job dirs and one statvfs)."""
         size = Gauge("converter_worker_cache_size_bytes", "Bytes in the worker's cache dir.", registry=self.registry)

@@ -12,6 +12,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from converter_common.profiles import BUILTIN_PROFILES
 from converter_common.systemd import Notifier
 from worker import conversion, ffmpeg
 from worker.client import MasterClient
@@ -52,6 +53,7 @@ class Worker:
         retry = RetryPolicy(config.retry.attempts, config.retry.base_delay, config.retry.factor, config.retry.cap)
         metrics = WorkerMetrics(registry or CollectorRegistry())
         metrics.watch_cache(config.storage.cache_path)
+        metrics.prepare_conversion_series(list(BUILTIN_PROFILES), ["cpu"])
         client = MasterClient(config.master.url, config.worker.id, retry=retry,
                               chunk_size=config.storage.chunk_size,
                               download_timeout=config.storage.download_timeout,
@@ -69,6 +71,7 @@ class Worker:
     def run(self) -> None:
         """Register, then run ``concurrency`` claim loops until ``stop()``; returns when all have ended."""
         self.cache.mkdir(parents=True, exist_ok=True)
+        self.remove_stale_job_dirs()
         self._retry_until_stopped(self.register, "register with the master")
         slots = [threading.Thread(target=self._slot_loop, name=f"slot-{i}") for i in
                  range(self.config.worker.concurrency)]
@@ -89,6 +92,12 @@ class Worker:
         with self._lock:
             jobs = [f"{job.job_id} {job.stage} {job.progress:.0f}%" for job in self._active.values()]
         return ("stopping; " if self.stopping else "") + ("; ".join(jobs) if jobs else "idle")
+
+    def remove_stale_job_dirs(self) -> None:
+        """Job dirs left by a previous run of this worker (killed): their jobs went back to the queue."""
+        for stale in self.cache.glob("job_*"):
+            log.info("removing %s left by a previous run", stale)
+            shutil.rmtree(stale, ignore_errors=True)
 
     def stop(self) -> None:
         """Stop claiming; running jobs get ``drain_timeout`` to finish, then are aborted and given back."""
