@@ -27,10 +27,12 @@ from master.handlers.output import JobOutputHandler
 from master.handlers.profiles import ProfilesHandler
 from master.handlers.lease import FailHandler, HeartbeatHandler, ReleaseHandler
 from master.handlers.upload import TEMP_PREFIX, TEMP_SUFFIX, UploadVideoHandler
+from master.handlers.shared import SharedCompleteHandler
 from master.handlers.uploads import UploadHandler, UploadsHandler
 from master.handlers.workers import WorkerRegisterHandler, WorkersHandler
 from master.metrics import MasterMetrics
 from master.store import JobStore
+from master.watch import InboxWatcher
 
 log = logging.getLogger("converter.master")
 access_log = logging.getLogger("tornado.access")
@@ -62,11 +64,13 @@ def make_app(config: MasterConfig, store: JobStore, dispatcher: Dispatcher | Non
         (r"/api/worker/release", ReleaseHandler),
         (r"/api/worker/download-video", DownloadVideoHandler),
         (r"/api/worker/upload-video", UploadVideoHandler),
+        (r"/api/worker/complete", SharedCompleteHandler),
         (r"/api/uploads", UploadsHandler),
         (r"/api/uploads/(?P<upload_id>[0-9a-f]{32})", UploadHandler),
     ]
     return tornado.web.Application(
         [(pattern, handler, deps) for pattern, handler in routes],
+        services=services,
         default_handler_class=NotFoundHandler,
         default_handler_args=deps,
         log_function=lambda handler: _log_request(handler, metrics),
@@ -96,9 +100,12 @@ class RunningMaster:
     port: int
     metrics: MasterMetrics
     dispatcher: Dispatcher
+    watcher: InboxWatcher | None = None
 
     def stop(self) -> None:
         self.reaper.stop()
+        if self.watcher is not None:
+            self.watcher.stop()
         self.server.stop()
 
 
@@ -129,7 +136,12 @@ def start_master(config: MasterConfig, store: JobStore, registry: CollectorRegis
 
     reaper = tornado.ioloop.PeriodicCallback(reap, max(config.jobs.lease_seconds / 4, 0.05) * 1000)
     reaper.start()
-    return RunningMaster(server=server, reaper=reaper, port=port, metrics=metrics, dispatcher=dispatcher)
+    watcher = None
+    if config.watch.inbox is not None:
+        watcher = InboxWatcher(app.settings["services"])
+        watcher.start()
+    return RunningMaster(server=server, reaper=reaper, port=port, metrics=metrics, dispatcher=dispatcher,
+                         watcher=watcher)
 
 
 def remove_stale_uploads(root: Path) -> int:

@@ -22,6 +22,7 @@ class ServerConfig:
     chunk_size: int = 4 * MiB  # download read/write size; 1-4 MiB measured best (shared/notes/xfer.md)
     max_concurrent_uploads: int = 16  # more at once get 503 + Retry-After
     max_header_size: int = 64 * 1024
+    outbound_limit: int = 0  # bytes/s for all downloads together (one token bucket); 0 = unlimited
 
     def validate(self, key: str) -> None:
         if not 0 <= self.port <= 65535:
@@ -30,6 +31,7 @@ class ServerConfig:
         require_positive(f"{key}.max_upload_size", self.max_upload_size)
         require_positive(f"{key}.max_concurrent_uploads", self.max_concurrent_uploads)
         require_positive(f"{key}.max_header_size", self.max_header_size)
+        require_positive(f"{key}.outbound_limit", self.outbound_limit, allow_zero=True)
         if not 64 * 1024 <= self.chunk_size <= 64 * MiB:
             raise ConfigError(f"{key}.chunk_size", f"must be 64 KiB..64 MiB, got {self.chunk_size}")
 
@@ -63,6 +65,25 @@ class JobsConfig:
 
 
 @dataclass(frozen=True)
+class WatchConfig:
+    inbox: str | None = None  # a folder under the storage root; files dropped there become jobs (off when unset)
+    accepted_dir: str = "watched"  # where picked-up files are moved, under the storage root
+    profile: str = "h264-720p"
+    stable_seconds: float = 5.0  # a file is complete when its size and mtime are unchanged this long
+    interval: float = 2.0  # seconds between scans
+
+    def validate(self, key: str) -> None:
+        for name in ("inbox", "accepted_dir"):
+            value = getattr(self, name)
+            if value is not None and (value.startswith("/") or ".." in Path(value).parts):
+                raise ConfigError(f"{key}.{name}", "must be a folder under the storage root (relative, no '..')")
+        if self.inbox is not None and Path(self.inbox) == Path(self.accepted_dir):
+            raise ConfigError(f"{key}.accepted_dir", "must differ from the inbox")
+        require_positive(f"{key}.stable_seconds", self.stable_seconds, allow_zero=True)
+        require_positive(f"{key}.interval", self.interval)
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     admin_token_file: Path | None = None  # e.g. ${CREDENTIALS_DIRECTORY}/admin-token under systemd
     worker_token_file: Path | None = None
@@ -76,12 +97,15 @@ class MasterConfig:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
     profiles: tuple[str, ...] = tuple(BUILTIN_PROFILES)
 
     def validate(self, key: str) -> None:
         for name in self.profiles:
             if name not in BUILTIN_PROFILES:
                 raise ConfigError("profiles", f"unknown profile {name!r} (built-in: {', '.join(BUILTIN_PROFILES)})")
+        if self.watch.inbox is not None and self.watch.profile not in self.profiles:
+            raise ConfigError("watch.profile", f"must be one of the master's profiles: {', '.join(self.profiles)}")
 
 
 def load_config(path: str | Path | None) -> MasterConfig:

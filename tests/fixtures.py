@@ -219,13 +219,13 @@ class Cluster:
 
     def add_worker(self, worker_id: str = "w1", ffmpeg_binary: str = "ffmpeg", concurrency: int = 1, *,
                    master_url: str | None = None, cache_path: Path | None = None, retry: dict | None = None,
-                   ffmpeg_timeout: float = 120, **worker: Any) -> Process:
+                   ffmpeg_timeout: float = 120, storage: dict | None = None, **worker: Any) -> Process:
         metrics_port = free_port()
         config = write_yaml(self.tmp / f"{worker_id}.yaml", {
             "master": {"url": master_url or self.url},
             "worker": {"id": worker_id, "claim_wait": 2, "heartbeat_interval": 1, "concurrency": concurrency,
                        "metrics_host": "127.0.0.1", "metrics_port": metrics_port, **worker},
-            "storage": {"cache_path": str(cache_path or self.tmp / f"cache-{worker_id}")},
+            "storage": {"cache_path": str(cache_path or self.tmp / f"cache-{worker_id}"), **(storage or {})},
             "retry": retry or {"attempts": 3, "base_delay": 0.05, "factor": 2, "cap": 0.5},
             "ffmpeg": {"binary": ffmpeg_binary, "timeout": ffmpeg_timeout},
         })

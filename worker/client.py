@@ -17,6 +17,7 @@ import requests.adapters
 from prometheus_client import CollectorRegistry
 
 from converter_common.digest import file_sha256, parse_repr_digest, repr_digest
+from converter_common.ratelimit import TokenBucket, bucket_for
 from worker.errors import ApiRejected, JobLost, RetryableError, Shutdown
 from worker.hashing import HashingWriter
 from worker.metrics import WorkerMetrics
@@ -32,6 +33,8 @@ UPLOAD_FIELD = "video"
 UPLOAD_BLOCK = 1 << 20
 # Answers that mean "this job is not yours to work on any more".
 JOB_GONE_CODES = {"job_not_found", "invalid_job_state", "not_lease_owner"}
+# tus 409s that a fresh HEAD resolves: another PATCH of ours is still settling, or our offset is stale.
+TUS_RETRY_CODES = {"offset_mismatch", "upload_busy"}
 
 
 TUS_HEADERS = {"Tus-Resumable": "1.0.0"}
@@ -73,7 +76,8 @@ class LargeBlockAdapter(requests.adapters.HTTPAdapter):
 class MasterClient:
     def __init__(self, base_url: str, worker_id: str, *, retry: RetryPolicy, chunk_size: int = 1 << 20,
                  download_timeout: float = 1800.0, upload_timeout: float = 1800.0,
-                 progress_interval: float = 5.0, metrics: WorkerMetrics | None = None, token: str | None = None):
+                 progress_interval: float = 5.0, metrics: WorkerMetrics | None = None, token: str | None = None,
+                 download_limit: int = 0, upload_limit: int = 0):
         self.base_url = base_url.rstrip("/")
         self.worker_id = worker_id
         self.retry = retry
@@ -83,6 +87,10 @@ class MasterClient:
         self.progress_interval = progress_interval
         self.metrics = metrics or WorkerMetrics(CollectorRegistry())
         self._token = token
+        # transfer.download_limit / upload_limit (bytes/s, 0 = unlimited): one bucket per direction, shared by
+        # the worker's slots, so the limit holds for the worker as a whole
+        self.download_bucket: TokenBucket | None = bucket_for(download_limit)
+        self.upload_bucket: TokenBucket | None = bucket_for(upload_limit)
         self._local = threading.local()  # a requests.Session is not safe to share across threads
 
     @property
@@ -128,6 +136,12 @@ class MasterClient:
         return self.retry.call(lambda: self._control("POST", "/api/worker/fail", {
             "worker_id": self.worker_id, "error": error, "retryable": retryable}, job_id=job_id),
             what=f"report failure of job {job_id}")
+
+    def complete_shared(self, job_id: str, size: int, sha256_hex: str) -> dict[str, Any]:
+        """Shared-storage mode: the output is on the shared mount; ask the master to verify and commit it."""
+        return self.retry.call(lambda: self._control("POST", "/api/worker/complete", {
+            "worker_id": self.worker_id, "size": size, "sha256": sha256_hex}, job_id=job_id),
+            what=f"completion of job {job_id}")
 
     def release(self, job_id: str, reason: str) -> dict[str, Any]:
         return self.retry.call(lambda: self._control("POST", "/api/worker/release", {
@@ -183,6 +197,7 @@ class MasterClient:
             progress = self._progress("download", job_id, total)
             progress.done = partial.offset
             writer = HashingWriter(open(partial.path, "ab" if partial.offset else "wb", buffering=0), partial.hasher)
+            start, bucket = partial.offset, self.download_bucket
             try:
                 for chunk in response.iter_content(self.chunk_size):
                     if cancel is not None and cancel.is_set():
@@ -190,11 +205,16 @@ class MasterClient:
                     writer.write(chunk)
                     partial.offset += len(chunk)
                     progress.add(len(chunk))
+                    if bucket is not None:
+                        bucket.consume(len(chunk))
             except requests.RequestException as exc:
                 raise RetryableError(f"download of job {job_id} cut at byte {partial.offset}: "
                                      f"{exc.__class__.__name__}") from exc
             finally:
-                writer.close()
+                try:
+                    writer.close()
+                finally:
+                    partial.offset = start + writer.written  # what is on disk and hashed, even after a write error
         if total is not None and partial.offset != total:
             raise RetryableError(f"download of job {job_id}: got {partial.offset} of {total} bytes")
         if expected_digest is not None and partial.hasher.digest() != expected_digest:
@@ -219,7 +239,8 @@ class MasterClient:
     def _upload_once(self, job_id: str, path: Path, digest: bytes, cancel: threading.Event | None) -> int:
         size = path.stat().st_size
         progress = self._progress("upload", job_id, size)
-        body = MultipartFileBody(path, UPLOAD_FIELD, path.name, on_read=progress.add, cancel=cancel)
+        body = MultipartFileBody(path, UPLOAD_FIELD, path.name, on_read=progress.add, cancel=cancel,
+                                 bucket=self.upload_bucket)
         try:
             response = self._request("POST", "/api/worker/upload-video", job_id=job_id, data=body,
                                      headers={"Content-Type": body.content_type, "Repr-Digest": repr_digest(digest)},
@@ -247,7 +268,8 @@ class MasterClient:
             offset = 0
         progress = self._progress("upload", job_id, upload.size)
         progress.done = offset
-        body = FileRangeBody(upload.path, offset, upload.size - offset, on_read=progress.add, cancel=cancel)
+        body = FileRangeBody(upload.path, offset, upload.size - offset, on_read=progress.add, cancel=cancel,
+                             bucket=self.upload_bucket)
         try:
             response = self._request("PATCH", upload.location, data=body, timeout=(CONNECT_TIMEOUT, self.upload_timeout),
                                      headers={**TUS_HEADERS, "Upload-Offset": str(offset),
@@ -257,6 +279,9 @@ class MasterClient:
         if response.status_code == 400 and _error_code(response) == "digest_mismatch":
             upload.location = None  # the master dropped the upload: start a new one
             raise RetryableError(f"upload of job {job_id}: the master computed another SHA-256")
+        if response.status_code == 409 and _error_code(response) in TUS_RETRY_CODES:
+            raise RetryableError(f"upload of job {job_id}: master answered 409 {_error_code(response)}; "
+                                 "asking it for the offset again")  # the next attempt HEADs the upload
         _raise_for_status(response)
         stored = int(response.headers.get("Upload-Offset", "-1"))
         if stored != upload.size:

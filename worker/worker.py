@@ -7,7 +7,7 @@ import shutil
 import socket
 import threading
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -20,6 +20,7 @@ from worker.config import WorkerConfig
 from worker.errors import ApiRejected, FatalError, JobLost, RetryableError, Shutdown
 from worker.metrics import WorkerMetrics, free_bytes
 from worker.retry import RetryPolicy
+from worker.storage_modes import storage_mode
 
 log = logging.getLogger("converter.worker")
 
@@ -41,6 +42,7 @@ class Worker:
         self.config = config
         self.client = client
         self.metrics = client.metrics
+        self.storage = storage_mode(config, client)
         self.notifier = notifier or Notifier()
         self.cache = config.storage.cache_path
         self._stopping = threading.Event()
@@ -143,7 +145,8 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claim one job and process it to the end; False when no job came within the claim wait."""
-        job = self.client.claim(self.config.worker.claim_wait, cache_free_bytes=self._cache_room())
+        room = self._cache_room() if self.storage.needs_cache else None
+        job = self.client.claim(self.config.worker.claim_wait, cache_free_bytes=room)
         if job is None:
             return False
         self.process(job)
@@ -183,16 +186,16 @@ class Worker:
             active.abort.set()
             heartbeat.join()
             shutil.rmtree(active.directory, ignore_errors=True)
+            self.storage.discard(job)
             with self._lock:
                 self._active.pop(active.job_id, None)
 
     def _convert_job(self, job: dict[str, Any], active: ActiveJob) -> None:
         profile = ffmpeg.profile_named(job["profile"])
         active.directory.mkdir(parents=True, exist_ok=True)
-        source = active.directory / f"source{PurePosixPath(job['source_path']).suffix.lower()}"
-        output = active.directory / f"output{PurePosixPath(job['output_path']).suffix.lower()}"
         log.info("job %s: %s -> %s (%s)", active.job_id, job["source_path"], job["output_path"], profile.name)
-        self.client.download_source_video(active.job_id, source, active.abort)
+        source = self.storage.source(job, active.directory, active.abort)
+        output = self.storage.output(job, active.directory)
         active.stage = "convert"
         converter = conversion.for_worker(self)
         result = converter.convert(profile, source, output, active.abort, label=f"job {active.job_id}",
@@ -206,10 +209,8 @@ class Worker:
             except (RetryableError, ApiRejected) as exc:
                 log.warning("could not re-send capabilities (%s); the next registration will", exc)
         active.stage = "upload"
-        upload = (self.client.upload_resumable if self.config.storage.upload_protocol == "tus"
-                  else self.client.upload_converted_video)
-        size = upload(active.job_id, output, active.abort)
-        log.info("job %s: completed, %d bytes uploaded", active.job_id, size)
+        size = self.storage.deliver(job, output, active.abort)
+        log.info("job %s: completed, %d bytes delivered", active.job_id, size)
 
     def _cache_room(self) -> int:
         """Free cache bytes not already promised to jobs in progress (each may need up to twice its source)."""

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from pathlib import PurePosixPath
 
-import tornado.ioloop
-
-from converter_common.digest import file_sha256
-from converter_common.profiles import BUILTIN_PROFILES
 from master import errors
 from master.auth import Access
 from master.handlers.base import BaseHandler, check_job_id
-from master.paths import require_file, resolve_in_root, storage_relative
+from master.paths import require_file, resolve_in_root
+from master.submission import check_output, insert_job, source_digest
 from master.states import JobStatus
 
 MAX_PAGE = 1000
@@ -32,29 +28,13 @@ class JobsHandler(BaseHandler):
         source = resolve_in_root(root, body.get("source_path"), "source_path")
         output = resolve_in_root(root, body.get("output_path"), "output_path")
         require_file(source, "source_path")
-        if output == source:
-            raise errors.bad_request("invalid_path", "output_path must differ from source_path")
-        if output.is_dir():
-            raise errors.bad_request("invalid_path", "output_path is a directory")
-        if output.exists():
-            raise errors.conflict("output_exists", "output_path already exists; remove it or choose another path")
-        extension = PurePosixPath(output.name).suffix.lstrip(".").lower()
-        allowed = BUILTIN_PROFILES[profile].containers
-        if extension not in allowed:
-            raise errors.bad_request("invalid_path", f"output_path must end in .{' or .'.join(allowed)} for {profile}")
-        stat = source.stat()
-        # Hashed once here, off the IOLoop; downloads send it as Repr-Digest and ETag without rereading the file.
-        digest = await tornado.ioloop.IOLoop.current().run_in_executor(None, file_sha256, source)
-        job = self.store.create_job(
-            job_id=job_id,
-            source_path=storage_relative(root, source),
-            output_path=storage_relative(root, output),
-            profile=profile,
-            source_size=stat.st_size,
-            source_sha256=digest.hex(),
-            source_mtime_ns=stat.st_mtime_ns,
-            max_attempts=self.config.jobs.max_attempts,
-        )
+        check_output(output, source, profile)
+        digest = await source_digest(source)
+        job = insert_job(self.store, self.config, job_id=job_id, source=source, outputs=[output], profile=profile,
+                         sha256=digest)
+        self.announce_created(job)
+
+    def announce_created(self, job) -> None:
         self.services.metrics.jobs_submitted.inc()
         self.services.dispatcher.notify()
         self.set_header("Location", f"/api/jobs/{job.id}")

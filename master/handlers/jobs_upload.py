@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-import unicodedata
 import uuid
 from pathlib import Path, PurePosixPath
 
@@ -26,21 +25,18 @@ import tornado.web
 from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.targets import BaseTarget
 
-from converter_common.profiles import BUILTIN_PROFILES
 from master import errors
 from master.errors import ApiError
 from master.handlers.base import check_job_id
 from master.handlers.jobs import JobsHandler
 from master.handlers.upload import TEMP_PREFIX, TEMP_SUFFIX, UPLOAD_FIELD, WRITE_BUFFER, FileSink
-from master.paths import resolve_in_root, storage_relative
-from master.store import Job, OutputBusy
+from master.paths import resolve_in_root
+from master.submission import check_output, default_outputs, insert_job
 
 INCOMING_DIR = "incoming"
-CONVERTED_DIR = "converted"
 JSON_LIMIT = 1 << 20  # a job description is a few hundred bytes
 FIELD_LIMIT = 4096  # the text fields: profile, output_path, id
 TEXT_FIELDS = ("profile", "output_path", "id")
-_UNSAFE_NAME = re.compile(r"[^\w.\- ]+")
 _EXTENSION = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
 
 
@@ -140,59 +136,23 @@ class JobsUploadHandler(JobsHandler):
         job_id = job_id or token
         client_name = self._sink.multipart_filename or ""
         source = self.config.storage.root / INCOMING_DIR / f"{token}{_extension(client_name)}"
-        outputs = self._output_candidates(given_output, client_name, profile, job_id)
+        root = self.config.storage.root
+        outputs = ([resolve_in_root(root, given_output, "output_path")] if given_output is not None
+                   else default_outputs(root, client_name, profile, job_id))
+        check_output(next((o for o in outputs if not o.exists()), outputs[0]), None, profile)
         await self._close_temp_durably()
         os.replace(self._temp_path, source)
         self._temp_path = source  # removed by finish() unless the job is created
-        job = self._create(job_id, source, outputs, profile)
+        job = insert_job(self.store, self.config, job_id=job_id, source=source, outputs=outputs, profile=profile,
+                         sha256=self._sink.sha256.digest())
         self._temp_path = None
-        self.services.metrics.jobs_submitted.inc()
-        self.services.dispatcher.notify()
-        self.set_header("Location", f"/api/jobs/{job.id}")
-        self.write_json(job.to_dict(), 201)
+        self.announce_created(job)
 
     def _checked_fields(self) -> tuple[str | None, str, str | None]:
         values = {name: field.value for name, field in self._fields.items()}
         profile = self._profile(values["profile"])
         job_id = check_job_id(values["id"]) if values["id"] else None
         return job_id, profile, values["output_path"] or None
-
-    def _output_candidates(self, given: str | None, client_name: str, profile: str, job_id: str) -> list[Path]:
-        """The output path asked for, or the default and its ``-<job id>`` variant, each checked like JSON's."""
-        root = self.config.storage.root
-        containers = BUILTIN_PROFILES[profile].containers
-        if given is not None:
-            names = [given]
-        else:
-            stem = safe_stem(client_name) or job_id
-            names = [f"{CONVERTED_DIR}/{stem}.{containers[0]}", f"{CONVERTED_DIR}/{stem}-{job_id}.{containers[0]}"]
-        candidates = [resolve_in_root(root, name, "output_path") for name in names]
-        free = [path for path in candidates if not path.exists()]
-        check_output(free[0] if free else candidates[0], containers, profile)
-        return free
-
-    def _create(self, job_id: str, source: Path, outputs: list[Path], profile: str) -> Job:
-        """The job, at the first output path that no pending or processing job writes."""
-        for output in outputs[:-1]:
-            try:
-                return self._insert(job_id, source, output, profile)
-            except OutputBusy:
-                continue
-        return self._insert(job_id, source, outputs[-1], profile)
-
-    def _insert(self, job_id: str, source: Path, output: Path, profile: str) -> Job:
-        root = self.config.storage.root
-        stat = source.stat()
-        return self.store.create_job(
-            job_id=job_id,
-            source_path=storage_relative(root, source),
-            output_path=storage_relative(root, output),
-            profile=profile,
-            source_size=stat.st_size,
-            source_sha256=self._sink.sha256.hexdigest(),
-            source_mtime_ns=stat.st_mtime_ns,
-            max_attempts=self.config.jobs.max_attempts,
-        )
 
     async def _close_temp_durably(self) -> None:
         temp = self._temp_file
@@ -220,25 +180,6 @@ class JobsUploadHandler(JobsHandler):
         if self._temp_path is not None:
             self._temp_path.unlink(missing_ok=True)
             self._temp_path = None
-
-
-def check_output(output: Path, containers: tuple[str, ...], profile: str) -> None:
-    """The output rules of the JSON submit: not a directory, not there yet, an extension the profile allows."""
-    if output.is_dir():
-        raise errors.bad_request("invalid_path", "output_path is a directory")
-    if output.exists():
-        raise errors.conflict("output_exists", "output_path already exists; remove it or choose another path")
-    extension = PurePosixPath(output.name).suffix.lstrip(".").lower()
-    if extension not in containers:
-        raise errors.bad_request("invalid_path", f"output_path must end in .{' or .'.join(containers)} for {profile}")
-
-
-def safe_stem(filename: str) -> str:
-    """The client's file name without directories or extension, reduced to letters, digits, ``. _ -`` and spaces."""
-    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
-    stem = PurePosixPath(base).stem if "." in base.lstrip(".") else base
-    stem = unicodedata.normalize("NFC", stem)
-    return _UNSAFE_NAME.sub("_", stem).strip(" .")[:100]
 
 
 def _extension(filename: str) -> str:

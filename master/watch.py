@@ -1,0 +1,109 @@
+"""The watch folder: complete files dropped into an inbox become jobs, once.
+
+A file is complete when its size and mtime have not changed for ``watch.stable_seconds``. It is
+then moved (a rename, same filesystem) to ``watch.accepted_dir`` and a job is created for it with
+an id derived from its new path. Moving it out of the inbox means it is never picked up twice; the
+derived id means a restart in between (moved, no job yet) only creates the missing job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import tornado.ioloop
+
+from master.errors import ApiError
+from master.paths import storage_relative
+from master.store import DuplicateJob, StoreError
+from master.submission import default_outputs, insert_job, source_digest
+
+log = logging.getLogger("converter.master")
+
+
+class InboxWatcher:
+    def __init__(self, services) -> None:
+        self.services = services
+        self.config = services.config
+        watch = self.config.watch
+        self.root = self.config.storage.root
+        self.inbox = self.root / watch.inbox
+        self.accepted = self.root / watch.accepted_dir
+        self._pending: dict[str, tuple[int, int, float]] = {}  # name → (size, mtime_ns, unchanged since)
+        self._busy = False
+        self._timer: tornado.ioloop.PeriodicCallback | None = None
+
+    def start(self) -> None:
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        self.accepted.mkdir(parents=True, exist_ok=True)
+        tornado.ioloop.IOLoop.current().spawn_callback(self.recover)
+        self._timer = tornado.ioloop.PeriodicCallback(self._tick, self.config.watch.interval * 1000)
+        self._timer.start()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+
+    async def recover(self) -> None:
+        """Create the jobs of files that were moved aside but whose job a crash kept from being created."""
+        for path in sorted(self.accepted.iterdir()):
+            if path.is_file() and not path.name.startswith("."):
+                await self._submit(path, quiet_if_known=True)
+
+    async def _tick(self) -> None:
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            await self.scan()
+        finally:
+            self._busy = False
+
+    async def scan(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        present = set()
+        for entry in os.scandir(self.inbox):
+            if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                continue
+            present.add(entry.name)
+            stat = entry.stat(follow_symlinks=False)
+            seen = self._pending.get(entry.name)
+            if seen is None or seen[:2] != (stat.st_size, stat.st_mtime_ns):
+                self._pending[entry.name] = (stat.st_size, stat.st_mtime_ns, now)
+            elif now - seen[2] >= self.config.watch.stable_seconds:
+                del self._pending[entry.name]
+                await self._accept(Path(entry.path))
+        for gone in set(self._pending) - present:
+            del self._pending[gone]
+
+    async def _accept(self, path: Path) -> None:
+        target = self.accepted / path.name
+        counter = 1
+        while target.exists():
+            target = self.accepted / f"{path.stem}-{counter}{path.suffix}"
+            counter += 1
+        os.rename(path, target)
+        await self._submit(target, quiet_if_known=False)
+
+    async def _submit(self, source: Path, *, quiet_if_known: bool) -> None:
+        relative = storage_relative(self.root, source)
+        job_id = "watch-" + hashlib.sha256(relative.encode()).hexdigest()[:16]
+        profile = self.config.watch.profile
+        try:
+            digest = await source_digest(source)
+            job = insert_job(self.services.store, self.config, job_id=job_id, source=source,
+                             outputs=default_outputs(self.root, source.name, profile, job_id), profile=profile,
+                             sha256=digest)
+        except DuplicateJob:
+            if not quiet_if_known:
+                log.warning("watch folder: %s already has job %s", relative, job_id)
+            return
+        except (ApiError, StoreError, OSError) as exc:
+            log.error("watch folder: no job for %s: %s", relative, exc)
+            return
+        self.services.metrics.jobs_submitted.inc()
+        self.services.dispatcher.notify()
+        log.info("watch folder: %s became job %s -> %s", relative, job.id, job.output_path)

@@ -1,0 +1,95 @@
+"""How a job's files reach the worker and go back: over HTTP (transfer) or through a shared mount.
+
+``transfer`` (the default): download the source into the cache, upload the output (tus or multipart).
+``shared`` (the seed's migration and rollback path): read the source from ``storage.mount_path`` and
+write the output there, beside its final path; the master verifies it and renames it into place.
+Both speak the same job protocol (claims, leases, heartbeats), so a fleet may mix them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+from converter_common.digest import file_sha256
+from converter_common.shared_storage import shared_temp_path
+from worker.client import MasterClient
+from worker.config import WorkerConfig
+from worker.errors import FatalError
+
+log = logging.getLogger("converter.worker")
+
+
+class StorageMode(Protocol):
+    needs_cache: bool
+
+    def source(self, job: dict[str, Any], job_dir: Path, abort) -> Path: ...
+
+    def output(self, job: dict[str, Any], job_dir: Path) -> Path: ...
+
+    def deliver(self, job: dict[str, Any], output: Path, abort) -> int: ...
+
+    def discard(self, job: dict[str, Any]) -> None: ...
+
+
+class TransferMode:
+    needs_cache = True
+
+    def __init__(self, config: WorkerConfig, client: MasterClient):
+        self.client = client
+        self.upload = client.upload_resumable if config.storage.upload_protocol == "tus" \
+            else client.upload_converted_video
+
+    def source(self, job: dict[str, Any], job_dir: Path, abort) -> Path:
+        source = job_dir / f"source{PurePosixPath(job['source_path']).suffix.lower()}"
+        self.client.download_source_video(job["id"], source, abort)
+        return source
+
+    def output(self, job: dict[str, Any], job_dir: Path) -> Path:
+        return job_dir / f"output{PurePosixPath(job['output_path']).suffix.lower()}"
+
+    def deliver(self, job: dict[str, Any], output: Path, abort) -> int:
+        return self.upload(job["id"], output, abort)
+
+    def discard(self, job: dict[str, Any]) -> None:
+        pass  # everything lives in the job's cache dir, which the worker removes
+
+
+class SharedMode:
+    needs_cache = False
+
+    def __init__(self, config: WorkerConfig, client: MasterClient):
+        self.client = client
+        self.mount = config.storage.mount_path
+
+    def source(self, job: dict[str, Any], job_dir: Path, abort) -> Path:
+        source = self._inside_mount(job["source_path"])
+        if not source.is_file():
+            raise FatalError(f"source {job['source_path']!r} is not on the shared mount {self.mount}")
+        return source
+
+    def output(self, job: dict[str, Any], job_dir: Path) -> Path:
+        output = self._inside_mount(shared_temp_path(job["id"], job["output_path"]))
+        output.parent.mkdir(parents=True, exist_ok=True)
+        return output
+
+    def deliver(self, job: dict[str, Any], output: Path, abort) -> int:
+        size = output.stat().st_size
+        self.client.complete_shared(job["id"], size, file_sha256(output).hex())
+        return size
+
+    def discard(self, job: dict[str, Any]) -> None:
+        """Remove a half-written output from the mount after a failed attempt."""
+        self._inside_mount(shared_temp_path(job["id"], job["output_path"])).unlink(missing_ok=True)
+
+    def _inside_mount(self, relative: str) -> Path:
+        mount = self.mount.resolve()
+        path = (mount / relative).resolve()
+        if mount not in path.parents:
+            raise FatalError(f"path {relative!r} leaves the shared mount")
+        return path
+
+
+def storage_mode(config: WorkerConfig, client: MasterClient) -> StorageMode:
+    return SharedMode(config, client) if config.storage.mode == "shared" else TransferMode(config, client)
