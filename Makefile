@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := ffmpeg curl prometheus
+APT_PACKAGES := ffmpeg curl prometheus mesa-vulkan-drivers
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-unit test-integration setup system-deps venv clean bench-dispatch bench-transfer \
@@ -37,7 +37,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[master,worker,cli,test,bench]'
+	$(VENV)/bin/pip install -q -e '.[master,worker,cli,vulkan,test,bench]'
 	touch $(STAMP)
 
 clean:

@@ -6,8 +6,8 @@ arguments ever come from the API.
 
 Policies shared by every built-in profile (see docs/gpu.md):
 
-- video: the first video stream, scaled down to at most ``height`` lines (never up), the width
-  following the display aspect ratio, both rounded to even, square pixels; 8-bit 4:2:0 output
+- video: the first video stream scaled to ``height`` lines (only down, never up, when ``upscale`` is
+  False), the width following the display aspect ratio, both rounded to even, square pixels; 8-bit 4:2:0 output
   (a 10-bit source is converted, HDR is not tone-mapped); timestamps kept (VFR stays VFR).
 - audio: every audio stream, each encoded with ``audio_codec``/``audio_bitrate``; none is fine.
 - subtitles: ``subtitles="keep"`` keeps text subtitles (mov_text in MP4/MOV, copied or SRT in
@@ -39,6 +39,7 @@ class Profile:
     alternative_encoders: tuple[str, ...] = ()  # CPU encoders to use when ``video_codec`` is missing
     filter: str = ""  # "", "denoise" (nlmeans) or "deinterlace" (bwdif)
     subtitles: str = "keep"
+    upscale: bool = True  # False: sources shorter than ``height`` keep their height
 
 
 def _profile(name: str, **fields) -> Profile:
@@ -58,7 +59,7 @@ BUILTIN_PROFILES: dict[str, Profile] = {
                  alternative_encoders=("libaom-av1",), description="AV1 1080p (SVT-AV1, else libaom), AAC audio"),
         _profile("denoise-1080p", crf=20, filter="denoise",
                  description="Non-local-means denoise (nlmeans_vulkan on a GPU), H.264 1080p, AAC audio"),
-        _profile("deinterlace", crf=20, filter="deinterlace",
+        _profile("deinterlace", crf=20, filter="deinterlace", upscale=False,
                  description="Deinterlace every frame (bwdif, one frame per frame), H.264 up to 1080p, AAC audio"),
     )
 }

@@ -35,6 +35,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     not_before       REAL NOT NULL DEFAULT 0,
     progress         REAL,
     error            TEXT,
+    conversion_seconds REAL,
+    accel            TEXT,
+    speed            REAL,
+    vulkan_fallback  TEXT,
     created_at       REAL NOT NULL,
     updated_at       REAL NOT NULL,
     claimed_at       REAL,
@@ -124,6 +128,10 @@ class Job:
     not_before: float
     progress: float | None
     error: str | None
+    conversion_seconds: float | None
+    accel: str | None
+    speed: float | None
+    vulkan_fallback: str | None
     created_at: float
     updated_at: float
     claimed_at: float | None
@@ -339,14 +347,22 @@ class JobStore:
         )
 
     def heartbeat(self, job_id: str, *, worker_id: str, progress: float | None, lease_seconds: float,
-                  now: float | None = None) -> Job:
-        """Renew the lease of a processing job held by ``worker_id`` (no change of status)."""
+                  conversion: dict[str, Any] | None = None, now: float | None = None) -> Job:
+        """Renew the lease of a processing job held by ``worker_id`` (no change of status).
+
+        ``conversion`` (seconds, accel, speed, vulkan_fallback) records how the conversion went.
+        """
         now = time.time() if now is None else now
+        conversion = conversion or {}
         with self._lock:
             row = self._db.execute(
-                "UPDATE jobs SET lease_expires_at = ?, progress = COALESCE(?, progress), updated_at = ?"
+                "UPDATE jobs SET lease_expires_at = ?, progress = COALESCE(?, progress), updated_at = ?,"
+                " conversion_seconds = COALESCE(?, conversion_seconds), accel = COALESCE(?, accel),"
+                " speed = COALESCE(?, speed), vulkan_fallback = COALESCE(?, vulkan_fallback)"
                 " WHERE id = ? AND status = ? AND worker_id = ? RETURNING *",
-                (now + lease_seconds, progress, now, job_id, JobStatus.PROCESSING.value, worker_id),
+                (now + lease_seconds, progress, now, conversion.get("conversion_seconds"), conversion.get("accel"),
+                 conversion.get("speed"), conversion.get("vulkan_fallback"), job_id, JobStatus.PROCESSING.value,
+                 worker_id),
             ).fetchone()
             self._touch_worker(worker_id, now)
         if row is not None:

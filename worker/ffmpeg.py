@@ -24,7 +24,7 @@ from typing import Callable
 
 from converter_common.profiles import BUILTIN_PROFILES, Profile
 from worker.errors import FatalError, RetryableError, Shutdown
-from worker.profiles_ffmpeg import Plan, build_command, output_size  # noqa: F401  (build_command: the one builder)
+from worker.profiles_ffmpeg import build_command, output_size  # noqa: F401  (build_command is re-exported)
 
 log = logging.getLogger("converter.worker")
 

@@ -40,11 +40,11 @@ class Plan:
 
 
 def output_size(profile: Profile, info: "MediaInfo | None") -> tuple[int, int] | None:
-    """Even (width, height) no taller than the profile, keeping the display aspect; None when unknown."""
+    """Even (width, height) at the profile's height (at most, without ``upscale``), keeping the display aspect."""
     if info is None or not info.width or not info.height:
         return None
     width, height = info.display_size()
-    out_h = min(profile.height, height)
+    out_h = profile.height if profile.upscale else min(profile.height, height)
     out_h -= out_h % 2
     out_w = int(width * out_h / height / 2 + 0.5) * 2  # half rounds up, like FFmpeg
     return max(out_w, 2), max(out_h, 2)

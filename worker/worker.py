@@ -55,7 +55,7 @@ class Worker:
         retry = RetryPolicy(config.retry.attempts, config.retry.base_delay, config.retry.factor, config.retry.cap)
         metrics = WorkerMetrics(registry or CollectorRegistry())
         metrics.watch_cache(config.storage.cache_path)
-        metrics.prepare_conversion_series(list(BUILTIN_PROFILES), ["cpu"])
+        metrics.prepare_conversion_series(list(BUILTIN_PROFILES), ["cpu", "vulkan"])
         client = MasterClient(config.master.url, config.worker.id, retry=retry,
                               chunk_size=config.storage.chunk_size,
                               download_timeout=config.storage.download_timeout,
@@ -208,9 +208,17 @@ class Worker:
                 self.register()
             except (RetryableError, ApiRejected) as exc:
                 log.warning("could not re-send capabilities (%s); the next registration will", exc)
+        self._record_conversion(active, result.job_fields())
         active.stage = "upload"
         size = self.storage.deliver(job, output, active.abort)
         log.info("job %s: completed, %d bytes delivered", active.job_id, size)
+
+    def _record_conversion(self, active: ActiveJob, fields: dict[str, Any]) -> None:
+        """Tell the master how the conversion went (time, accel, speed); the job shows it."""
+        try:
+            self.client.heartbeat(active.job_id, round(active.progress, 1), conversion=fields)
+        except RetryableError as exc:
+            log.warning("job %s: could not record the conversion figures (%s)", active.job_id, exc)
 
     def _cache_room(self) -> int:
         """Free cache bytes not already promised to jobs in progress (each may need up to twice its source)."""

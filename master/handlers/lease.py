@@ -10,6 +10,7 @@ from master.handlers.base import BaseHandler, check_worker_id
 
 
 log = logging.getLogger("converter.master")
+CONVERSION_FIELDS = {"conversion_seconds", "accel", "speed", "vulkan_fallback"}
 
 
 class _LeaseHandler(BaseHandler):
@@ -29,8 +30,27 @@ class HeartbeatHandler(_LeaseHandler):
                                      or not 0 <= progress <= 100):
             raise errors.bad_request("invalid_field", "progress must be a number 0..100")
         job = self.store.heartbeat(job_id, worker_id=worker_id, progress=progress,
-                                   lease_seconds=self.config.jobs.lease_seconds)
+                                   lease_seconds=self.config.jobs.lease_seconds,
+                                   conversion=conversion_fields(body.get("conversion")))
         self.write_json(job.to_dict())
+
+
+def conversion_fields(value: object) -> dict | None:
+    """The conversion figures a worker reports once FFmpeg is done: checked field by field."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - CONVERSION_FIELDS:
+        raise errors.bad_request("invalid_field", f"conversion must be an object with {sorted(CONVERSION_FIELDS)}")
+    for name in ("conversion_seconds", "speed"):
+        number = value.get(name)
+        if number is not None and (isinstance(number, bool) or not isinstance(number, (int, float)) or number < 0):
+            raise errors.bad_request("invalid_field", f"conversion.{name} must be a number >= 0")
+    if value.get("accel") not in (None, "cpu", "vulkan"):
+        raise errors.bad_request("invalid_field", "conversion.accel must be cpu or vulkan")
+    fallback = value.get("vulkan_fallback")
+    if fallback is not None and not isinstance(fallback, str):
+        raise errors.bad_request("invalid_field", "conversion.vulkan_fallback must be a string")
+    return {**value, "vulkan_fallback": fallback[:500] if fallback else None}
 
 
 class FailHandler(_LeaseHandler):

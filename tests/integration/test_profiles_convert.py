@@ -18,6 +18,7 @@ from worker import capabilities
 from worker.config import FfmpegSection
 from worker.conversion import Converter
 from worker.metrics import WorkerMetrics
+from worker.profiles_ffmpeg import output_size
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +47,9 @@ def clips(tmp_path_factory):
     srt.write_text("1\n00:00:00,000 --> 00:00:01,000\nhello\n\n2\n00:00:01,000 --> 00:00:02,000\nworld\n")
     return {
         "plain": clip(d / "plain.mp4", *video(), *tone(), *h264, "-pix_fmt", "yuv420p", "-c:a", "aac"),
-        "odd": clip(d / "odd.mp4", *video("201x113"), *tone(), *h264, "-pix_fmt", "yuv420p", "-c:a", "aac"),
+        # Really 201x113 4:2:0 (testsrc2 and libx264 would round to even sizes): scaled, FFV1
+        "odd": clip(d / "odd.mkv", *video("202x114"), *tone(), "-vf", "scale=201:113,setsar=1", "-c:v", "ffv1",
+                    "-pix_fmt", "yuv420p", "-c:a", "aac"),
         "10bit": clip(d / "10bit.mkv", *video(), *h264, "-pix_fmt", "yuv420p10le"),
         "vfr": clip(d / "vfr.mkv", *video(rate=25), "-vf", "select='not(mod(n\\,3))+lt(n\\,10)'",
                     "-fps_mode", "vfr", *h264, "-pix_fmt", "yuv420p"),
@@ -92,7 +95,8 @@ def test_every_profile_cpu_form(cpu, clips, tmp_path, profile):
     result = convert(cpu, profile, clips["plain"], out)
     assert (result.accel, result.fallback) == ("cpu", None)
     (v,) = streams(out, "video")
-    assert (v["codec_name"], v["width"], v["height"], v["pix_fmt"]) == (BUILTIN_PROFILES[profile].codec, 192, 108,
+    size = output_size(BUILTIN_PROFILES[profile], cpu.probe(clips["plain"]))
+    assert (v["codec_name"], v["width"], v["height"], v["pix_fmt"]) == (BUILTIN_PROFILES[profile].codec, *size,
                                                                         "yuv420p")
 
 
@@ -103,15 +107,16 @@ def test_every_profile_vulkan_form_where_lavapipe_runs_its_filter(vulkan, clips,
     result = convert(vulkan, profile, clips["plain"], out)
     assert result.accel == forms[0] and result.fallback is None  # the probe kept crashing filters out
     (v,) = streams(out, "video")
-    assert (v["codec_name"], v["width"], v["height"]) == (BUILTIN_PROFILES[profile].codec, 192, 108)
+    size = output_size(BUILTIN_PROFILES[profile], vulkan.probe(clips["plain"]))
+    assert (v["codec_name"], v["width"], v["height"]) == (BUILTIN_PROFILES[profile].codec, *size)
 
 
 @pytest.mark.parametrize("name, size, audio", [
-    ("odd", (200, 112), 1),  # 201x113: even, aspect kept, never upscaled
-    ("10bit", (192, 108), 0),
-    ("vfr", (192, 108), 0),
-    ("no-audio", (192, 108), 0),
-    ("two-audio", (192, 108), 2),
+    ("odd", (1280, 720), 1),  # 201x113: even sizes, aspect kept
+    ("10bit", (1280, 720), 0),
+    ("vfr", (1280, 720), 0),
+    ("no-audio", (1280, 720), 0),
+    ("two-audio", (1280, 720), 2),
 ])
 @pytest.mark.parametrize("form", ["cpu", "vulkan"])
 def test_odd_inputs_convert(request, clips, tmp_path, name, size, audio, form):

@@ -87,7 +87,7 @@ def test_a_job_runs_through_the_real_vulkan_path_on_lavapipe(cluster, start_work
     submit(cluster, "vk1")
     assert cluster.wait_status("vk1", "completed", "failed")["status"] == "completed"
     video = next(s for s in ffprobe(cluster.root / "out" / "vk1.mp4")["streams"] if s["codec_type"] == "video")
-    assert (video["codec_name"], video["width"], video["height"]) == ("h264", 320, 240)
+    assert (video["codec_name"], video["width"], video["height"]) == ("h264", 960, 720)
     assert "job vk1: converted 1.0 s of media" in worker.output() and "(vulkan, libx264, speed" in worker.output()
     metrics = samples(worker)
     assert metrics[("converter_worker_conversion_duration_seconds_count",

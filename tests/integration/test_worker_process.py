@@ -21,6 +21,7 @@ def test_worker_converts_a_1080p_clip_to_720p(cluster):
     assert (video["codec_name"], video["width"], video["height"], audio["codec_name"]) == ("h264", 1280, 720, "aac")
     assert abs(float(info["format"]["duration"]) - 2.0) <= 0.1
     assert job["output_size"] == (cluster.root / "out" / "clip-720p.mp4").stat().st_size
+    assert job["accel"] == "cpu" and job["conversion_seconds"] > 0 and job["speed"] > 0
     wait_for(lambda: not any((cluster.tmp / "cache-w1").iterdir()), 5, what="cache dir removal")
     worker.signal(signal.SIGTERM)
     assert worker.wait(30) == 0

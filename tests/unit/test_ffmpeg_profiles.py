@@ -30,7 +30,8 @@ def test_builtin_profiles_are_the_issue_list():
 
 @pytest.mark.parametrize("size, profile, expected", [
     ((1920, 1080), "h264-720p", (1280, 720)),
-    ((321, 241), "h264-720p", (320, 240)),  # odd: never upscaled, rounded to even, aspect kept
+    ((321, 241), "h264-720p", (960, 720)),  # odd: rounded to even, aspect kept
+    ((321, 241), "deinterlace", (320, 240)),  # a profile that never upscales
     ((3840, 2160), "hevc-1080p", (1920, 1080)),
     ((1080, 1920), "h264-720p", (406, 720)),  # portrait
 ])
@@ -41,7 +42,7 @@ def test_output_size_keeps_aspect_and_is_even(size, profile, expected):
 
 def test_anamorphic_and_rotated_sources_use_the_displayed_shape():
     dvd = MediaInfo(2.0, "mpeg2video", 720, 576, None, sample_aspect=16 / 15)
-    assert output_size(BUILTIN_PROFILES["h264-720p"], dvd) == (768, 576)
+    assert output_size(BUILTIN_PROFILES["h264-720p"], dvd) == (960, 720)
     phone = MediaInfo(2.0, "h264", 1920, 1080, None, rotation=90)
     assert output_size(BUILTIN_PROFILES["h264-720p"], phone) == (406, 720)
 
