@@ -6,6 +6,7 @@ APT_PACKAGES := ffmpeg curl prometheus mesa-vulkan-drivers
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-unit test-integration setup system-deps venv clean bench-dispatch bench-transfer \
+	bench-bandwidth bench-compression bench-wan \
 	ansible-venv ansible-lint deploy-test
 
 demo: setup
@@ -50,6 +51,15 @@ bench-transfer: setup
 	@dpkg -s nginx-light >/dev/null 2>&1 || dpkg -s nginx >/dev/null 2>&1 || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light)
 	$(PY) bench/transfer.py
+
+bench-bandwidth: setup
+	$(PY) bench/bandwidth.py
+
+bench-compression: setup
+	bench/compression.sh
+
+bench-wan: setup
+	$(PY) bench/wan.py
 
 ANSIBLE_VENV ?= /opt/converter-ansible/venv
 DEPLOY_APT_PACKAGES := debootstrap systemd-container openssh-client curl

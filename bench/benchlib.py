@@ -73,6 +73,9 @@ class Master:
     workdir: Path
     extra_config: str = ""
     port: int = 0
+    host: str = "127.0.0.1"
+    server_extra: str = ""  # more lines of the server: section, e.g. "  outbound_limit: 1000000\n"
+    prefix: tuple[str, ...] = ()  # e.g. ("ip", "netns", "exec", "ns") to run it in a network namespace
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
 
@@ -82,7 +85,7 @@ class Master:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -95,8 +98,9 @@ class Master:
         config = self.workdir / "master.yaml"
         config.write_text(
             "server:\n"
-            "  host: 127.0.0.1\n"
+            f"  host: {self.host}\n"
             f"  port: {self.port}\n"
+            + self.server_extra +
             f"storage:\n  root: {self.storage}\n"
             f"database:\n  path: {self.workdir / 'converter.db'}\n"
             + self.extra_config
@@ -111,6 +115,7 @@ class Master:
             code = ("import cProfile, sys; from master.main import main; "
                     "cProfile.run('main(sys.argv[2:])', sys.argv[1])")
             cmd = [sys.executable, "-c", code, str(profile_to), "--config", str(config)]
+        cmd = [*self.prefix, *cmd]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                      env={**os.environ, **(env or {})})
         log.close()

@@ -125,6 +125,23 @@ def worker_op(args: argparse.Namespace) -> int:
             body.close()
         r.raise_for_status()
         n = r.json()["size"]
+    elif args.worker_op == "upload-loop-tus":
+        # the client's tus PATCH (same session, FileRangeBody) without the pre-hash / sha256 metadata
+        import base64
+        from worker.bodies import FileRangeBody
+        tus = {"Tus-Resumable": "1.0.0"}
+        size = path.stat().st_size
+        r = client.session.post(f"{args.url}/api/uploads", timeout=(10, 600), headers={
+            **tus, "Upload-Length": str(size), "Upload-Metadata": f"job_id {base64.b64encode(args.job.encode()).decode()}"})
+        r.raise_for_status()
+        body = FileRangeBody(path, 0, size)
+        try:
+            r = client.session.patch(args.url + r.headers["Location"], data=body, timeout=(10, 600), headers={
+                **tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"})
+        finally:
+            body.close()
+        r.raise_for_status()
+        n = int(r.headers["Upload-Offset"])
     elif args.worker_op == "upload-sink":
         # the client's multipart body + session, sent to the socket sink (client-side cost only)
         MultipartFileBody = multipart_body_class()
@@ -432,7 +449,8 @@ class Harness:
     def ours_up_raw(self) -> float:
         job = self.new_job(self.m_shm, "upraw")
         dest = self.m_shm.storage / "out" / f"{job}.mp4"
-        t = self.run_worker("upload-loop" if self.digest else "upload", self.m_shm, job, self.src)
+        op = ("upload-loop-tus" if upload_protocol(self.args) == "tus" else "upload-loop") if self.digest else "upload"
+        t = self.run_worker(op, self.m_shm, job, self.src)
         if dest.stat().st_size != self.size:
             raise RuntimeError("master stored a short file on tmpfs")
         dest.unlink()
@@ -591,8 +609,10 @@ def main(argv: list[str] | None = None) -> int:
     ver = "SHA-256 verified while streaming" if h.digest else "NO verification: the code has no Repr-Digest yet"
     dl_raw_how = ("requests loop like the client's (same session/adapter/chunk), discarded" if h.digest else
                   "MasterClient.download_source_video into a symlink to /dev/null")
-    up_raw_how = ("the client's MultipartFileBody + session without Repr-Digest (no pre-hash); the master still "
-                  "hashes inline (no switch); master storage on tmpfs (/dev/shm)" if h.digest else
+    up_raw_how = (("the client's tus PATCH (FileRangeBody + session), no sha256 metadata (no pre-hash)"
+                   if upload_protocol(args) == "tus" else
+                   "the client's MultipartFileBody + session without Repr-Digest (no pre-hash)")
+                  + "; the master still hashes (no switch); master storage on tmpfs (/dev/shm)" if h.digest else
                   "MasterClient.upload_converted_video; master storage on tmpfs (/dev/shm), its fsync is a no-op")
     if code_has_digest() != h.digest:
         print("WARNING: Repr-Digest appeared/disappeared in master/ worker/ during the run: figures are mixed")
@@ -604,8 +624,8 @@ def main(argv: list[str] | None = None) -> int:
         print(fmt_row("ours dl → disk, then openssl dgst", R["ours_dl_then_openssl"], size, "informative"))
     print(fmt_row("nginx → curl -o disk + openssl dgst", R["theirs_dl"], size, "nginx stock (sendfile on)"))
     print(fmt_row("  of which curl -o", R["theirs_dl_curl_only"], size, ""))
-    up_ver = (f"{upload_protocol(args)}; worker pre-hashes the file, sends its digest; master verifies while "
-              "streaming" if h.digest else ver)
+    up_ver = (f"{upload_protocol(args)}; the worker's digest (tus: hashed while sent, on the last PATCH; "
+              "multipart: pre-hashed) verified by the master while streaming" if h.digest else ver)
     print(fmt_row("ours up → master → disk", R["ours_up"], size,
                   f"worker client → master (fsync + rename); {up_ver}"))
     print(fmt_row("curl -T → nginx DAV + openssl dgst", R["theirs_up"], size, "no fsync in nginx"))

@@ -12,6 +12,7 @@ import tornado.netutil
 import tornado.web
 from prometheus_client import CollectorRegistry
 
+from converter_common.ratelimit import TokenBucket
 from master.auth import Tokens
 from master.config import MasterConfig
 from master.dispatch import Dispatcher
@@ -44,7 +45,7 @@ def make_app(config: MasterConfig, store: JobStore, dispatcher: Dispatcher | Non
              metrics: MasterMetrics | None = None, tokens: Tokens = Tokens()) -> tornado.web.Application:
     metrics = metrics or new_metrics(config, store, CollectorRegistry())
     services = Services(config=config, store=store, dispatcher=dispatcher or Dispatcher(), metrics=metrics,
-                        tokens=tokens)
+                        tokens=tokens, outbound=outbound_bucket(config))
     deps = {"services": services}
     routes = [
         (r"/healthz", HealthHandler),
@@ -75,6 +76,12 @@ def make_app(config: MasterConfig, store: JobStore, dispatcher: Dispatcher | Non
         default_handler_args=deps,
         log_function=lambda handler: _log_request(handler, metrics),
     )
+
+
+def outbound_bucket(config: MasterConfig) -> TokenBucket | None:
+    """The one token bucket all downloads of this master share (``server.outbound_limit``); None if unlimited."""
+    limit = config.server.outbound_limit
+    return TokenBucket(limit, burst=min(limit / 20, config.server.chunk_size)) if limit else None
 
 
 def new_metrics(config: MasterConfig, store: JobStore, registry: CollectorRegistry) -> MasterMetrics:

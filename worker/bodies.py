@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+from converter_common.ratelimit import TokenBucket
 from worker.errors import Shutdown
 
 DEFAULT_BLOCK = 1 << 20
@@ -22,7 +23,7 @@ class FileRangeBody:
     """Bytes ``[offset, offset + length)`` of a file, with a progress callback and a cancel flag."""
 
     def __init__(self, path: Path, offset: int, length: int, *, on_read: Callable[[int], None] | None = None,
-                 cancel: threading.Event | None = None):
+                 cancel: threading.Event | None = None, bucket: TokenBucket | None = None, hasher=None):
         self._path = path
         self._offset = offset
         self._remaining = length
@@ -30,6 +31,8 @@ class FileRangeBody:
         self._file = None
         self._on_read = on_read
         self._cancel = cancel
+        self._bucket = bucket  # upload bandwidth limit: each block waits for its tokens before it is sent
+        self._hasher = hasher  # fed every block read (so: hashed while sent, not in a pass of its own)
 
     def __len__(self) -> int:
         return self._length
@@ -47,8 +50,12 @@ class FileRangeBody:
         if not data:
             raise OSError(f"{self._path.name} shrank while it was being uploaded")
         self._remaining -= len(data)
+        if self._hasher is not None:
+            self._hasher.update(data)
         if self._on_read is not None:
             self._on_read(len(data))
+        if self._bucket is not None:
+            self._bucket.consume(len(data))
         return data
 
     def close(self) -> None:
@@ -61,13 +68,14 @@ class MultipartFileBody:
     """The body ``--boundary / part headers / file bytes / --boundary--`` with one file part."""
 
     def __init__(self, path: Path, field: str, filename: str, content_type: str = "application/octet-stream",
-                 *, on_read: Callable[[int], None] | None = None, cancel: threading.Event | None = None):
+                 *, on_read: Callable[[int], None] | None = None, cancel: threading.Event | None = None,
+                 bucket: TokenBucket | None = None):
         self.boundary = uuid.uuid4().hex
         self._pieces = [
             (f"--{self.boundary}\r\n"
              f'Content-Disposition: form-data; name="{field}"; filename="{_quote(filename)}"\r\n'
              f"Content-Type: {content_type}\r\n\r\n").encode(),
-            FileRangeBody(path, 0, path.stat().st_size, on_read=on_read, cancel=cancel),
+            FileRangeBody(path, 0, path.stat().st_size, on_read=on_read, cancel=cancel, bucket=bucket),
             f"\r\n--{self.boundary}--\r\n".encode(),
         ]
         self._length = sum(len(piece) for piece in self._pieces)

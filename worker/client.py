@@ -38,6 +38,9 @@ TUS_RETRY_CODES = {"offset_mismatch", "upload_busy"}
 
 
 TUS_HEADERS = {"Tus-Resumable": "1.0.0"}
+# The last bytes of a tus upload go in a PATCH of their own that carries the whole file's Repr-Digest:
+# the digest is computed while the rest is sent, instead of in a read of the whole file beforehand.
+TUS_TAIL = 1 << 20
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
 
@@ -57,12 +60,28 @@ class PartialDownload:
 
 @dataclass
 class TusUpload:
-    """A resumable upload across attempts: where it lives on the master once created."""
+    """A resumable upload across attempts: where it lives on the master once created, and the running hash.
+
+    ``sha256`` is the whole file's digest when it was computed up front (small files; it then goes in the
+    metadata); otherwise ``hasher`` covers the file's first ``hashed`` bytes as they were read for sending.
+    """
 
     path: Path
     size: int
-    sha256: bytes
+    sha256: bytes | None = None
     location: str | None = None
+    hasher: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    hashed: int = 0
+
+    def hash_up_to(self, offset: int) -> None:
+        """Make ``hasher`` cover exactly ``[0, offset)``: after a cut it may have read past what the master kept."""
+        if self.hashed == offset:
+            return
+        self.hasher, self.hashed = hashlib.sha256(), 0
+        with open(self.path, "rb", buffering=0) as f:
+            while self.hashed < offset and (block := f.read(min(UPLOAD_BLOCK, offset - self.hashed))):
+                self.hasher.update(block)
+                self.hashed += len(block)
 
 
 class LargeBlockAdapter(requests.adapters.HTTPAdapter):
@@ -128,9 +147,12 @@ class MasterClient:
             return None
         return _json_or_raise(response)
 
-    def heartbeat(self, job_id: str, progress: float | None) -> dict[str, Any]:
-        return self._control("POST", "/api/worker/heartbeat", {"worker_id": self.worker_id, "progress": progress},
-                             job_id=job_id)
+    def heartbeat(self, job_id: str, progress: float | None, conversion: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+        body: dict[str, Any] = {"worker_id": self.worker_id, "progress": progress}
+        if conversion is not None:
+            body["conversion"] = conversion
+        return self._control("POST", "/api/worker/heartbeat", body, job_id=job_id)
 
     def fail(self, job_id: str, error: str, *, retryable: bool) -> dict[str, Any]:
         return self.retry.call(lambda: self._control("POST", "/api/worker/fail", {
@@ -165,9 +187,12 @@ class MasterClient:
     def upload_resumable(self, job_id: str, path: Path, cancel: threading.Event | None = None) -> int:
         """Upload ``path`` as the job's output over tus: a cut transfer resumes at the offset the master reports.
 
-        The whole file's SHA-256 goes in the upload's metadata; the master verifies it before the rename.
+        The file is hashed while it is sent; the last ``TUS_TAIL`` bytes go in a second PATCH carrying the
+        whole file's SHA-256 as ``Repr-Digest``, which the master verifies before the rename. (A file of at
+        most ``TUS_TAIL`` bytes is hashed first and its digest put in the upload's metadata.)
         """
-        upload = TusUpload(path, path.stat().st_size, file_sha256(path))
+        size = path.stat().st_size
+        upload = TusUpload(path, size, file_sha256(path) if size <= TUS_TAIL else None)
         return self._transfer("upload", job_id, lambda: self._tus_attempt(job_id, upload, cancel))
 
     def upload_converted_video(self, job_id: str, path: Path, cancel: threading.Event | None = None) -> int:
@@ -213,8 +238,10 @@ class MasterClient:
             finally:
                 try:
                     writer.close()
-                finally:
-                    partial.offset = start + writer.written  # what is on disk and hashed, even after a write error
+                except OSError:
+                    partial.restart()  # the hash saw bytes the file did not get: no resuming from here
+                    raise
+                partial.offset = start + writer.written
         if total is not None and partial.offset != total:
             raise RetryableError(f"download of job {job_id}: got {partial.offset} of {total} bytes")
         if expected_digest is not None and partial.hasher.digest() != expected_digest:
@@ -268,29 +295,63 @@ class MasterClient:
             offset = 0
         progress = self._progress("upload", job_id, upload.size)
         progress.done = offset
-        body = FileRangeBody(upload.path, offset, upload.size - offset, on_read=progress.add, cancel=cancel,
-                             bucket=self.upload_bucket)
+        if upload.sha256 is not None:  # digest in the metadata: one PATCH for the rest
+            self._tus_patch(job_id, upload, offset, upload.size, progress, cancel)
+        else:
+            upload.hash_up_to(offset)
+            tail = max(offset, upload.size - TUS_TAIL)
+            if offset < tail:
+                offset = self._tus_patch(job_id, upload, offset, tail, progress, cancel, hasher=upload.hasher)
+                upload.hashed = tail
+            with open(upload.path, "rb", buffering=0) as f:
+                f.seek(tail)
+                rest = f.read(upload.size - tail)
+            digest = upload.hasher.copy()
+            digest.update(rest)
+            self._tus_patch(job_id, upload, tail, upload.size, progress, cancel, data=rest,
+                            digest=digest.digest())
+        self._finish(progress, "upload")
+        return upload.size
+
+    def _tus_patch(self, job_id: str, upload: "TusUpload", offset: int, end: int, progress: TransferProgress,
+                   cancel: threading.Event | None, *, hasher=None, data: bytes | None = None,
+                   digest: bytes | None = None) -> int:
+        """PATCH bytes ``[offset, end)`` of the file (or ``data``); returns the master's new offset, == ``end``."""
+        headers = {**TUS_HEADERS, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"}
+        if digest is not None:
+            headers["Repr-Digest"] = repr_digest(digest)
+        if data is not None:
+            if self.upload_bucket is not None:
+                self.upload_bucket.consume(len(data))
+            body, progress_after = data, len(data)
+        else:
+            body, progress_after = FileRangeBody(upload.path, offset, end - offset, on_read=progress.add,
+                                                 cancel=cancel, bucket=self.upload_bucket, hasher=hasher), 0
         try:
-            response = self._request("PATCH", upload.location, data=body, timeout=(CONNECT_TIMEOUT, self.upload_timeout),
-                                     headers={**TUS_HEADERS, "Upload-Offset": str(offset),
-                                              "Content-Type": "application/offset+octet-stream"})
+            response = self._request("PATCH", upload.location, data=body, headers=headers,
+                                     timeout=(CONNECT_TIMEOUT, self.upload_timeout))
         finally:
-            body.close()
+            if isinstance(body, FileRangeBody):
+                body.close()
         if response.status_code == 400 and _error_code(response) == "digest_mismatch":
             upload.location = None  # the master dropped the upload: start a new one
+            upload.hasher, upload.hashed = hashlib.sha256(), 0
             raise RetryableError(f"upload of job {job_id}: the master computed another SHA-256")
         if response.status_code == 409 and _error_code(response) in TUS_RETRY_CODES:
             raise RetryableError(f"upload of job {job_id}: master answered 409 {_error_code(response)}; "
                                  "asking it for the offset again")  # the next attempt HEADs the upload
         _raise_for_status(response)
         stored = int(response.headers.get("Upload-Offset", "-1"))
-        if stored != upload.size:
-            raise RetryableError(f"upload of job {job_id}: master holds {stored} of {upload.size} bytes")
-        self._finish(progress, "upload")
-        return upload.size
+        if stored != end:
+            raise RetryableError(f"upload of job {job_id}: master holds {stored} of {end} bytes")
+        if progress_after:
+            progress.add(progress_after)
+        return stored
 
     def _tus_create(self, job_id: str, upload: "TusUpload") -> str:
-        metadata = f"job_id {_b64(job_id.encode())},sha256 {_b64(upload.sha256)},filename {_b64(upload.path.name.encode())}"
+        metadata = f"job_id {_b64(job_id.encode())},filename {_b64(upload.path.name.encode())}"
+        if upload.sha256 is not None:
+            metadata += f",sha256 {_b64(upload.sha256)}"
         response = self._request("POST", "/api/uploads", timeout=(CONNECT_TIMEOUT, CONTROL_TIMEOUT), headers={
             **TUS_HEADERS, "Upload-Length": str(upload.size), "Upload-Metadata": metadata})
         _raise_for_status(response)

@@ -61,6 +61,8 @@ class Worker:
                               download_timeout=config.storage.download_timeout,
                               upload_timeout=config.storage.upload_timeout,
                               progress_interval=config.worker.progress_interval, metrics=metrics,
+                              download_limit=config.transfer.download_limit,
+                              upload_limit=config.transfer.upload_limit,
                               token=config.master.token())
         return cls(config, client)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import tornado.web
 
+from converter_common.ratelimit import TokenBucket
 from master import errors
 from master.auth import Access, Tokens
 from master.config import MasterConfig
@@ -36,6 +37,10 @@ class Services:
     upload_slots: "UploadSlots" = field(default_factory=lambda: UploadSlots())
     # tus upload id → (offset, running SHA-256 up to it); lost on restart, then rebuilt from the file
     upload_hashes: dict = field(default_factory=dict)
+    # tus upload id → RECEIVING, or the future of its settling PATCH (one PATCH at a time per upload)
+    upload_busy: dict = field(default_factory=dict)
+    # server.outbound_limit: one token bucket shared by every download; None when unlimited
+    outbound: TokenBucket | None = None
 
 
 @dataclass

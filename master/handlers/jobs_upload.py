@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import uuid
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import tornado.ioloop
 import tornado.web
-from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.targets import BaseTarget
 
 from master import errors
 from master.errors import ApiError
 from master.handlers.base import check_job_id
 from master.handlers.jobs import JobsHandler
-from master.handlers.upload import TEMP_PREFIX, TEMP_SUFFIX, UPLOAD_FIELD, WRITE_BUFFER, FileSink
+from master.handlers.receiving import fsync_path
+from master.handlers.upload import MultipartReceiver
 from master.paths import resolve_in_root
 from master.submission import check_output, default_outputs, insert_job
 
@@ -64,17 +63,12 @@ class TextField(BaseTarget):
 
 
 @tornado.web.stream_request_body
-class JobsUploadHandler(JobsHandler):
+class JobsUploadHandler(MultipartReceiver, JobsHandler):
     def initialize(self, services) -> None:  # type: ignore[override]
         super().initialize(services)
         self._multipart = False
         self._json = bytearray()
-        self._temp_path: Path | None = None
-        self._temp_file = None
-        self._parser: StreamingFormDataParser | None = None
-        self._sink: FileSink | None = None
         self._fields: dict[str, TextField] = {}
-        self._body_error: ApiError | None = None
 
     def prepare(self) -> None:
         super().prepare()  # authentication, before the body is read
@@ -90,47 +84,25 @@ class JobsUploadHandler(JobsHandler):
         if not self._multipart:
             return
         self.request.connection.set_body_timeout(self.config.server.timeout)
-        try:
-            self._parser = StreamingFormDataParser(headers=self.request.headers)
-        except Exception as exc:  # a multipart type without a usable boundary
-            raise errors.bad_request("invalid_multipart", f"expected multipart/form-data ({exc})") from None
         incoming = self.config.storage.root / INCOMING_DIR
         incoming.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=incoming)
-        self._temp_path = Path(name)
-        os.fchmod(fd, 0o644)
-        self._temp_file = os.fdopen(fd, "wb", buffering=WRITE_BUFFER)
-        self._sink = FileSink(self._temp_file)
-        self._parser.register(UPLOAD_FIELD, self._sink)
+        parser = self.open_multipart(incoming)
         for field in TEXT_FIELDS:
             self._fields[field] = TextField(field)
-            self._parser.register(field, self._fields[field])
+            parser.register(field, self._fields[field])
 
-    def data_received(self, chunk: bytes) -> None:
+    async def data_received(self, chunk: bytes) -> None:
         if not self._multipart:
             self._json += chunk
             return
-        self.services.metrics.bytes_received.inc(len(chunk))
-        if self._body_error is not None:
-            return  # the rest of a rejected body is read and dropped so the client gets the answer
-        try:
-            self._parser.data_received(chunk)
-        except OSError as exc:
-            self._body_error = ApiError(507, "insufficient_storage", f"cannot store upload ({exc.strerror})")
-        except Exception as exc:  # ParseFailedException, an over-long field: the client's fault
-            self._body_error = errors.bad_request("invalid_multipart", f"malformed multipart body ({exc})")
+        await self.feed(chunk)
 
     async def post(self) -> None:
         if not self._multipart:
             self.request.body = bytes(self._json)
             await super().post()
             return
-        if self._body_error is not None:
-            raise self._body_error
-        if not self._sink.started:
-            raise errors.bad_request("missing_video_part", f"multipart body has no {UPLOAD_FIELD!r} file part")
-        if not self._sink.finished:
-            raise errors.bad_request("invalid_multipart", "multipart body ended inside the video part")
+        digest = await self.finish_part()
         job_id, profile, given_output = self._checked_fields()
         token = uuid.uuid4().hex[:16]
         job_id = job_id or token
@@ -140,11 +112,11 @@ class JobsUploadHandler(JobsHandler):
         outputs = ([resolve_in_root(root, given_output, "output_path")] if given_output is not None
                    else default_outputs(root, client_name, profile, job_id))
         check_output(next((o for o in outputs if not o.exists()), outputs[0]), None, profile)
-        await self._close_temp_durably()
+        await fsync_path(self._temp_path)
         os.replace(self._temp_path, source)
         self._temp_path = source  # removed by finish() unless the job is created
         job = insert_job(self.store, self.config, job_id=job_id, source=source, outputs=outputs, profile=profile,
-                         sha256=self._sink.sha256.digest())
+                         sha256=digest)
         self._temp_path = None
         self.announce_created(job)
 
@@ -153,33 +125,6 @@ class JobsUploadHandler(JobsHandler):
         profile = self._profile(values["profile"])
         job_id = check_job_id(values["id"]) if values["id"] else None
         return job_id, profile, values["output_path"] or None
-
-    async def _close_temp_durably(self) -> None:
-        temp = self._temp_file
-        try:
-            temp.flush()
-            await tornado.ioloop.IOLoop.current().run_in_executor(None, os.fsync, temp.fileno())
-        except OSError as exc:
-            raise ApiError(507, "insufficient_storage", f"cannot store upload ({exc.strerror})") from None
-        finally:
-            temp.close()
-
-    def finish(self, chunk=None):
-        self._discard_temp()  # before the answer leaves: a refused upload leaves no file behind
-        return super().finish(chunk)
-
-    def on_connection_close(self) -> None:
-        self._discard_temp()
-
-    def _discard_temp(self) -> None:
-        if self._temp_file is not None and not self._temp_file.closed:
-            try:
-                self._temp_file.close()
-            except OSError:
-                pass  # a full disk fails the final flush; the file is removed next anyway
-        if self._temp_path is not None:
-            self._temp_path.unlink(missing_ok=True)
-            self._temp_path = None
 
 
 def _extension(filename: str) -> str:

@@ -42,8 +42,9 @@ class ReceivingHandler(BaseHandler):
         After the fsync nothing awaits: the check, the rename and the state change happen in one
         IOLoop turn, so no cancel or re-lease can slip in between.
         """
+        self.processing_job(job_id)  # a late upload (lease expired, job re-leased or done) stops here
         await fsync_path(temp_path)
-        job = self.processing_job(job_id)  # it may have been cancelled or re-leased meanwhile
+        job = self.processing_job(job_id)  # it may have been cancelled or re-leased during the fsync
         os.replace(temp_path, self.output_destination(job))
         job = self.store.complete(job.id, size, digest.hex(), worker_id=job.worker_id)
         self.services.metrics.job_completed(job)

@@ -3,6 +3,11 @@
 The body is parsed while it arrives (streaming-form-data) and written to a temp file beside the
 destination; only a complete ``video`` part is renamed into place, atomically, and only then does
 the job become completed. On any failure the temp file is removed and the job is unchanged.
+
+The parser runs on the IOLoop and hashes the video bytes as they come; they are collected into batches
+that a per-upload thread writes (``os.writev``, ``converter_common.batchwrite``), so receiving + hashing
+and writing overlap. ``data_received`` is a coroutine: it awaits room in the thread's queue, which is Tornado's
+back-pressure on the socket.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import tornado.web
 from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.targets import BaseTarget
 
+from converter_common.batchwrite import BatchWriter, MiB
 from converter_common.digest import parse_repr_digest, repr_digest
 from master import errors
 from master.auth import Access
@@ -26,17 +32,25 @@ from master.paths import free_bytes
 UPLOAD_FIELD = "video"
 TEMP_PREFIX = ".converter-upload-"
 TEMP_SUFFIX = ".part"
-WRITE_BUFFER = 1 << 20  # Tornado hands over 64 KiB pieces; the disk gets 1 MiB writes
+BATCH_BYTES = 1 * MiB  # BatchFileSink: the writer thread gets 1 MiB batches
+IN_FLIGHT_BYTES = 2 * MiB  # at most two batches wait for the thread
 
 
-class FileSink(BaseTarget):
-    """A streaming-form-data target writing into an already open file, counting and hashing the bytes."""
+class BatchFileSink(BaseTarget):
+    """A streaming-form-data target collecting the part's bytes into a ``BatchWriter`` (which hashes them).
 
-    def __init__(self, file) -> None:
+    The parser calls it synchronously; the handler's async ``data_received`` hands full batches over.
+    """
+
+    def __init__(self, fd: int) -> None:
         super().__init__()
-        self._file = file
-        self.size = 0
         self.sha256 = hashlib.sha256()
+        self.writer = BatchWriter(fd, (self.sha256,), batch_bytes=BATCH_BYTES, max_in_flight_bytes=IN_FLIGHT_BYTES,
+                                  hash_in_caller=True, name="upload-writer")
+
+    @property
+    def size(self) -> int:
+        return self.writer.written
 
     @property
     def started(self) -> bool:
@@ -47,21 +61,86 @@ class FileSink(BaseTarget):
         return self._finished
 
     def on_data_received(self, chunk: bytes) -> None:
-        self._file.write(chunk)
-        self.sha256.update(chunk)
-        self.size += len(chunk)
+        self.writer.add(chunk)
+
+
+class MultipartReceiver:
+    """Streams one multipart file part into a temp file (batched writes in a thread, hashed on the way).
+
+    For ``@stream_request_body`` handlers: ``open_multipart`` in ``prepare``, ``feed`` from the async
+    ``data_received``, ``finish_part`` in the method; the temp file is gone before any answer leaves,
+    unless the handler took it over (``_temp_path = None``).
+    """
+
+    _temp_path: Path | None = None
+    _temp_file = None
+    _parser: StreamingFormDataParser | None = None
+    _sink: BatchFileSink | None = None
+    _body_error: ApiError | None = None
+
+    def open_multipart(self, directory: Path) -> StreamingFormDataParser:
+        try:
+            self._parser = StreamingFormDataParser(headers=self.request.headers)
+        except Exception as exc:  # the library raises a bare ValueError-like error for a non-multipart type
+            raise errors.bad_request("invalid_multipart", f"expected multipart/form-data ({exc})") from None
+        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=directory)
+        self._temp_path = Path(name)
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the video from other users
+        self._temp_file = os.fdopen(fd, "wb", buffering=0)
+        self._sink = BatchFileSink(fd)
+        self._parser.register(UPLOAD_FIELD, self._sink)
+        return self._parser
+
+    async def feed(self, chunk: bytes) -> None:
+        self.services.metrics.bytes_received.inc(len(chunk))
+        if self._body_error is not None:
+            return  # the rest of a rejected body is read and dropped so the client gets the answer
+        try:
+            self._parser.data_received(chunk)
+            await self._sink.writer.submit_ready()
+        except OSError as exc:
+            self._body_error = ApiError(507, "insufficient_storage", f"cannot store upload ({exc.strerror})")
+        except ApiError as exc:
+            self._body_error = exc
+        except Exception as exc:  # ParseFailedException and friends: a malformed body is the client's fault
+            self._body_error = errors.bad_request("invalid_multipart", f"malformed multipart body ({exc})")
+
+    async def finish_part(self) -> bytes:
+        """Check the part arrived whole, wait for its last writes, close the file; its SHA-256."""
+        if self._body_error is not None:
+            raise self._body_error
+        if not self._sink.started:
+            raise errors.bad_request("missing_video_part", f"multipart body has no {UPLOAD_FIELD!r} file part")
+        if not self._sink.finished:
+            raise errors.bad_request("invalid_multipart", "multipart body ended inside the video part")
+        try:
+            await self._sink.writer.afinish()
+        except OSError as exc:
+            raise ApiError(507, "insufficient_storage", f"cannot store upload ({exc.strerror})") from None
+        close_file(self._temp_file)
+        return self._sink.sha256.digest()
+
+    def finish(self, chunk=None):
+        self._discard_temp()  # before the answer leaves: a client that sees an error sees no temp file
+        return super().finish(chunk)
+
+    def on_connection_close(self) -> None:
+        self._discard_temp()
+        super().on_connection_close()
+
+    def _discard_temp(self) -> None:
+        if self._sink is not None and self._temp_file is not None and not self._temp_file.closed:
+            self._sink.writer.abandon(then_close=self._temp_file)  # closed by the thread after its last write
+            self._temp_file = None
+        elif self._temp_file is not None and not self._temp_file.closed:
+            self._temp_file.close()
+        if self._temp_path is not None:
+            self._temp_path.unlink(missing_ok=True)
+            self._temp_path = None
 
 
 @tornado.web.stream_request_body
-class UploadVideoHandler(ReceivingHandler):
-    def initialize(self, services) -> None:  # type: ignore[override]
-        super().initialize(services)
-        self._temp_path: Path | None = None
-        self._temp_file = None
-        self._parser: StreamingFormDataParser | None = None
-        self._sink: FileSink | None = None
-        self._body_error: ApiError | None = None
-
+class UploadVideoHandler(MultipartReceiver, ReceivingHandler):
     access = {"POST": Access.WORKER}
 
     def prepare(self) -> None:
@@ -80,61 +159,22 @@ class UploadVideoHandler(ReceivingHandler):
             raise ApiError(507, "insufficient_storage", "not enough free space on the master for this upload")
         self.request.connection.set_max_body_size(limit)
         self.request.connection.set_body_timeout(self.config.server.timeout)
-        try:
-            self._parser = StreamingFormDataParser(headers=self.request.headers)
-        except Exception as exc:  # the library raises a bare ValueError-like error for a non-multipart type
-            raise errors.bad_request("invalid_multipart", f"expected multipart/form-data ({exc})") from None
-        destination = self.output_destination(self.job)
-        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=destination.parent)
-        self._temp_path = Path(name)
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the converted video from other users
-        self._temp_file = os.fdopen(fd, "wb", buffering=WRITE_BUFFER)
-        self._sink = FileSink(self._temp_file)
-        self._parser.register(UPLOAD_FIELD, self._sink)
+        self.open_multipart(self.output_destination(self.job).parent)
 
-    def data_received(self, chunk: bytes) -> None:
-        self.services.metrics.bytes_received.inc(len(chunk))
-        if self._body_error is not None:
-            return  # the rest of a rejected body is read and dropped so the client gets the answer
-        try:
-            self._parser.data_received(chunk)
-        except OSError as exc:
-            self._body_error = ApiError(507, "insufficient_storage", f"cannot store upload ({exc.strerror})")
-        except Exception as exc:  # ParseFailedException and friends: a malformed body is the client's fault
-            self._body_error = errors.bad_request("invalid_multipart", f"malformed multipart body ({exc})")
+    async def data_received(self, chunk: bytes) -> None:
+        await self.feed(chunk)
 
     async def post(self) -> None:
-        if self._body_error is not None:
-            raise self._body_error
-        if not self._sink.started:
-            raise errors.bad_request("missing_video_part", f"multipart body has no {UPLOAD_FIELD!r} file part")
-        if not self._sink.finished:
-            raise errors.bad_request("invalid_multipart", "multipart body ended inside the video part")
-        digest = self._sink.sha256.digest()
+        digest = await self.finish_part()
         if self.expected_digest is not None and digest != self.expected_digest:
             raise errors.bad_request("digest_mismatch", f"the video part's SHA-256 is {repr_digest(digest)}, "
                                                         f"Repr-Digest said {repr_digest(self.expected_digest)}")
-        close_file(self._temp_file)
         job = await self.commit_output(self.job.id, self._temp_path, self._sink.size, digest)
         self._temp_path = None
         self.set_header("Repr-Digest", repr_digest(digest))
         self.write_json({"job_id": job.id, "status": job.status.value, "size": self._sink.size,
                          "sha256": digest.hex(), "output_path": job.output_path})
 
-    def finish(self, chunk=None):
-        self._discard_temp()  # before the answer leaves: a client that sees an error sees no temp file
-        return super().finish(chunk)
-
-    def on_connection_close(self) -> None:
-        self._discard_temp()
-
     def _discard_temp(self) -> None:
         self.release_upload_slot()
-        if self._temp_file is not None and not self._temp_file.closed:
-            try:
-                self._temp_file.close()
-            except OSError:
-                pass  # a full disk fails the final flush; the file is removed next anyway
-        if self._temp_path is not None:
-            self._temp_path.unlink(missing_ok=True)
-            self._temp_path = None
+        super()._discard_temp()

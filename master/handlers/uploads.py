@@ -2,12 +2,20 @@
 
 Extensions: creation, checksum (sha1, sha256 per PATCH), termination. Upload-Metadata carries
 ``job_id`` (required) and ``sha256`` (the whole file's digest, raw or hex; verified before the
-rename). The bytes of a cut PATCH are kept, so the client resumes from the offset HEAD reports;
+rename). A client that hashes while it sends can instead put the whole file's digest on the PATCH
+that completes the upload, as ``Repr-Digest: sha-256=:<base64>:`` (RFC 9530); it is verified the same way. The bytes of a cut PATCH are kept, so the client resumes from the offset HEAD reports;
 with Upload-Checksum a cut or mismatching PATCH is discarded whole (it cannot be verified).
+
+A PATCH body is collected into 1 MiB batches that a per-PATCH thread writes (``os.writev``) and hashes
+(``converter_common.batchwrite``; the hash is computed on the IOLoop as the body arrives, which splits
+the work evenly between the two threads); ``data_received`` awaits room, which is the back-pressure. Ending a
+PATCH ("settling") waits for that thread, so it is a coroutine; while one settles, HEAD and a new PATCH
+of the same upload wait for it, and a PATCH while another is still receiving gets 409 ``upload_busy``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -18,20 +26,24 @@ from pathlib import Path
 import tornado.ioloop
 import tornado.web
 
-from converter_common.digest import parse_upload_checksum
+from converter_common.batchwrite import BatchWriter, MiB
+from converter_common.digest import parse_repr_digest, parse_upload_checksum
 from master import errors
 from master.auth import Access
 from master.errors import ApiError
 from master.handlers.base import check_job_id
 from master.handlers.receiving import ReceivingHandler
-from master.paths import free_bytes, resolve_in_root
+from master.paths import free_bytes
 from master.store import Upload
 
 TUS_VERSION = "1.0.0"
 TUS_PREFIX = ".converter-tus-"
 TUS_SUFFIX = ".part"
 CHECKSUMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256}
-WRITE_BUFFER = 1 << 20
+BATCH_BYTES = 1 * MiB
+IN_FLIGHT_BYTES = 2 * MiB
+SETTLE_WAIT = 30.0  # how long HEAD/PATCH wait for another PATCH of the upload to settle
+RECEIVING = "receiving"  # busy marker of a PATCH whose body is still arriving
 
 
 class _TusHandler(ReceivingHandler):
@@ -101,19 +113,29 @@ class UploadHandler(_TusHandler):
     def initialize(self, services) -> None:  # type: ignore[override]
         super().initialize(services)
         self._file = None
+        self._writer: BatchWriter | None = None
         self._received = 0
         self._request_hash = None
         self._settled = True
+        self._marked = False  # this request put the RECEIVING marker on its upload
+        self._final_digest: bytes | None = None
 
     async def prepare(self) -> None:
         super().prepare()
         self.check_tus_version()
         if self.request.method == "OPTIONS":
             return
-        self.upload = self.store.get_upload(self.path_kwargs["upload_id"])
+        upload_id = self.path_kwargs["upload_id"]
+        self.upload = self.store.get_upload(upload_id)
         self.processing_job(self.upload.job_id)
+        if self.request.method not in ("PATCH", "HEAD"):
+            return
+        if await self._wait_settled(upload_id):  # another PATCH has just ended: read its outcome
+            self.upload = self.store.get_upload(upload_id)
         if self.request.method != "PATCH":
             return
+        if self.services.upload_busy.get(upload_id) is not None:
+            raise errors.conflict("upload_busy", "another PATCH of this upload is still receiving; HEAD and retry")
         if self.request.headers.get("Content-Type") != "application/offset+octet-stream":
             raise ApiError(415, "unsupported_media_type", "PATCH needs Content-Type: application/offset+octet-stream")
         offset = _non_negative(self.request.headers.get("Upload-Offset"), "Upload-Offset")
@@ -123,31 +145,52 @@ class UploadHandler(_TusHandler):
         if declared is not None and declared.isdigit() and offset + int(declared) > self.upload.length:
             raise ApiError(413, "body_too_large", "the PATCH goes past Upload-Length")
         self._checksum = self._requested_checksum()
+        try:  # the whole file's digest, if this PATCH completes the upload
+            self._final_digest = parse_repr_digest(self.request.headers.get("Repr-Digest"))
+        except ValueError as exc:
+            raise errors.bad_request("invalid_digest", f"Repr-Digest: {exc}") from None
         self.take_upload_slot()
+        self.services.upload_busy[upload_id] = RECEIVING  # before the first await: one PATCH at a time
+        self._marked = True  # cleared by on_finish / on_connection_close if this PATCH never starts
         self._whole_hash = await self._resume_hash()
         self._hash_at_start = self._whole_hash.copy()
-        self._file = open(self.temp_path(self.upload), "r+b", buffering=WRITE_BUFFER)
+        try:
+            self._file = open(self.temp_path(self.upload), "r+b", buffering=0)
+        except FileNotFoundError:
+            self.release_upload_slot()
+            raise errors.not_found("upload_not_found", "the upload's data is gone; create a new upload") from None
         self._file.seek(offset)
         self._file.truncate()
+        hashers = (self._whole_hash,) if self._request_hash is None else (self._whole_hash, self._request_hash)
+        self._writer = BatchWriter(self._file.fileno(), hashers, batch_bytes=BATCH_BYTES, hash_in_caller=True,
+                                   max_in_flight_bytes=IN_FLIGHT_BYTES, name="tus-writer")
         self._settled = False
         self.request.connection.set_max_body_size(self.upload.length - offset)
         self.request.connection.set_body_timeout(self.config.server.timeout)
 
-    def data_received(self, chunk: bytes) -> None:
+    async def data_received(self, chunk: bytes) -> None:
         self.services.metrics.bytes_received.inc(len(chunk))
+        if self._settled:
+            return  # the connection closed while this PATCH waited for the writer: it is being settled
         if self._received + len(chunk) > self.upload.length - self.upload.offset:
             raise ApiError(413, "body_too_large", "the PATCH goes past Upload-Length")
-        self._file.write(chunk)
-        self._whole_hash.update(chunk)
-        if self._request_hash is not None:
-            self._request_hash.update(chunk)
         self._received += len(chunk)
+        await self._writer.awrite(chunk)
 
     async def patch(self, upload_id: str) -> None:
-        if self._checksum is not None and self._request_hash.digest() != self._checksum[1]:
-            self._settle(keep=False)
-            raise ApiError(460, "checksum_mismatch", "Upload-Checksum does not match the PATCH body")
-        new_offset = self._settle(keep=True)
+        try:
+            await self._writer.afinish()
+            write_error = None
+        except OSError as exc:
+            write_error = exc
+        if self._checksum is not None and (write_error or self._request_hash.digest() != self._checksum[1]):
+            await self._start_settle(keep=False)  # a PATCH that cannot be verified whole is dropped whole
+            if write_error is None:
+                raise ApiError(460, "checksum_mismatch", "Upload-Checksum does not match the PATCH body")
+        else:
+            new_offset = await self._start_settle(keep=True)
+        if write_error is not None:
+            raise ApiError(507, "insufficient_storage", f"cannot store upload ({write_error.strerror})")
         if new_offset == self.upload.length:
             await self._complete()
         self.set_header("Upload-Offset", str(new_offset))
@@ -169,44 +212,90 @@ class UploadHandler(_TusHandler):
         self.finish()
 
     def on_connection_close(self) -> None:
-        if not self._settled:  # a cut PATCH: keep what arrived unless it was to be checksummed
-            self._settle(keep=self._checksum is None)
+        if not self._settled:  # a cut PATCH: keep what reached the file unless it was to be checksummed
+            self._start_settle(keep=self._checksum is None)
+        self._unmark()
 
     def on_finish(self) -> None:
         if not self._settled:
-            self._settle(keep=False)
+            self._start_settle(keep=False)
+        self._unmark()
+
+    def _unmark(self) -> None:
+        """Drop our RECEIVING marker if the PATCH ended before its body started (an error in prepare)."""
+        if self._marked and self._settled:
+            self._marked = False
+            busy = self.services.upload_busy
+            if busy.get(self.upload.id) is RECEIVING:
+                del busy[self.upload.id]
 
     async def _complete(self) -> None:
         digest = self._whole_hash.digest()
-        if self.upload.sha256 is not None and digest.hex() != self.upload.sha256:
+        expected = {self.upload.sha256, self._final_digest.hex() if self._final_digest else None} - {None}
+        if any(digest.hex() != wanted for wanted in expected):
             self.store.delete_upload(self.upload.id)
             self.services.upload_hashes.pop(self.upload.id, None)
             self.temp_path(self.upload).unlink(missing_ok=True)
-            raise errors.bad_request("digest_mismatch", "the uploaded file's SHA-256 differs from the metadata's;"
-                                                        " create a new upload")
+            raise errors.bad_request("digest_mismatch", "the uploaded file's SHA-256 differs from the declared one"
+                                                        " (metadata or Repr-Digest); create a new upload")
         await self.commit_output(self.upload.job_id, self.temp_path(self.upload), self.upload.length, digest)
         self.store.delete_upload(self.upload.id)
         self.services.upload_hashes.pop(self.upload.id, None)
 
-    def _settle(self, *, keep: bool) -> int:
-        """End this PATCH: record the new offset and running hash, or roll both back to where it began."""
+    def _start_settle(self, *, keep: bool) -> "asyncio.Future[int]":
+        """Mark this PATCH as ending (at once, so it ends once) and settle it; others wait on the future."""
         self._settled = True
         self.release_upload_slot()
-        offset = self.upload.offset + (self._received if keep else 0)
+        settling = asyncio.ensure_future(self._settle(keep=keep))
+        self._marked = False  # the marker is now the settling future, removed when it is done
+        busy = self.services.upload_busy
+        busy[self.upload.id] = settling
+        settling.add_done_callback(lambda _f: busy.pop(self.upload.id, None) if busy.get(self.upload.id)
+                                   is settling else None)
+        return settling
+
+    async def _settle(self, *, keep: bool) -> int:
+        """Wait for the writer, then record the new offset and running hash, or roll both back.
+
+        Kept: every byte that arrived, all of it on file and hashed. The body is hashed on the IOLoop as it
+        arrives and written by the thread, so after a write error the hash is ahead of the file: then the
+        whole PATCH is dropped (the client resends it from the old offset).
+        """
+        if keep:
+            try:
+                await self._writer.afinish()
+            except OSError:
+                keep = False
+        else:
+            await self._writer.drain()
+        keep = keep and not self._writer.failed
+        offset = self.upload.offset + (self._writer.written if keep else 0)
         try:
-            self._file.flush()
-            if not keep:
-                self._file.truncate(self.upload.offset)
+            self._file.truncate(offset)  # a no-op when kept; drops the PATCH when not
         except OSError:
             offset, keep = self.upload.offset, False
         finally:
             try:
                 self._file.close()
             except OSError:
-                pass  # a full disk: the offset stays where it was and the bytes are rewritten on resume
+                pass  # the offset recorded below is what counts; bytes past it are rewritten on resume
         self.store.set_upload_offset(self.upload.id, offset)
         self.services.upload_hashes[self.upload.id] = (offset, self._whole_hash if keep else self._hash_at_start)
         return offset
+
+    async def _wait_settled(self, upload_id: str) -> bool:
+        """If a PATCH of this upload is settling, wait for it (bounded); True if one was."""
+        settling = self.services.upload_busy.get(upload_id)
+        if settling is None or settling is RECEIVING:
+            return False
+        try:
+            await asyncio.wait_for(asyncio.shield(settling), SETTLE_WAIT)
+        except asyncio.TimeoutError:
+            raise ApiError(503, "upload_busy", "the previous PATCH is still being stored",
+                           headers={"Retry-After": "5"}) from None
+        except Exception:  # noqa: BLE001 - its outcome is whatever the store now says
+            pass
+        return True
 
     def _requested_checksum(self) -> tuple[str, bytes] | None:
         header = self.request.headers.get("Upload-Checksum")
@@ -275,9 +364,18 @@ def _non_negative(value: str | None, name: str) -> int:
 
 
 def remove_orphans(store, root: Path) -> int:
-    """At start-up: drop uploads of jobs no longer processing, and tus temp files nothing refers to."""
+    """At start-up: drop uploads of jobs no longer processing, and tus temp files nothing refers to.
+
+    A live upload's offset becomes what its file holds: bytes written before a crash of the master
+    are kept (its digest is rebuilt from the file and checked at the end, so a torn tail is caught).
+    """
     for upload in store.delete_orphan_uploads():
         (root / upload.temp_path).unlink(missing_ok=True)
+    for upload in store.list_uploads():
+        path = root / upload.temp_path
+        size = path.stat().st_size if path.exists() else 0
+        if size != upload.offset:
+            store.set_upload_offset(upload.id, min(size, upload.length))
     known = {(root / u.temp_path).resolve() for u in store.list_uploads()}
     removed = 0
     for path in root.rglob(f"{TUS_PREFIX}*{TUS_SUFFIX}"):

@@ -166,3 +166,31 @@ class TestWorkerResumableUpload:
         assert sent < 2 * len(data) - 3_000_000  # resumed: the bytes the master had kept were not sent again
         assert client.metrics.transfer_retries.labels("upload")._value.get() == 1
         proxy.close()
+
+
+def test_final_patch_digest_is_checked(master, job):
+    data = b"final piece carries the digest"
+    location = create(master, len(data)).headers["Location"]
+    wrong = patch(master, location, 0, data, **{"Repr-Digest": f"sha-256=:{b64(hashlib.sha256(b'x').digest())}:"})
+    assert wrong.status_code == 400 and wrong.json()["error"] == "digest_mismatch"
+    assert not (master.root / "out" / "result.mp4").exists() and not temp_files(master)
+    location = create(master, len(data)).headers["Location"]
+    right = patch(master, location, 0, data, **{"Repr-Digest": f"sha-256=:{b64(hashlib.sha256(data).digest())}:"})
+    assert right.status_code == 204 and (master.root / "out" / "result.mp4").read_bytes() == data
+
+
+def test_a_second_patch_while_one_is_receiving_is_409_busy(master, job):
+    data = os.urandom(1_000_000)
+    location = create(master, len(data)).headers["Location"]
+    port = int(master.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as slow:
+        slow.sendall(f"PATCH {location} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
+                     f"Content-Type: application/offset+octet-stream\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+                     + data[:100_000])
+        time.sleep(0.3)
+        second = patch(master, location, 0, data)
+        assert second.status_code == 409 and second.json()["error"] == "upload_busy"
+    time.sleep(0.3)
+    offset = head_offset(master, location)
+    assert patch(master, location, offset, data[offset:]).status_code == 204
+    assert (master.root / "out" / "result.mp4").read_bytes() == data

@@ -1,0 +1,80 @@
+"""What the two file-serving routes share: validators, a single Range, and a paced, back-pressured send.
+
+Both answer with a strong ``ETag`` and ``Repr-Digest`` (RFC 9530) from a SHA-256 the master already
+knows, honour one ``Range`` when ``If-Range`` (if sent) still names this version, and stream with
+``write`` + awaited ``flush`` per chunk so a slow reader never makes the master buffer the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import tornado.iostream
+
+from converter_common.digest import repr_digest
+from master import errors
+from master.content import RangeNotSatisfiable, attachment_disposition, content_type_for, parse_byte_range
+from master.errors import ApiError
+from master.handlers.base import BaseHandler
+
+
+class FileSendingHandler(BaseHandler):
+    async def send_file(self, path: Path, *, missing: str, what: str,
+                        digest_of: Callable[[Path, os.stat_result], Awaitable[bytes]], send_body: bool = True) -> None:
+        """Serve ``path``; ``digest_of`` gives its SHA-256 (stored, or recomputed if the file changed)."""
+        try:
+            file = open(path, "rb", buffering=0)
+        except (FileNotFoundError, IsADirectoryError):
+            raise errors.not_found(missing, f"the {what} is missing") from None
+        with file:
+            stat = os.fstat(file.fileno())
+            digest = await digest_of(path, stat)
+            etag = f'"sha256-{digest.hex()}"'
+            self.set_header("Content-Type", content_type_for(path.name))
+            self.set_header("Content-Disposition", attachment_disposition(path.name))
+            self.set_header("Accept-Ranges", "bytes")
+            self.set_header("ETag", etag)
+            self.set_header("Repr-Digest", repr_digest(digest))
+            first, last = self._requested_range(stat.st_size, etag, what)
+            if (first, last) != (0, stat.st_size - 1):
+                self.set_status(206)
+                self.set_header("Content-Range", f"bytes {first}-{last}/{stat.st_size}")
+                file.seek(first)
+            length = last - first + 1
+            self.set_header("Content-Length", str(length))
+            if send_body:
+                await self._send(file, length)
+
+    def _requested_range(self, size: int, etag: str, what: str) -> tuple[int, int]:
+        if_range = self.request.headers.get("If-Range")
+        if if_range is not None and if_range != etag:
+            return 0, size - 1  # the client's partial copy is of another version: send it all
+        try:
+            wanted = parse_byte_range(self.request.headers.get("Range"), size)
+        except RangeNotSatisfiable:
+            raise ApiError(416, "range_not_satisfiable", f"the {what} has {size} bytes",
+                           headers={"Content-Range": f"bytes */{size}"}) from None
+        return wanted if wanted is not None else (0, size - 1)
+
+    async def _send(self, file, length: int) -> None:
+        chunk_size = self.config.server.chunk_size
+        bucket = self.services.outbound
+        remaining = length
+        try:
+            while remaining > 0:
+                chunk = file.read(min(chunk_size, remaining))
+                if not chunk:
+                    break  # the file shrank under us: Tornado closes the connection on the short body
+                if bucket is not None:  # server.outbound_limit: wait for the tokens, without blocking the loop
+                    delay = bucket.reserve(len(chunk))
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                self.write(chunk)
+                await self.flush()
+                remaining -= len(chunk)
+                self.services.metrics.bytes_served.inc(len(chunk))
+        except tornado.iostream.StreamClosedError:
+            return  # the client went away; nothing to clean up
