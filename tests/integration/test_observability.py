@@ -494,7 +494,7 @@ def test_every_dashboard_query_returns_series_from_a_live_cluster(prometheus_clu
     assert prom.value("sum(converter_worker_transfer_failures_total)") == 0
     by_accel = {r["metric"]["accel"]: float(r["value"][1]) for r in
                 prom.query("sum by (accel) (converter_worker_conversion_duration_seconds_count)")}
-    assert by_accel == {"cpu": 2.0}
+    assert by_accel == {"cpu": 2.0, "vulkan": 0.0}  # both series exist from start-up; no Vulkan here
     assert prom.value('sum(converter_worker_jobs_finished_total{outcome="completed"})') == 2
     assert prom.value('sum(converter_worker_jobs_finished_total{outcome="failed"})') == 1
     assert prom.value("converter_master_jobs_submitted_total") == 3
