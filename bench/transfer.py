@@ -33,7 +33,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -89,7 +88,7 @@ def code_has_digest() -> bool:
 
 def worker_op(args: argparse.Namespace) -> int:
     """One transfer with the worker's own MasterClient, configured like ``converter-worker`` by default."""
-    from worker.client import LargeBlockAdapter, MasterClient  # noqa: F401
+    from worker.client import MasterClient
     from worker.config import load_config
     from worker.retry import RetryPolicy
 

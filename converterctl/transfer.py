@@ -1,9 +1,8 @@
 """Uploading a source to create a job, downloading a job's output: streamed, with progress, restartable.
 
-Upload: ``POST /api/jobs`` with a multipart body read from disk 1 MiB at a time (the text fields
-first, then the ``video`` part). The job id is chosen here before the first attempt, so after a
-cut connection the next attempt first asks whether the job exists: a POST is never blindly
-repeated, and a retry cannot create a second job.
+Upload: a tus upload to ``/api/uploads`` with the job's id and profile in its metadata; a cut
+transfer resumes from the master's offset, and the master creates the job once the file is in
+(its SHA-256 checked). The job id is chosen here, so a retry can never create a second job.
 
 Download: ``GET /api/jobs/<id>/output`` into ``FILE.part``, the version's ETag kept beside it in
 ``FILE.part.etag``. A cut transfer, in this run or a later one, resumes with ``Range`` +
@@ -12,10 +11,10 @@ Download: ``GET /api/jobs/<id>/output`` into ``FILE.part``, the version's ETag k
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,49 +26,31 @@ from converterctl.errors import ApiError, Failed, Unreachable
 from converterctl.progress import TransferBar
 
 READ_SIZE = 1 << 20
+TUS = {"Tus-Resumable": "1.0.0"}
 TRANSFER_TIMEOUT = 300.0  # seconds without a byte moving before a transfer counts as cut
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
 
-class MultipartUpload:
-    """A multipart/form-data body: small text fields, then one file part, read piecewise by requests."""
+class FileTail:
+    """The bytes of ``path`` from ``offset`` on, read 1 MiB at a time by requests (a streamed body)."""
 
-    def __init__(self, path: Path, fields: dict[str, str], on_read: Callable[[int], None]):
-        self.boundary = uuid.uuid4().hex
-        parts = [f'--{self.boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
-                 for name, value in fields.items()]
-        parts.append(f'--{self.boundary}\r\nContent-Disposition: form-data; name="video"; '
-                     f'filename="{_quote(path.name)}"\r\nContent-Type: application/octet-stream\r\n\r\n')
-        self._head = "".join(parts).encode()
-        self._tail = f"\r\n--{self.boundary}--\r\n".encode()
-        self._size = path.stat().st_size
-        self._path = path
+    def __init__(self, path: Path, offset: int, on_read: Callable[[int], None]):
+        self._path, self._offset = path, offset
+        self._length = path.stat().st_size - offset
         self._file = None
-        self._stage = 0
         self._on_read = on_read
 
-    @property
-    def content_type(self) -> str:
-        return f"multipart/form-data; boundary={self.boundary}"
-
     def __len__(self) -> int:
-        return len(self._head) + self._size + len(self._tail)
+        return self._length
 
     def read(self, size: int = -1) -> bytes:
-        if self._stage == 0:
-            self._stage, self._file = 1, open(self._path, "rb", buffering=0)
-            return self._head
-        if self._stage == 1:
-            data = self._file.read(size if size and size > 0 else READ_SIZE)
-            if data:
-                self._on_read(len(data))
-                return data
-            self.close()
-            self._stage = 2
-        if self._stage == 2:
-            self._stage = 3
-            return self._tail
-        return b""
+        if self._file is None:
+            self._file = open(self._path, "rb", buffering=0)
+            self._file.seek(self._offset)
+        data = self._file.read(size if size and size > 0 else READ_SIZE)
+        if data:
+            self._on_read(len(data))
+        return data
 
     def close(self) -> None:
         if self._file is not None:
@@ -79,33 +60,48 @@ class MultipartUpload:
 
 def upload_source(client: Client, path: Path, fields: dict[str, str], *, attempts: int = 3,
                   show_progress: bool = True) -> dict[str, Any]:
-    """Create a job from the local file ``path``; returns the job. ``fields`` must hold the job ``id``."""
+    """Create a job from the local file ``path`` over the master's tus endpoint; returns the job.
+
+    ``fields`` holds the job's ``id`` and ``profile`` (and maybe ``output_path``). A cut transfer
+    resumes from the offset the master reports (HEAD); the master checks the whole file's SHA-256
+    and creates the job when the last byte is in.
+    """
+    size = path.stat().st_size
+    metadata = {**fields, "filename": path.name, "sha256": _file_sha256(path)}
+    location: str | None = None
     last: Unreachable | None = None
-    for attempt in range(attempts):
-        if attempt and _job_exists(client, fields["id"]):
-            return client.job(fields["id"])  # the cut came after the master had created the job
-        progress = TransferBar(f"upload {path.name}", path.stat().st_size, enabled=show_progress)
-        body = MultipartUpload(path, fields, progress.update)
+    for _attempt in range(attempts):
         try:
-            response = client.request("POST", "/api/jobs", data=body, read_timeout=TRANSFER_TIMEOUT,
-                                      headers={"Content-Type": body.content_type})
+            if location is None:
+                location = _create_upload(client, size, metadata)
+                offset = 0
+            else:
+                offset = int(client.request("HEAD", location, headers=TUS).headers["Upload-Offset"])
+            progress = TransferBar(f"upload {path.name}", size, enabled=show_progress)
+            progress.update(offset)
+            body = FileTail(path, offset, progress.update)
+            try:
+                client.request("PATCH", location, data=body, read_timeout=TRANSFER_TIMEOUT, headers={
+                    **TUS, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"})
+            finally:
+                body.close()
             progress.close()
-            return response.json()
+            return client.job(fields["id"])
         except Unreachable as exc:
             last = exc
-        finally:
-            body.close()
     raise last
 
 
-def _job_exists(client: Client, job_id: str) -> bool:
-    try:
-        client.job(job_id)
-    except ApiError as exc:
-        if exc.code == "job_not_found":
-            return False
-        raise
-    return True
+def _create_upload(client: Client, size: int, metadata: dict[str, str]) -> str:
+    encoded = ",".join(f"{key} {base64.b64encode(value.encode()).decode()}" for key, value in metadata.items() if value)
+    response = client.request("POST", "/api/uploads", headers={**TUS, "Upload-Length": str(size),
+                                                                "Upload-Metadata": encoded})
+    return response.headers["Location"]
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb", buffering=0) as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class PartialFile:
@@ -205,7 +201,3 @@ def _receive(response: requests.Response, path: Path, offset: int, hasher, progr
                 progress.update(len(chunk))
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
             raise Unreachable(f"the download was cut ({type(exc).__name__})") from None
-
-
-def _quote(filename: str) -> str:
-    return re.sub(r'[\\"\r\n]', "_", filename)

@@ -63,7 +63,11 @@ CREATE TABLE IF NOT EXISTS uploads (
     offset      INTEGER NOT NULL DEFAULT 0,
     temp_path   TEXT NOT NULL,
     sha256      TEXT,
-    created_at  REAL NOT NULL
+    created_at  REAL NOT NULL,
+    kind        TEXT NOT NULL DEFAULT 'output',  -- output: a job's converted file; source: a new job's source
+    profile     TEXT,                            -- source uploads: the job to create once complete
+    output_path TEXT,
+    filename    TEXT
 );
 """
 
@@ -176,6 +180,10 @@ class Upload:
     temp_path: str  # relative to the storage root
     sha256: str | None
     created_at: float
+    kind: str = "output"
+    profile: str | None = None
+    output_path: str | None = None
+    filename: str | None = None
 
 
 class UploadNotFound(StoreError):
@@ -234,6 +242,10 @@ class JobStore:
         if row is None:
             raise JobNotFound(job_id)
         return Job.from_row(row)
+
+    def job_exists(self, job_id: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is not None
 
     def list_jobs(self, *, status: JobStatus | None = None, limit: int = 100, offset: int = 0) -> tuple[list[Job], int]:
         where, params = ("WHERE status = ?", (status.value,)) if status else ("", ())
@@ -403,15 +415,19 @@ class JobStore:
     # -- resumable uploads ----------------------------------------------------------------------
 
     def create_upload(self, *, upload_id: str, job_id: str, worker_id: str | None, length: int, temp_path: str,
-                      sha256: str | None, now: float | None = None) -> tuple[Upload, list[Upload]]:
-        """Record a new upload for a job; returns it and the job's older uploads, which it replaces."""
+                      sha256: str | None, kind: str = "output", profile: str | None = None,
+                      output_path: str | None = None, filename: str | None = None,
+                      now: float | None = None) -> tuple[Upload, list[Upload]]:
+        """Record a new upload for a job (or, kind ``source``, for the job it will create); returns it and
+        the job's older uploads, which it replaces."""
         now = time.time() if now is None else now
         with self._lock, self._db:
             stale = self._db.execute("DELETE FROM uploads WHERE job_id = ? RETURNING *", (job_id,)).fetchall()
             row = self._db.execute(
-                "INSERT INTO uploads (id, job_id, worker_id, length, offset, temp_path, sha256, created_at)"
-                " VALUES (?, ?, ?, ?, 0, ?, ?, ?) RETURNING *",
-                (upload_id, job_id, worker_id, length, temp_path, sha256, now)).fetchone()
+                "INSERT INTO uploads (id, job_id, worker_id, length, offset, temp_path, sha256, created_at, kind,"
+                " profile, output_path, filename) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                (upload_id, job_id, worker_id, length, temp_path, sha256, now, kind, profile, output_path,
+                 filename)).fetchone()
         return Upload(**dict(row)), [Upload(**dict(r)) for r in stale]
 
     def get_upload(self, upload_id: str) -> Upload:
@@ -434,7 +450,8 @@ class JobStore:
         """Forget uploads whose job is no longer processing (finished, cancelled, re-queued)."""
         with self._lock:
             rows = self._db.execute(
-                "DELETE FROM uploads WHERE job_id NOT IN (SELECT id FROM jobs WHERE status = ?) RETURNING *",
+                "DELETE FROM uploads WHERE kind = 'output' AND job_id NOT IN (SELECT id FROM jobs WHERE status = ?)"
+                " RETURNING *",
                 (JobStatus.PROCESSING.value,)).fetchall()
         return [Upload(**dict(r)) for r in rows]
 

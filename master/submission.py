@@ -16,7 +16,9 @@ from master.paths import resolve_in_root, storage_relative
 from master.store import Job, JobStore, OutputBusy
 
 CONVERTED_DIR = "converted"
+INCOMING_DIR = "incoming"  # where uploaded sources are kept, under names the server chooses
 _UNSAFE_NAME = re.compile(r"[^\w.\- ]+")
+_EXTENSION = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
 
 
 def check_output(output: Path, source: Path | None, profile: str) -> None:
@@ -39,6 +41,12 @@ def safe_stem(filename: str) -> str:
     stem = PurePosixPath(base).stem if "." in base.lstrip(".") else base
     stem = unicodedata.normalize("NFC", stem)
     return _UNSAFE_NAME.sub("_", stem).strip(" .")[:100]
+
+
+def source_extension(filename: str) -> str:
+    """The extension of a client's file name, if it is a plain one (``.mkv``), else nothing."""
+    suffix = PurePosixPath(filename.replace("\\", "/").rsplit("/", 1)[-1]).suffix
+    return suffix.lower() if _EXTENSION.match(suffix) else ""
 
 
 def default_outputs(root: Path, name: str, profile: str, job_id: str) -> list[Path]:

@@ -60,7 +60,9 @@ class BaseHandler(tornado.web.RequestHandler):
         self.store = services.store
 
     def prepare(self) -> None:
-        needed = self.access.get(self.request.method, Access.ADMIN)
+        self.authorize(self.access.get(self.request.method, Access.ADMIN))
+
+    def authorize(self, needed: Access) -> None:
         allowed = self.services.tokens.allows(needed, self.request.headers.get("Authorization"))
         if allowed is None:
             raise ApiError(401, "unauthorized", "a valid bearer token is required",

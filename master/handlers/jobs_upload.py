@@ -15,9 +15,7 @@ the stored source is removed again.
 from __future__ import annotations
 
 import os
-import re
 import uuid
-from pathlib import PurePosixPath
 
 import tornado.ioloop
 import tornado.web
@@ -30,13 +28,11 @@ from master.handlers.jobs import JobsHandler
 from master.handlers.receiving import fsync_path
 from master.handlers.upload import MultipartReceiver
 from master.paths import resolve_in_root
-from master.submission import check_output, default_outputs, insert_job
+from master.submission import INCOMING_DIR, check_output, default_outputs, insert_job, source_extension
 
-INCOMING_DIR = "incoming"
 JSON_LIMIT = 1 << 20  # a job description is a few hundred bytes
 FIELD_LIMIT = 4096  # the text fields: profile, output_path, id
 TEXT_FIELDS = ("profile", "output_path", "id")
-_EXTENSION = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
 
 
 class TextField(BaseTarget):
@@ -107,7 +103,7 @@ class JobsUploadHandler(MultipartReceiver, JobsHandler):
         token = uuid.uuid4().hex[:16]
         job_id = job_id or token
         client_name = self._sink.multipart_filename or ""
-        source = self.config.storage.root / INCOMING_DIR / f"{token}{_extension(client_name)}"
+        source = self.config.storage.root / INCOMING_DIR / f"{token}{source_extension(client_name)}"
         root = self.config.storage.root
         outputs = ([resolve_in_root(root, given_output, "output_path")] if given_output is not None
                    else default_outputs(root, client_name, profile, job_id))
@@ -125,8 +121,3 @@ class JobsUploadHandler(MultipartReceiver, JobsHandler):
         profile = self._profile(values["profile"])
         job_id = check_job_id(values["id"]) if values["id"] else None
         return job_id, profile, values["output_path"] or None
-
-
-def _extension(filename: str) -> str:
-    suffix = PurePosixPath(filename.replace("\\", "/").rsplit("/", 1)[-1]).suffix
-    return suffix.lower() if _EXTENSION.match(suffix) else ""

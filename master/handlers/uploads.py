@@ -32,8 +32,9 @@ from master import errors
 from master.auth import Access
 from master.errors import ApiError
 from master.handlers.base import check_job_id
-from master.handlers.receiving import ReceivingHandler
-from master.paths import free_bytes
+from master.handlers.receiving import ReceivingHandler, fsync_path
+from master.paths import free_bytes, resolve_in_root
+from master.submission import INCOMING_DIR, check_output, default_outputs, insert_job, source_extension
 from master.store import Upload
 
 TUS_VERSION = "1.0.0"
@@ -82,6 +83,9 @@ class UploadsHandler(_TusHandler):
         if length > self.config.server.max_upload_size:
             raise ApiError(413, "body_too_large", f"upload exceeds the limit of {self.config.server.max_upload_size}")
         metadata = parse_metadata(self.request.headers.get("Upload-Metadata", ""))
+        if "profile" in metadata:
+            self._create_source_upload(length, metadata)
+            return
         job = self.processing_job(check_job_id(metadata.get("job_id", b"").decode("utf-8", "replace")))
         expected = _metadata_digest(metadata.get("sha256"))
         destination = self.output_destination(job)
@@ -102,6 +106,41 @@ class UploadsHandler(_TusHandler):
             await self.commit_output(job.id, temp, 0, hashlib.sha256().digest())
             self.store.delete_upload(upload.id)
         self.set_header("Location", f"/api/uploads/{upload.id}")
+        self.set_status(201)
+        self.finish()
+
+    def _create_source_upload(self, length: int, metadata: dict[str, bytes]) -> None:
+        """A user's source, uploaded resumably: the job (id, profile, output) is created once it is complete."""
+        self.authorize(Access.ADMIN)
+        text = {key: value.decode("utf-8", "replace") for key, value in metadata.items()}
+        job_id = check_job_id(text["id"]) if text.get("id") else uuid.uuid4().hex[:16]
+        if self.store.job_exists(job_id):
+            raise errors.conflict("duplicate_job", f"a job with id {job_id!r} already exists")
+        profile = text["profile"]
+        if profile not in self.config.profiles:
+            raise errors.bad_request("unknown_profile", f"profile must be one of: {', '.join(self.config.profiles)}")
+        if text.get("output_path"):
+            check_output(resolve_in_root(self.config.storage.root, text["output_path"], "output_path"), None, profile)
+        if length == 0:
+            raise errors.bad_request("invalid_header", "a source cannot be empty")
+        incoming = self.config.storage.root / INCOMING_DIR
+        incoming.mkdir(parents=True, exist_ok=True)
+        if length > free_bytes(incoming):
+            raise ApiError(507, "insufficient_storage", "not enough free space on the master for this upload")
+        expected = _metadata_digest(metadata.get("sha256"))
+        upload_id = uuid.uuid4().hex
+        temp = incoming / f"{TUS_PREFIX}{upload_id}{TUS_SUFFIX}"
+        temp.touch(mode=0o644)
+        upload, replaced = self.store.create_upload(
+            upload_id=upload_id, job_id=job_id, worker_id=None, length=length,
+            temp_path=os.path.relpath(temp, self.config.storage.root.resolve()),
+            sha256=expected.hex() if expected else None, kind="source", profile=profile,
+            output_path=text.get("output_path") or None, filename=text.get("filename", ""))
+        for old in replaced:
+            self.temp_path(old).unlink(missing_ok=True)
+        self.services.upload_hashes[upload.id] = (0, hashlib.sha256())
+        self.set_header("Location", f"/api/uploads/{upload.id}")
+        self.set_header("Converter-Job-Id", job_id)
         self.set_status(201)
         self.finish()
 
@@ -127,7 +166,10 @@ class UploadHandler(_TusHandler):
             return
         upload_id = self.path_kwargs["upload_id"]
         self.upload = self.store.get_upload(upload_id)
-        self.processing_job(self.upload.job_id)
+        if self.upload.kind == "source":
+            self.authorize(Access.ADMIN)  # a user's source: the admin token, not a worker's
+        else:
+            self.processing_job(self.upload.job_id)
         if self.request.method not in ("PATCH", "HEAD"):
             return
         if await self._wait_settled(upload_id):  # another PATCH has just ended: read its outcome
@@ -238,9 +280,31 @@ class UploadHandler(_TusHandler):
             self.temp_path(self.upload).unlink(missing_ok=True)
             raise errors.bad_request("digest_mismatch", "the uploaded file's SHA-256 differs from the declared one"
                                                         " (metadata or Repr-Digest); create a new upload")
-        await self.commit_output(self.upload.job_id, self.temp_path(self.upload), self.upload.length, digest)
+        if self.upload.kind == "source":
+            await self._create_job(digest)
+        else:
+            await self.commit_output(self.upload.job_id, self.temp_path(self.upload), self.upload.length, digest)
         self.store.delete_upload(self.upload.id)
         self.services.upload_hashes.pop(self.upload.id, None)
+
+    async def _create_job(self, digest: bytes) -> None:
+        """A complete source upload becomes its job: the file moves to incoming/, the job points at it."""
+        upload, root = self.upload, self.config.storage.root
+        temp = self.temp_path(upload)
+        await fsync_path(temp)
+        source = root / INCOMING_DIR / f"{uuid.uuid4().hex[:16]}{source_extension(upload.filename or '')}"
+        os.replace(temp, source)
+        outputs = ([resolve_in_root(root, upload.output_path, "output_path")] if upload.output_path
+                   else default_outputs(root, upload.filename or "", upload.profile, upload.job_id))
+        try:
+            job = insert_job(self.store, self.config, job_id=upload.job_id, source=source, outputs=outputs,
+                             profile=upload.profile, sha256=digest)
+        except Exception:
+            source.unlink(missing_ok=True)
+            raise
+        self.services.metrics.jobs_submitted.inc()
+        self.services.dispatcher.notify()
+        self.set_header("Converter-Job-Id", job.id)
 
     def _start_settle(self, *, keep: bool) -> "asyncio.Future[int]":
         """Mark this PATCH as ending (at once, so it ends once) and settle it; others wait on the future."""

@@ -15,7 +15,7 @@ from tests.fixtures import ffmpeg_available, ffprobe, free_port
 
 pytestmark = pytest.mark.integration
 
-# Until pyproject lists the package, run it from the checkout (the tests change directory for downloads).
+# Run from the checkout (PYTHONPATH), so the tests work without the console script installed.
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -194,3 +194,38 @@ def test_output_endpoint_ranges_and_head(master, stored_source):
     assert other.status_code == 200 and other.content == data
     beyond = requests.get(url, headers={"Range": f"bytes={len(data)}-"}, timeout=10)
     assert beyond.status_code == 416 and beyond.headers["Content-Range"] == f"bytes */{len(data)}"
+
+
+def test_cut_source_upload_resumes_where_the_master_stopped(master, tmp_path):
+    from tests.faults.proxy import Fault, FaultProxy
+
+    source = tmp_path / "big source.mkv"
+    source.write_bytes(os.urandom(6_000_000))
+    proxy = FaultProxy(int(master.url.rsplit(":", 1)[1]))
+    proxy.add(Fault("up", after_bytes=3_000_000))  # the PATCH is cut half-way
+    submitted = converterctl(proxy.url, "submit", "--upload", str(source), "--id", "big1", "--json", "--no-progress")
+    assert submitted.returncode == 0, submitted.stderr
+    job = json.loads(submitted.stdout)
+    assert job["id"] == "big1" and job["source_size"] == 6_000_000 and job["source_sha256"] == sha256(source)
+    assert job["output_path"] == "converted/big source.mp4"
+    assert proxy.injected == 1 and proxy.traffic["up"] < 9_000_000  # resumed, not sent twice
+    assert (master.root / job["source_path"]).read_bytes() == source.read_bytes()
+    assert not list(master.root.rglob(".converter-*"))
+    proxy.close()
+
+
+def test_source_upload_needs_the_admin_token(tmp_path):
+    from master.auth import Tokens
+    from tests.fixtures import ThreadedMaster, master_config
+
+    secured = ThreadedMaster(master_config(tmp_path), tokens=Tokens(admin="a" * 20, worker="w" * 20))
+    try:
+        source = tmp_path / "s.mkv"
+        source.write_bytes(b"x" * 1000)
+        as_worker = converterctl(secured.url, "submit", "--upload", str(source), env={"CONVERTER_TOKEN": "w" * 20})
+        assert as_worker.returncode == 3 and "forbidden" in (as_worker.stderr + as_worker.stdout)
+        as_admin = converterctl(secured.url, "submit", "--upload", str(source), "--json", "--no-progress",
+                                env={"CONVERTER_TOKEN": "a" * 20})
+        assert as_admin.returncode == 0, as_admin.stderr
+    finally:
+        secured.stop()

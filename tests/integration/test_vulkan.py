@@ -1,14 +1,13 @@
 """The real worker and master processes with accel: vulkan — on lavapipe, and with stub FFmpegs that fail or hang
 only in their Vulkan runs (so the CPU fallback, its counter and the disabling of Vulkan are seen end to end)."""
 
-import os
 import stat
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fixtures import Process, ffprobe, free_port, make_clip, wait_for, write_yaml
+from tests.fixtures import Process, ffprobe, free_port, make_clip, process_alive, wait_for, write_yaml
 
 pytestmark = pytest.mark.integration
 
@@ -68,15 +67,6 @@ exec ffmpeg "$@"
     return str(path)
 
 
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split()[2] != "Z"
-
-
 def test_a_job_runs_through_the_real_vulkan_path_on_lavapipe(cluster, start_worker):
     make_clip(cluster.root / "in" / "clip.mp4", seconds=1.0, size="320x240")
     worker = start_worker()
@@ -123,6 +113,6 @@ def test_a_hung_vulkan_run_is_killed_by_the_watchdog_and_rerun_on_the_cpu(cluste
     submit(cluster, "hang")
     job = cluster.wait_status("hang", "completed", "failed")
     assert (job["status"], job["attempts"]) == ("completed", 1), job
-    assert not alive(int((cluster.tmp / "vk-stub.pid").read_text()))
+    assert not process_alive(int((cluster.tmp / "vk-stub.pid").read_text()))
     assert "Vulkan run failed (ffmpeg made no progress for 1 s and was killed); rerunning on the CPU" in worker.output()
     assert samples(worker)[("converter_worker_vulkan_fallbacks_total", ())] == 1

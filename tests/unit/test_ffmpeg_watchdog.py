@@ -1,11 +1,12 @@
 """ffmpeg.run's watchdog against stub FFmpegs (tiny shell scripts): stall, progress, hard timeout, no orphan."""
 
-import os
 import stat
 import threading
 import time
 
 import pytest
+
+from tests.fixtures import process_alive
 
 from worker import ffmpeg
 
@@ -17,15 +18,6 @@ def stub(tmp_path, body):
     path.write_text(f"#!/bin/sh\necho $$ > {tmp_path}/stub.pid\n{body}\n")
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
     return [str(path)]
-
-
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split()[2] != "Z"
 
 
 def test_a_stalled_ffmpeg_that_ignores_sigterm_is_killed_and_leaves_no_orphan(tmp_path):
@@ -40,7 +32,7 @@ def test_a_stalled_ffmpeg_that_ignores_sigterm_is_killed_and_leaves_no_orphan(tm
     assert time.monotonic() - started < 5
     assert seen == [25.0]
     for name in ("stub.pid", "child.pid"):
-        assert not alive(int((tmp_path / name).read_text()))
+        assert not process_alive(int((tmp_path / name).read_text()))
 
 
 def test_steady_progress_keeps_a_slow_ffmpeg_alive(tmp_path):
@@ -56,4 +48,4 @@ def test_the_hard_timeout_still_applies(tmp_path):
     with pytest.raises(ffmpeg.FfmpegTimedOut):
         ffmpeg.run(stub(tmp_path, lines), duration=1.0, timeout=1.0, cancel=threading.Event(), stall_timeout=10,
                    kill_grace=0.3)
-    assert not alive(int((tmp_path / "stub.pid").read_text()))
+    assert not process_alive(int((tmp_path / "stub.pid").read_text()))
