@@ -15,6 +15,7 @@ import base64
 import hashlib
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,6 +28,7 @@ from converterctl.progress import TransferBar
 
 READ_SIZE = 1 << 20
 TUS = {"Tus-Resumable": "1.0.0"}
+RESUMABLE_CONFLICTS = {"offset_mismatch", "upload_busy"}  # 409s after a cut: HEAD again, then resume
 TRANSFER_TIMEOUT = 300.0  # seconds without a byte moving before a transfer counts as cut
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
@@ -69,7 +71,7 @@ def upload_source(client: Client, path: Path, fields: dict[str, str], *, attempt
     size = path.stat().st_size
     metadata = {**fields, "filename": path.name, "sha256": _file_sha256(path)}
     location: str | None = None
-    last: Unreachable | None = None
+    last: Unreachable | ApiError | None = None
     for _attempt in range(attempts):
         try:
             if location is None:
@@ -89,6 +91,11 @@ def upload_source(client: Client, path: Path, fields: dict[str, str], *, attempt
             return client.job(fields["id"])
         except Unreachable as exc:
             last = exc
+        except ApiError as exc:
+            if exc.code not in RESUMABLE_CONFLICTS:
+                raise
+            last = exc  # the master was still settling the cut request: ask again where it stands
+            time.sleep(0.5)
     raise last
 
 

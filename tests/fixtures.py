@@ -82,6 +82,10 @@ class ThreadedMaster:
         self._thread.join(10)
         self.store.close()
 
+    @property
+    def metrics(self):
+        return self._running.metrics
+
     # conveniences for tests
     def submit(self, source: str, output: str, job_id: str | None = None, profile: str = "h264-720p") -> requests.Response:
         body = {"source_path": source, "output_path": output, "profile": profile}
