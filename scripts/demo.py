@@ -73,7 +73,8 @@ def main() -> int:
 
         job = wait_until(lambda: finished(url, job_id), 300, "the job to finish")
         print(json.dumps({k: job[k] for k in ("id", "status", "profile", "source_path", "output_path", "source_size",
-                                              "output_size", "attempts", "worker_id", "error")}, indent=2))
+                                              "output_size", "output_sha256", "attempts", "worker_id", "accel",
+                                              "conversion_seconds", "speed", "error")}, indent=2))
         print(f"    queued→claimed {job['claimed_at'] - job['created_at']:.2f} s, "
               f"claimed→completed {job['finished_at'] - job['claimed_at']:.2f} s")
         if job["status"] != "completed":
