@@ -277,3 +277,16 @@ def process_alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def start_request(base_url: str, method: str, target: str, headers: dict[str, str], body_start: bytes = b""):
+    """Open a raw connection and send a request line, headers and the first part of a body, no more:
+    a client that is slow, declares more than it sends, or is about to be cut (fault injection)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url)
+    sock = socket.create_connection((parts.hostname, parts.port))
+    head = "".join(f"{name}: {value}\r\n" for name, value in {"Host": "x", **headers}.items())
+    sock.sendall(f"{method} {target} HTTP/1.1\r\n{head}\r\n".encode() + body_start)
+    return sock

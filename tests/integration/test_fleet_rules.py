@@ -1,12 +1,18 @@
 """Quarantine (circuit breaker), disk-room-aware claims, upload limits and a full master disk."""
 
-import socket
+import dataclasses
 import time
 
 import pytest
 import requests
 
-from tests.fixtures import ThreadedMaster, master_config
+from tests.fixtures import ThreadedMaster, master_config, start_request
+
+MULTIPART = {"Content-Type": "multipart/form-data; boundary=b"}
+
+
+def with_server(config, **server):
+    return dataclasses.replace(config, server=dataclasses.replace(config.server, **server))
 
 pytestmark = pytest.mark.integration
 
@@ -68,17 +74,12 @@ def test_claim_skips_jobs_whose_source_does_not_fit_the_cache(master):
 
 
 def test_upload_larger_than_free_storage_is_507(tmp_path):
-    config = master_config(tmp_path)
-    import dataclasses
-    config = dataclasses.replace(config, server=dataclasses.replace(config.server, max_upload_size=1 << 62))
-    running = ThreadedMaster(config)
+    running = ThreadedMaster(with_server(master_config(tmp_path), max_upload_size=1 << 62))
     try:
         running.submit(seed(running), "out/a.mp4", job_id="f1")
         running.claim("w")
-        port = int(running.url.rsplit(":", 1)[1])
-        with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(b"POST /api/worker/upload-video?job_id=f1 HTTP/1.1\r\nHost: x\r\n"
-                         b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 4611686018427387904\r\n\r\n")
+        with start_request(running.url, "POST", "/api/worker/upload-video?job_id=f1",
+                           {**MULTIPART, "Content-Length": str(1 << 62)}) as sock:
             answer = sock.recv(4096).decode()
         assert answer.startswith("HTTP/1.1 507") and "insufficient_storage" in answer
         assert running.job("f1")["status"] == "processing"
@@ -90,27 +91,20 @@ def test_upload_larger_than_free_storage_is_507(tmp_path):
 def test_upload_over_the_size_limit_is_413(master):
     master.submit(seed(master), "out/a.mp4", job_id="l1")
     master.claim("w")
-    port = int(master.url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"POST /api/worker/upload-video?job_id=l1 HTTP/1.1\r\nHost: x\r\n"
-                     b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 999999999999999\r\n\r\n")
+    with start_request(master.url, "POST", "/api/worker/upload-video?job_id=l1",
+                       {**MULTIPART, "Content-Length": "999999999999999"}) as sock:
         answer = sock.recv(4096).decode()
     assert answer.startswith("HTTP/1.1 413") and "body_too_large" in answer
 
 
 def test_concurrent_upload_limit_answers_503(tmp_path):
-    import dataclasses
-    config = master_config(tmp_path)
-    config = dataclasses.replace(config, server=dataclasses.replace(config.server, max_concurrent_uploads=1))
-    running = ThreadedMaster(config)
+    running = ThreadedMaster(with_server(master_config(tmp_path), max_concurrent_uploads=1))
     try:
         for i in (1, 2):
             running.submit(seed(running, f"{i}.mp4"), f"out/{i}.mp4", job_id=f"c{i}")
             running.claim("w")
-        port = int(running.url.rsplit(":", 1)[1])
-        slow = socket.create_connection(("127.0.0.1", port))
-        slow.sendall(b"POST /api/worker/upload-video?job_id=c1 HTTP/1.1\r\nHost: x\r\n"
-                     b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n")
+        slow = start_request(running.url, "POST", "/api/worker/upload-video?job_id=c1",
+                             {**MULTIPART, "Content-Length": "100000"}, b"--b\r\n")
         time.sleep(0.3)
         second = requests.post(f"{running.url}/api/worker/upload-video?job_id=c2", files={"video": b"x"}, timeout=5)
         assert second.status_code == 503 and second.headers["Retry-After"] == "5"

@@ -3,12 +3,13 @@
 import base64
 import hashlib
 import os
-import socket
 import time
 
 import pytest
 import requests
 from tusclient import client as tus_client
+
+from tests.fixtures import start_request
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +38,13 @@ def create(master, length, job_id="t1", sha=None, **headers):
 def patch(master, location, offset, data, **headers):
     return requests.patch(master.url + location, data=data, timeout=10, headers={
         **TUS, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream", **headers})
+
+
+def start_patch(master, location, data, *, sent):
+    """A PATCH from offset 0 declaring all of ``data`` but sending only its first ``sent`` bytes (so far)."""
+    return start_request(master.url, "PATCH", location, {
+        **TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream",
+        "Content-Length": str(len(data))}, data[:sent])
 
 
 def head_offset(master, location):
@@ -110,11 +118,7 @@ def test_termination_removes_the_upload(master, job):
 def test_cut_patch_keeps_its_bytes_and_resumes(master, job):
     data = os.urandom(2_000_000)
     location = create(master, len(data), sha=hashlib.sha256(data).digest()).headers["Location"]
-    port = int(master.url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(f"PATCH {location} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
-                     f"Content-Type: application/offset+octet-stream\r\nContent-Length: {len(data)}\r\n\r\n".encode()
-                     + data[:700_000])
+    with start_patch(master, location, data, sent=700_000):
         time.sleep(0.3)
     time.sleep(0.3)
     offset = head_offset(master, location)
@@ -182,11 +186,7 @@ def test_final_patch_digest_is_checked(master, job):
 def test_a_second_patch_while_one_is_receiving_is_409_busy(master, job):
     data = os.urandom(1_000_000)
     location = create(master, len(data)).headers["Location"]
-    port = int(master.url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port)) as slow:
-        slow.sendall(f"PATCH {location} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
-                     f"Content-Type: application/offset+octet-stream\r\nContent-Length: {len(data)}\r\n\r\n".encode()
-                     + data[:100_000])
+    with start_patch(master, location, data, sent=100_000):
         time.sleep(0.3)
         second = patch(master, location, 0, data)
         assert second.status_code == 409 and second.json()["error"] == "upload_busy"
