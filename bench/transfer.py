@@ -95,7 +95,8 @@ def worker_op(args: argparse.Namespace) -> int:
     cfg = load_config(None)  # the shipped defaults (chunk_size etc.), only URL and id are ours
     client = MasterClient(args.url, args.worker_id, retry=RetryPolicy(attempts=1, base_delay=0),
                           chunk_size=args.worker_chunk_size or cfg.storage.chunk_size, download_timeout=cfg.storage.download_timeout,
-                          upload_timeout=cfg.storage.upload_timeout, progress_interval=3600)
+                          upload_timeout=cfg.storage.upload_timeout, progress_interval=3600,
+                          direct_io=cfg.storage.direct_io)
     path = Path(args.path)
     t0 = time.perf_counter()
     if args.worker_op == "download":

@@ -39,6 +39,8 @@ class ServerConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     root: Path = Path("/var/lib/converter/storage")
+    # uploads are written with O_DIRECT where the filesystem allows it (converter_common/batchwrite.py)
+    direct_io: bool = True
 
 
 @dataclass(frozen=True)

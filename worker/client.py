@@ -96,7 +96,7 @@ class MasterClient:
     def __init__(self, base_url: str, worker_id: str, *, retry: RetryPolicy, chunk_size: int = 1 << 20,
                  download_timeout: float = 1800.0, upload_timeout: float = 1800.0,
                  progress_interval: float = 5.0, metrics: WorkerMetrics | None = None, token: str | None = None,
-                 download_limit: int = 0, upload_limit: int = 0):
+                 download_limit: int = 0, upload_limit: int = 0, direct_io: bool = True):
         self.base_url = base_url.rstrip("/")
         self.worker_id = worker_id
         self.retry = retry
@@ -104,6 +104,7 @@ class MasterClient:
         self.download_timeout = download_timeout
         self.upload_timeout = upload_timeout
         self.progress_interval = progress_interval
+        self.direct_io = direct_io
         self.metrics = metrics or WorkerMetrics(CollectorRegistry())
         self._token = token
         # transfer.download_limit / upload_limit (bytes/s, 0 = unlimited): one bucket per direction, shared by
@@ -221,7 +222,8 @@ class MasterClient:
             partial.etag = response.headers.get("ETag")
             progress = self._progress("download", job_id, total)
             progress.done = partial.offset
-            writer = HashingWriter(open(partial.path, "ab" if partial.offset else "wb", buffering=0), partial.hasher)
+            writer = HashingWriter(open(partial.path, "ab" if partial.offset else "wb", buffering=0), partial.hasher,
+                                   direct=self.direct_io)
             start, bucket = partial.offset, self.download_bucket
             try:
                 for chunk in response.iter_content(self.chunk_size):

@@ -66,6 +66,7 @@ class StorageSection:
     # iter_content size of downloads; 1 MiB measured best (the seed's 10 MiB cost RSS and page faults, no speed)
     chunk_size: int = 1 * MiB
     upload_protocol: str = "tus"  # tus: resumable uploads; multipart: the seed's upload-video endpoint
+    direct_io: bool = True  # downloads are written with O_DIRECT where the filesystem allows it
 
     def validate(self, key: str) -> None:
         require_positive(f"{key}.download_timeout", self.download_timeout)

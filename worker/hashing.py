@@ -27,10 +27,10 @@ class HashingWriter:
     ahead of the file (it saw bytes that never reached it): the download must start over.
     """
 
-    def __init__(self, file: BinaryIO, hasher) -> None:
+    def __init__(self, file: BinaryIO, hasher, *, direct: bool = False) -> None:
         self._file = file
         self._batches = BatchWriter(file.fileno(), (hasher,), hash_in_caller=True, batch_bytes=BATCH_BYTES,
-                                    max_in_flight_bytes=IN_FLIGHT_BYTES, name="hashing-writer")
+                                    max_in_flight_bytes=IN_FLIGHT_BYTES, direct=direct, name="hashing-writer")
 
     def write(self, chunk: bytes) -> None:
         self._batches.write(chunk)

@@ -63,7 +63,7 @@ class Worker:
                               progress_interval=config.worker.progress_interval, metrics=metrics,
                               download_limit=config.transfer.download_limit,
                               upload_limit=config.transfer.upload_limit,
-                              token=config.master.token())
+                              direct_io=config.storage.direct_io, token=config.master.token())
         return cls(config, client)
 
     # -- lifecycle ------------------------------------------------------------------------------

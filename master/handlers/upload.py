@@ -42,11 +42,11 @@ class BatchFileSink(BaseTarget):
     The parser calls it synchronously; the handler's async ``data_received`` hands full batches over.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, *, direct: bool) -> None:
         super().__init__()
         self.sha256 = hashlib.sha256()
         self.writer = BatchWriter(fd, (self.sha256,), batch_bytes=BATCH_BYTES, max_in_flight_bytes=IN_FLIGHT_BYTES,
-                                  hash_in_caller=True, name="upload-writer")
+                                  hash_in_caller=True, direct=direct, name="upload-writer")
 
     @property
     def size(self) -> int:
@@ -87,7 +87,7 @@ class MultipartReceiver:
         self._temp_path = Path(name)
         os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the video from other users
         self._temp_file = os.fdopen(fd, "wb", buffering=0)
-        self._sink = BatchFileSink(fd)
+        self._sink = BatchFileSink(fd, direct=self.config.storage.direct_io)
         self._parser.register(UPLOAD_FIELD, self._sink)
         return self._parser
 

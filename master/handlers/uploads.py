@@ -205,7 +205,8 @@ class UploadHandler(_TusHandler):
         self._file.truncate()
         hashers = (self._whole_hash,) if self._request_hash is None else (self._whole_hash, self._request_hash)
         self._writer = BatchWriter(self._file.fileno(), hashers, batch_bytes=BATCH_BYTES, hash_in_caller=True,
-                                   max_in_flight_bytes=IN_FLIGHT_BYTES, name="tus-writer")
+                                   max_in_flight_bytes=IN_FLIGHT_BYTES, direct=self.config.storage.direct_io,
+                                   name="tus-writer")
         self._settled = False
         self.request.connection.set_max_body_size(self.upload.length - offset)
         self.request.connection.set_body_timeout(self.config.server.timeout)

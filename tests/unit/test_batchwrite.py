@@ -1,6 +1,7 @@
 """BatchWriter: order, hashes, bounded memory, errors; TokenBucket: the rate it grants."""
 
 import asyncio
+import fcntl
 import hashlib
 import os
 
@@ -23,7 +24,7 @@ def test_blocking_writer_writes_and_hashes_in_order(tmp_path, hash_in_caller):
                              hash_in_caller=hash_in_caller)
         for chunk in data:
             writer.write(chunk)
-            assert writer._in_flight_bytes <= 600_000 + 400_000  # room is waited for before a batch goes
+            assert writer.in_flight_bytes <= 600_000 + 4096  # the producer waits for a free buffer
         assert writer.finish() == 5_000_000
     assert (tmp_path / "f").read_bytes() == b"".join(data)
     assert hasher.digest() == hashlib.sha256(b"".join(data)).digest()
@@ -58,11 +59,56 @@ def test_write_error_is_raised_and_written_counts_only_what_landed(tmp_path):
 
 def test_abandon_closes_the_file_after_the_last_write(tmp_path):
     f = open(tmp_path / "f", "wb", buffering=0)
-    writer = BatchWriter(f.fileno(), (), batch_bytes=10)
-    writer.write(b"y" * 20)
+    writer = BatchWriter(f.fileno(), (), batch_bytes=4096)
+    writer.write(b"y" * 5000)  # one full buffer goes to the thread; the 904 bytes after it are dropped
     writer.abandon(then_close=f)
     writer._executor.shutdown(wait=True)
-    assert f.closed and (tmp_path / "f").read_bytes() == b"y" * 20
+    assert f.closed and (tmp_path / "f").read_bytes() == b"y" * 4096
+
+
+@pytest.mark.parametrize("size", [3 * 65_536, 3 * 65_536 + 1234])
+def test_direct_writes_store_exact_bytes_and_leave_the_descriptor_as_it_was(tmp_path, size):
+    data = os.urandom(size)
+    hasher = hashlib.sha256()
+    with open(tmp_path / "f", "wb", buffering=0) as f:
+        flags = fcntl.fcntl(f.fileno(), fcntl.F_GETFL)
+        writer = BatchWriter(f.fileno(), (hasher,), batch_bytes=65_536, max_in_flight_bytes=65_536, direct=True)
+        assert writer.direct  # ext4 under tmp_path takes O_DIRECT
+        for i in range(0, size, 10_000):
+            writer.write(data[i:i + 10_000])
+        assert writer.finish() == size
+        assert f.tell() == size and fcntl.fcntl(f.fileno(), fcntl.F_GETFL) == flags
+    assert (tmp_path / "f").read_bytes() == data
+    assert hasher.digest() == hashlib.sha256(data).digest()
+
+
+def test_direct_is_not_used_at_an_unaligned_offset_or_on_a_pipe(tmp_path):
+    with open(tmp_path / "f", "wb", buffering=0) as f:
+        f.write(b"head")
+        writer = BatchWriter(f.fileno(), (), batch_bytes=4096, direct=True)
+        assert not writer.direct
+        writer.write(b"z" * 5000)
+        writer.finish()
+    assert (tmp_path / "f").read_bytes() == b"head" + b"z" * 5000
+    r, w = os.pipe()
+    assert not BatchWriter(w, (), direct=True).direct
+    os.close(r)
+    os.close(w)
+
+
+def test_a_resumed_append_continues_after_a_padded_tail(tmp_path):
+    """A cut download resumes with ``ab`` after a tail that was written padded and truncated."""
+    first, second = os.urandom(10_000), os.urandom(9_000)
+    with open(tmp_path / "f", "wb", buffering=0) as f:
+        writer = BatchWriter(f.fileno(), (), batch_bytes=4096, direct=True)
+        writer.write(first)
+        writer.finish()
+    with open(tmp_path / "f", "ab", buffering=0) as f:
+        writer = BatchWriter(f.fileno(), (), batch_bytes=4096, direct=True)
+        assert not writer.direct  # 10,000 is not block-aligned
+        writer.write(second)
+        writer.finish()
+    assert (tmp_path / "f").read_bytes() == first + second
 
 
 def test_token_bucket_grants_the_rate():
