@@ -76,6 +76,7 @@ class Master:
     host: str = "127.0.0.1"
     server_extra: str = ""  # more lines of the server: section, e.g. "  outbound_limit: 1000000\n"
     prefix: tuple[str, ...] = ()  # e.g. ("ip", "netns", "exec", "ns") to run it in a network namespace
+    script: Path | None = None  # run this Python script (taking --config) instead of converter-master
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
 
@@ -111,6 +112,8 @@ class Master:
         cmd = [str(exe), "--config", str(config)] if exe.exists() else [
             sys.executable, "-c", "import sys; from master.main import main; sys.exit(main(sys.argv[1:]))",
             "--config", str(config)]
+        if self.script is not None:
+            cmd = [sys.executable, str(self.script), "--config", str(config)]
         if profile_to is not None:  # cProfile writes the file when the master exits on SIGINT
             code = ("import cProfile, sys; from master.main import main; "
                     "cProfile.run('main(sys.argv[2:])', sys.argv[1])")

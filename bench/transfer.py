@@ -9,7 +9,8 @@ One run, one random file (``--size``, default 2 GiB), pairs interleaved (A B A B
 * up_verify: our worker's upload to our master (stored on disk) vs ``curl -T`` to nginx WebDAV PUT on the same
   disk -> ``openssl dgst -sha256`` of the stored file.
 * dl_raw: our download into a null sink vs nginx (``sendfile off; output_buffers 2 1m``) -> ``curl -o /dev/null``.
-* up_raw: our upload with the master's storage on tmpfs (the master has no null sink) vs ``curl -T`` into a
+* up_raw: our upload (the worker's tus PATCH, no digest) into a master whose received bodies go to /dev/null
+  unhashed (``bench/null_master.py``: the real master with a null ``receive_writer``) vs ``curl -T`` into a
   minimal socket sink (64 KiB recv, discards).
 
 Also: peak RSS of master (psutil sampling, 20 ms) and worker (``/usr/bin/time -v``), the master's RSS under a slow
@@ -17,7 +18,7 @@ reader (``curl --limit-rate 100M``), and ``GET /api/jobs`` latency (50 requests)
 Ratio = their time / our time. Prints a table and, last, one line
 ``ratios: dl_verify=.. up_verify=.. dl_raw=.. up_raw=.. rss_master_mb=.. rss_worker_mb=..``.
 
-Big files live under bench/out/ (or ``--workdir``) and /dev/shm and are removed at the end.
+Big files live under bench/out/ (or ``--workdir``) and are removed at the end.
 """
 
 from __future__ import annotations
@@ -235,10 +236,9 @@ http {{
 
 
 class Harness:
-    def __init__(self, args: argparse.Namespace, work: Path, shm: Path):
+    def __init__(self, args: argparse.Namespace, work: Path):
         self.args = args
         self.work = work
-        self.shm = shm
         self.size = args.size
         self.src = work / "src.bin"
         self.procs: list[subprocess.Popen] = []
@@ -265,9 +265,9 @@ class Harness:
         self.src_sha = h.hexdigest()
         os.sync()
 
-    def start_master(self, name: str, storage_base: Path) -> benchlib.Master:
+    def start_master(self, name: str, storage_base: Path, script: Path | None = None) -> benchlib.Master:
         workdir = storage_base / name
-        m = benchlib.Master(workdir, extra_config=f"jobs:\n  lease_seconds: {LEASE}\n")
+        m = benchlib.Master(workdir, extra_config=f"jobs:\n  lease_seconds: {LEASE}\n", script=script)
         m.storage.mkdir(parents=True, exist_ok=True)
         self.masters.append(m)
         return m
@@ -277,12 +277,12 @@ class Harness:
         self.m_disk = self.start_master("master-disk", self.work)
         os.link(self.src, self.m_disk.storage / "src.bin")
         self.m_disk.start()
-        # master B: storage on tmpfs, for the raw upload (the master code has no null sink)
-        self.m_shm = self.start_master("master-shm", self.shm)
-        (self.m_shm.storage / "src.bin").write_bytes(b"\0" * 4096)
-        self.m_shm.start()
+        # master B: the real master with a null sink and no hashing, for the raw upload
+        self.m_null = self.start_master("master-null", self.work, script=Path(__file__).with_name("null_master.py"))
+        (self.m_null.storage / "src.bin").write_bytes(b"\0" * 4096)
+        self.m_null.start()
         self.rss_disk = benchlib.RssSampler(self.m_disk.pid).__enter__()
-        self.rss_shm = benchlib.RssSampler(self.m_shm.pid).__enter__()
+        self.rss_null = benchlib.RssSampler(self.m_null.pid).__enter__()
         self.idle_rss_disk = self.rss_disk.peak
         # the download job: created and claimed once, it stays processing (long lease) for every download run
         self.dl_job = self.new_job(self.m_disk, "dl")
@@ -330,7 +330,7 @@ class Harness:
         return job_id
 
     def stop_all(self) -> None:
-        for sampler in (getattr(self, "rss_disk", None), getattr(self, "rss_shm", None)):
+        for sampler in (getattr(self, "rss_disk", None), getattr(self, "rss_null", None)):
             if sampler is not None:
                 sampler.__exit__(None, None, None)
         for m in self.masters:
@@ -447,12 +447,14 @@ class Harness:
         return t
 
     def ours_up_raw(self) -> float:
-        job = self.new_job(self.m_shm, "upraw")
-        dest = self.m_shm.storage / "out" / f"{job}.mp4"
+        job = self.new_job(self.m_null, "upraw")
+        dest = self.m_null.storage / "out" / f"{job}.mp4"
         op = ("upload-loop-tus" if upload_protocol(self.args) == "tus" else "upload-loop") if self.digest else "upload"
-        t = self.run_worker(op, self.m_shm, job, self.src)
-        if dest.stat().st_size != self.size:
-            raise RuntimeError("master stored a short file on tmpfs")
+        t = self.run_worker(op, self.m_null, job, self.src)
+        import requests
+        stored = requests.get(f"{self.m_null.url}/api/jobs/{job}", timeout=30).json()
+        if stored["status"] != "completed" or stored.get("output_size") != self.size:
+            raise RuntimeError(f"null master did not complete the upload: {stored}")
         dest.unlink()
         return t
 
@@ -584,9 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     size = args.size
     print(f"machine: {benchlib.machine_description()}")
     print(f"code: {benchlib.code_state()}")
-    with benchlib.temp_workdir("bench-transfer-", str(base)) as work, \
-            benchlib.temp_workdir("bench-transfer-", "/dev/shm") as shm:
-        h = Harness(args, work, shm)
+    with benchlib.temp_workdir("bench-transfer-", str(base)) as work:
+        h = Harness(args, work)
         from worker.config import load_config
         chunk = args.worker_chunk_size or load_config(None).storage.chunk_size
         print(f"file: {size} bytes of /dev/urandom in {work}; runs={args.runs}; worker chunk_size={chunk}; "
@@ -599,8 +600,8 @@ def main(argv: list[str] | None = None) -> int:
             slow = h.slow_reader()
             probe_dl = h.jobs_latency("download")
             probe_up = h.jobs_latency("upload")
-            rss_master = max(h.rss_disk.peak, h.rss_shm.peak)
-            rss_master_disk, rss_master_shm = h.rss_disk.peak, h.rss_shm.peak
+            rss_master = max(h.rss_disk.peak, h.rss_null.peak)
+            rss_master_disk, rss_master_null = h.rss_disk.peak, h.rss_null.peak
         finally:
             h.stop_all()
         # the nginx processes, the sink and the masters are gone; the temp dirs go with the `with`
@@ -612,8 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     up_raw_how = (("the client's tus PATCH (FileRangeBody + session), no sha256 metadata (no pre-hash)"
                    if upload_protocol(args) == "tus" else
                    "the client's MultipartFileBody + session without Repr-Digest (no pre-hash)")
-                  + "; the master still hashes (no switch); master storage on tmpfs (/dev/shm)" if h.digest else
-                  "MasterClient.upload_converted_video; master storage on tmpfs (/dev/shm), its fsync is a no-op")
+                  + "; into bench/null_master.py: the real master, received bodies to /dev/null, unhashed")
     if code_has_digest() != h.digest:
         print("WARNING: Repr-Digest appeared/disappeared in master/ worker/ during the run: figures are mixed")
     print()
@@ -632,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     print(fmt_row("  of which curl -T", R["theirs_up_curl_only"], size, ""))
     print(fmt_row("ours dl raw → null", R["ours_dl_raw"], size, dl_raw_how))
     print(fmt_row("nginx (sendfile off, 2 1m) → curl null", R["theirs_dl_raw"], size, ""))
-    print(fmt_row("ours up raw → master → tmpfs", R["ours_up_raw"], size, up_raw_how))
+    print(fmt_row("ours up raw → null-sink master", R["ours_up_raw"], size, up_raw_how))
     print(fmt_row("curl -T → socket sink", R["theirs_up_raw"], size, "64 KiB recv_into, discarded"))
     print(fmt_row("worker client → socket sink", R["client_up_to_sink"], size, "informative: client side alone"))
     ratios = {
@@ -648,8 +648,8 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in ratios.items():
         label = k + ("" if h.digest or "verify" not in k else " (ours unverified)")
         print(f"| {label} | {v:.2f} | >= {TARGETS[k]} | {'yes' if v >= TARGETS[k] else 'NO'} |")
-    print(f"| master peak RSS MB (disk / tmpfs master) | {rss_master / MB:.1f} ({rss_master_disk / MB:.1f} / "
-          f"{rss_master_shm / MB:.1f}) | <= {RSS_TARGET_MB} | {'yes' if rss_master / MB <= RSS_TARGET_MB else 'NO'} |")
+    print(f"| master peak RSS MB (disk / null-sink master) | {rss_master / MB:.1f} ({rss_master_disk / MB:.1f} / "
+          f"{rss_master_null / MB:.1f}) | <= {RSS_TARGET_MB} | {'yes' if rss_master / MB <= RSS_TARGET_MB else 'NO'} |")
     print(f"| worker peak RSS MB (max of {len(h.worker_rss)} runs) | {rss_worker / MB:.1f} | <= {RSS_TARGET_MB} | "
           f"{'yes' if rss_worker / MB <= RSS_TARGET_MB else 'NO'} |")
     by_op = ", ".join(f"{op} {v / MB:.1f}" for op, v in sorted(h.worker_rss_by_op.items()))

@@ -2,8 +2,8 @@
 
 The receiving thread (a requests download loop on the worker, the IOLoop on the master) copies each
 chunk into the current buffer; a full buffer goes to the helper thread, which writes it with one
-``os.write`` and then (unless ``hash_in_caller``) feeds it to the hashers. ``os.write`` and ``hashlib``
-release the GIL, so receiving, writing and hashing overlap.
+``os.write``, and (unless ``hash_in_caller``) at the same time to a hashing thread. ``os.write`` and
+``hashlib`` release the GIL, so receiving, writing and hashing overlap.
 
 Why buffers and not the chunks themselves: holding on to a few MiB of received chunks until they are
 written made glibc hand the freed heap back to the kernel and fault it in again for every batch, ~1M page
@@ -19,9 +19,9 @@ Where ``O_DIRECT`` is refused (tmpfs, pipes, an unaligned resume offset) the wri
 
 At most ``max_in_flight_bytes`` wait for the thread, plus the buffer being filled, so memory stays
 bounded whatever the file size. With ``hash_in_caller`` the collecting thread hashes each chunk as it
-arrives, which splits the CPU work between the two threads (receive + hash | write); then, after a
-write error (``failed``), the hashers are ahead of the file and the caller must drop what it wrote.
-Otherwise the hashers only ever see bytes that reached the file.
+arrives (receive + hash | write: the worker's download, where the requests loop is otherwise idle);
+without it the master's IOLoop only copies (receive | write | hash). Either way, after a write error
+(``failed``) the hashers may be ahead of the file, and the caller must drop what it wrote.
 
 Two front ends share the state: ``write``/``finish`` block (worker threads), ``awrite``/``afinish``
 await (the master's IOLoop). Both are used by one thread at a time.
@@ -71,6 +71,9 @@ class BatchWriter:
         self._overflow: deque[memoryview] = deque()  # arrived while every buffer was full
         self._in_flight: deque[tuple[Future, mmap.mmap]] = deque()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        # hashing gets its own thread, so a buffer is hashed while it is written (both only read it)
+        self._hash_executor = (ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-hash")
+                               if self._hashers and not self._hash_in_caller else None)
         self._closed = False
         self.received = 0  # bytes handed to write/awrite/add
         self.written = 0  # bytes written (and hashed, unless in the caller); updated by the helper thread
@@ -205,6 +208,8 @@ class BatchWriter:
             return
         buffer, size = self._current, self._filled
         future = self._executor.submit(self._write_buffer, buffer, size, final)
+        if self._hash_executor is not None:
+            future = _both(future, self._hash_executor.submit(self._hash_buffer, buffer, size))
         self._in_flight.append((future, buffer))
         self._current = self._free.pop() if self._free else None
         self._filled = 0
@@ -233,7 +238,7 @@ class BatchWriter:
             self._free.append(buffer)
 
     def _write_buffer(self, buffer: mmap.mmap, size: int, final: bool) -> None:
-        """In the helper thread: write ``size`` bytes of ``buffer`` (all of it, or raise), then hash them."""
+        """In the helper thread: write ``size`` bytes of ``buffer``, all of them, or raise."""
         if self.failed:
             raise OSError("an earlier write failed")
         try:
@@ -242,13 +247,16 @@ class BatchWriter:
                     self._write_padded_tail(whole, size)
                 else:
                     self._write_all(whole[:size])
-                if not self._hash_in_caller:
-                    for hasher in self._hashers:
-                        hasher.update(whole[:size])
         except OSError:
             self.failed = True
             raise
         self.written += size
+
+    def _hash_buffer(self, buffer: mmap.mmap, size: int) -> None:
+        """In the hashing thread, at the same time as the write of the same buffer."""
+        with memoryview(buffer) as whole, whole[:size] as data:
+            for hasher in self._hashers:
+                hasher.update(data)
 
     def _write_all(self, view: memoryview) -> None:
         while view:
@@ -270,6 +278,8 @@ class BatchWriter:
 
     def _release(self, then_close: object) -> None:
         """Last task of the thread: drop O_DIRECT from the caller's descriptor, free the buffers, close."""
+        if self._hash_executor is not None:
+            self._hash_executor.shutdown(wait=True)
         if self.direct:
             _disable_direct(self._fd)
         for buffer in self._all:
@@ -279,6 +289,23 @@ class BatchWriter:
                 pass  # a view is still held by a failed write's traceback: freed with it
         if then_close is not None:
             _close(then_close)
+
+
+def _both(first: Future, second: Future) -> Future:
+    """A future done when both are; it fails with the first one's error (the write's), else the second's."""
+    both: Future = Future()
+
+    def settle(_done: Future) -> None:
+        if first.done() and second.done() and not both.done():
+            error = first.exception() or second.exception()
+            if error is not None:
+                both.set_exception(error)
+            else:
+                both.set_result(None)
+
+    first.add_done_callback(settle)
+    second.add_done_callback(settle)
+    return both
 
 
 def _enable_direct(fd: int, batch_bytes: int) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import tornado.httpserver
 import tornado.ioloop
@@ -12,6 +13,7 @@ import tornado.netutil
 import tornado.web
 from prometheus_client import CollectorRegistry
 
+from converter_common.batchwrite import BatchWriter
 from converter_common.ratelimit import TokenBucket
 from master.auth import Tokens
 from master.config import MasterConfig
@@ -42,10 +44,11 @@ JOB = r"(?P<job_id>[^/]+)"
 
 
 def make_app(config: MasterConfig, store: JobStore, dispatcher: Dispatcher | None = None,
-             metrics: MasterMetrics | None = None, tokens: Tokens = Tokens()) -> tornado.web.Application:
+             metrics: MasterMetrics | None = None, tokens: Tokens = Tokens(),
+             receive_writer: Callable[..., BatchWriter] = BatchWriter) -> tornado.web.Application:
     metrics = metrics or new_metrics(config, store, CollectorRegistry())
     services = Services(config=config, store=store, dispatcher=dispatcher or Dispatcher(), metrics=metrics,
-                        tokens=tokens, outbound=outbound_bucket(config))
+                        tokens=tokens, outbound=outbound_bucket(config), receive_writer=receive_writer)
     deps = {"services": services}
     routes = [
         (r"/healthz", HealthHandler),
@@ -117,11 +120,11 @@ class RunningMaster:
 
 
 def start_master(config: MasterConfig, store: JobStore, registry: CollectorRegistry | None = None,
-                 tokens: Tokens = Tokens()) -> RunningMaster:
+                 tokens: Tokens = Tokens(), receive_writer: Callable[..., BatchWriter] = BatchWriter) -> RunningMaster:
     """Bind the HTTP server and start the lease reaper on the current IOLoop."""
     dispatcher = Dispatcher()
     metrics = new_metrics(config, store, registry or CollectorRegistry())
-    app = make_app(config, store, dispatcher, metrics, tokens)
+    app = make_app(config, store, dispatcher, metrics, tokens, receive_writer)
     server = tornado.httpserver.HTTPServer(
         app,
         max_body_size=config.server.max_upload_size,
@@ -129,6 +132,7 @@ def start_master(config: MasterConfig, store: JobStore, registry: CollectorRegis
         idle_connection_timeout=config.server.timeout,
         max_header_size=config.server.max_header_size,
         xheaders=False,
+        chunk_size=config.server.body_chunk_size,
     )
     sockets = tornado.netutil.bind_sockets(config.server.port, config.server.host)
     server.add_sockets(sockets)

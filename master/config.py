@@ -20,6 +20,9 @@ class ServerConfig:
     timeout: float = 35 * 60
     max_upload_size: int = 64 * GiB
     chunk_size: int = 4 * MiB  # download read/write size; 1-4 MiB measured best (shared/notes/xfer.md)
+    # Tornado's socket read size and data_received piece for request bodies. 1 MiB measured best for our
+    # upload path (docs/benchmarks.md: 64 KiB costs twice the Python work per byte, 256 KiB and 4 MiB page faults)
+    body_chunk_size: int = 1 * MiB
     max_concurrent_uploads: int = 16  # more at once get 503 + Retry-After
     max_header_size: int = 64 * 1024
     outbound_limit: int = 0  # bytes/s for all downloads together (one token bucket); 0 = unlimited
@@ -34,6 +37,8 @@ class ServerConfig:
         require_positive(f"{key}.outbound_limit", self.outbound_limit, allow_zero=True)
         if not 64 * 1024 <= self.chunk_size <= 64 * MiB:
             raise ConfigError(f"{key}.chunk_size", f"must be 64 KiB..64 MiB, got {self.chunk_size}")
+        if not 16 * 1024 <= self.body_chunk_size <= 16 * MiB:
+            raise ConfigError(f"{key}.body_chunk_size", f"must be 16 KiB..16 MiB, got {self.body_chunk_size}")
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,11 @@ import logging
 import signal
 import sys
 
+from typing import Callable
+
 import tornado.ioloop
 
+from converter_common.batchwrite import BatchWriter
 from converter_common.config_loader import ConfigError
 from converter_common.runtime_metrics import production_registry
 from converter_common.systemd import Notifier
@@ -29,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, receive_writer: Callable[..., BatchWriter] = BatchWriter) -> int:
     args = parse_args(argv)
     try:
         config = load_config(args.config)
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if removed:
         log.info("removed %d resumable upload file(s) that no upload refers to", removed)
     try:
-        asyncio.run(_serve(config, store, tokens))
+        asyncio.run(_serve(config, store, tokens, receive_writer))
     except OSError as exc:
         print(f"converter-master: cannot listen on {config.server.host}:{config.server.port}: {exc.strerror}",
               file=sys.stderr)
@@ -61,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def _serve(config, store, tokens) -> None:
-    running = start_master(config, store, production_registry(), tokens=tokens)
+async def _serve(config, store, tokens, receive_writer) -> None:
+    running = start_master(config, store, production_registry(), tokens=tokens, receive_writer=receive_writer)
     log.info("master listening on http://%s:%d (storage %s, database %s)", config.server.host, running.port,
              config.storage.root, config.database.path)
     notifier = Notifier()

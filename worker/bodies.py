@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +21,11 @@ DEFAULT_BLOCK = 1 << 20
 
 
 class FileRangeBody:
-    """Bytes ``[offset, offset + length)`` of a file, with a progress callback and a cancel flag."""
+    """Bytes ``[offset, offset + length)`` of a file, with a progress callback and a cancel flag.
+
+    ``hasher`` is fed every block, in a helper thread while the block is being sent (hashlib releases
+    the GIL), so hashing does not hold up the upload; it has seen every block read once ``close()`` returns.
+    """
 
     def __init__(self, path: Path, offset: int, length: int, *, on_read: Callable[[int], None] | None = None,
                  cancel: threading.Event | None = None, bucket: TokenBucket | None = None, hasher=None):
@@ -33,6 +38,8 @@ class FileRangeBody:
         self._cancel = cancel
         self._bucket = bucket  # upload bandwidth limit: each block waits for its tokens before it is sent
         self._hasher = hasher  # fed every block read (so: hashed while sent, not in a pass of its own)
+        self._hash_thread: ThreadPoolExecutor | None = None
+        self._hashing: Future | None = None  # the previous block's update; one at a time keeps the order
 
     def __len__(self) -> int:
         return self._length
@@ -51,7 +58,7 @@ class FileRangeBody:
             raise OSError(f"{self._path.name} shrank while it was being uploaded")
         self._remaining -= len(data)
         if self._hasher is not None:
-            self._hasher.update(data)
+            self._hash_in_background(data)
         if self._on_read is not None:
             self._on_read(len(data))
         if self._bucket is not None:
@@ -59,9 +66,24 @@ class FileRangeBody:
         return data
 
     def close(self) -> None:
+        self._wait_for_hash()
+        if self._hash_thread is not None:
+            self._hash_thread.shutdown()
+            self._hash_thread = None
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def _hash_in_background(self, data: bytes) -> None:
+        self._wait_for_hash()
+        if self._hash_thread is None:
+            self._hash_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-hash")
+        self._hashing = self._hash_thread.submit(self._hasher.update, data)
+
+    def _wait_for_hash(self) -> None:
+        if self._hashing is not None:
+            hashing, self._hashing = self._hashing, None
+            hashing.result()
 
 
 class MultipartFileBody:

@@ -74,11 +74,13 @@ class TusUpload:
     hashed: int = 0
 
     def hash_up_to(self, offset: int) -> None:
-        """Make ``hasher`` cover exactly ``[0, offset)``: after a cut it may have read past what the master kept."""
+        """Make ``hasher`` cover exactly ``[0, offset)``, the part the master holds, reading what it lacks."""
         if self.hashed == offset:
             return
-        self.hasher, self.hashed = hashlib.sha256(), 0
+        if self.hashed > offset:  # the master kept less than it had acknowledged: hash from the start
+            self.hasher, self.hashed = hashlib.sha256(), 0
         with open(self.path, "rb", buffering=0) as f:
+            f.seek(self.hashed)
             while self.hashed < offset and (block := f.read(min(UPLOAD_BLOCK, offset - self.hashed))):
                 self.hasher.update(block)
                 self.hashed += len(block)
@@ -303,8 +305,9 @@ class MasterClient:
             upload.hash_up_to(offset)
             tail = max(offset, upload.size - TUS_TAIL)
             if offset < tail:
-                offset = self._tus_patch(job_id, upload, offset, tail, progress, cancel, hasher=upload.hasher)
-                upload.hashed = tail
+                hasher = upload.hasher.copy()  # upload.hasher keeps matching upload.hashed if this PATCH is cut
+                offset = self._tus_patch(job_id, upload, offset, tail, progress, cancel, hasher=hasher)
+                upload.hasher, upload.hashed = hasher, tail
             with open(upload.path, "rb", buffering=0) as f:
                 f.seek(tail)
                 rest = f.read(upload.size - tail)

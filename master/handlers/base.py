@@ -6,10 +6,11 @@ import json
 import re
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Callable
 
 import tornado.web
 
+from converter_common.batchwrite import BatchWriter
 from converter_common.ratelimit import TokenBucket
 from master import errors
 from master.auth import Access, Tokens
@@ -41,6 +42,9 @@ class Services:
     upload_busy: dict = field(default_factory=dict)
     # server.outbound_limit: one token bucket shared by every download; None when unlimited
     outbound: TokenBucket | None = None
+    # builds what writes and hashes a received body (BatchWriter's signature); bench/null_master.py swaps
+    # in a null sink to measure the software overhead alone
+    receive_writer: Callable[..., BatchWriter] = BatchWriter
 
 
 @dataclass

@@ -4,10 +4,10 @@ The body is parsed while it arrives (streaming-form-data) and written to a temp 
 destination; only a complete ``video`` part is renamed into place, atomically, and only then does
 the job become completed. On any failure the temp file is removed and the job is unchanged.
 
-The parser runs on the IOLoop and hashes the video bytes as they come; they are collected into batches
-that a per-upload thread writes (``os.writev``, ``converter_common.batchwrite``), so receiving + hashing
-and writing overlap. ``data_received`` is a coroutine: it awaits room in the thread's queue, which is Tornado's
-back-pressure on the socket.
+The parser runs on the IOLoop and copies the video bytes into buffers that one per-upload thread writes
+(``O_DIRECT`` where the filesystem allows it) while another hashes them (``converter_common.batchwrite``),
+so receiving, writing and hashing overlap. ``data_received`` is a coroutine: it awaits a free buffer,
+which is Tornado's back-pressure on the socket.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import tornado.web
 from streaming_form_data import StreamingFormDataParser
@@ -37,16 +38,16 @@ IN_FLIGHT_BYTES = 2 * MiB  # at most two batches wait for the thread
 
 
 class BatchFileSink(BaseTarget):
-    """A streaming-form-data target collecting the part's bytes into a ``BatchWriter`` (which hashes them).
+    """A streaming-form-data target handing the part's bytes to a ``BatchWriter`` (which writes and hashes them).
 
     The parser calls it synchronously; the handler's async ``data_received`` hands full batches over.
     """
 
-    def __init__(self, fd: int, *, direct: bool) -> None:
+    def __init__(self, fd: int, *, direct: bool, writer: Callable[..., BatchWriter] = BatchWriter) -> None:
         super().__init__()
         self.sha256 = hashlib.sha256()
-        self.writer = BatchWriter(fd, (self.sha256,), batch_bytes=BATCH_BYTES, max_in_flight_bytes=IN_FLIGHT_BYTES,
-                                  hash_in_caller=True, direct=direct, name="upload-writer")
+        self.writer = writer(fd, (self.sha256,), batch_bytes=BATCH_BYTES, max_in_flight_bytes=IN_FLIGHT_BYTES,
+                             direct=direct, name="upload-writer")
 
     @property
     def size(self) -> int:
@@ -87,7 +88,7 @@ class MultipartReceiver:
         self._temp_path = Path(name)
         os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the video from other users
         self._temp_file = os.fdopen(fd, "wb", buffering=0)
-        self._sink = BatchFileSink(fd, direct=self.config.storage.direct_io)
+        self._sink = BatchFileSink(fd, direct=self.config.storage.direct_io, writer=self.services.receive_writer)
         self._parser.register(UPLOAD_FIELD, self._sink)
         return self._parser
 

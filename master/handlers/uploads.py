@@ -6,9 +6,9 @@ rename). A client that hashes while it sends can instead put the whole file's di
 that completes the upload, as ``Repr-Digest: sha-256=:<base64>:`` (RFC 9530); it is verified the same way. The bytes of a cut PATCH are kept, so the client resumes from the offset HEAD reports;
 with Upload-Checksum a cut or mismatching PATCH is discarded whole (it cannot be verified).
 
-A PATCH body is collected into 1 MiB batches that a per-PATCH thread writes (``os.writev``) and hashes
-(``converter_common.batchwrite``; the hash is computed on the IOLoop as the body arrives, which splits
-the work evenly between the two threads); ``data_received`` awaits room, which is the back-pressure. Ending a
+A PATCH body is copied into 1 MiB buffers that one per-PATCH thread writes (``O_DIRECT`` where the
+filesystem allows it) while another hashes them (``converter_common.batchwrite``), so the IOLoop only
+copies; ``data_received`` awaits a free buffer, which is the back-pressure. Ending a
 PATCH ("settling") waits for that thread, so it is a coroutine; while one settles, HEAD and a new PATCH
 of the same upload wait for it, and a PATCH while another is still receiving gets 409 ``upload_busy``.
 """
@@ -204,7 +204,7 @@ class UploadHandler(_TusHandler):
         self._file.seek(offset)
         self._file.truncate()
         hashers = (self._whole_hash,) if self._request_hash is None else (self._whole_hash, self._request_hash)
-        self._writer = BatchWriter(self._file.fileno(), hashers, batch_bytes=BATCH_BYTES, hash_in_caller=True,
+        self._writer = self.services.receive_writer(self._file.fileno(), hashers, batch_bytes=BATCH_BYTES,
                                    max_in_flight_bytes=IN_FLIGHT_BYTES, direct=self.config.storage.direct_io,
                                    name="tus-writer")
         self._settled = False
@@ -322,9 +322,9 @@ class UploadHandler(_TusHandler):
     async def _settle(self, *, keep: bool) -> int:
         """Wait for the writer, then record the new offset and running hash, or roll both back.
 
-        Kept: every byte that arrived, all of it on file and hashed. The body is hashed on the IOLoop as it
-        arrives and written by the thread, so after a write error the hash is ahead of the file: then the
-        whole PATCH is dropped (the client resends it from the old offset).
+        Kept: every byte that arrived, all of it on file and hashed. Writing and hashing run side by side,
+        so after a write error the hash may be ahead of the file: then the whole PATCH is dropped (the
+        client resends it from the old offset).
         """
         if keep:
             try:

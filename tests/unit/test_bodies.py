@@ -1,3 +1,4 @@
+import hashlib
 import threading
 
 import pytest
@@ -5,7 +6,8 @@ from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.targets import ValueTarget
 
 from worker.errors import Shutdown
-from worker.bodies import MultipartFileBody
+from worker.bodies import FileRangeBody, MultipartFileBody
+from worker.client import TusUpload
 
 
 def read_all(body, block=1000):
@@ -47,3 +49,28 @@ def test_cancel_stops_the_body(tmp_path):
     cancel.set()
     with pytest.raises(Shutdown):
         body.read(5)
+
+
+def test_range_body_hashes_exactly_the_bytes_it_sent(tmp_path):
+    payload = bytes(range(256)) * 20_000
+    path = tmp_path / "f"
+    path.write_bytes(payload)
+    hasher = hashlib.sha256()
+    body = FileRangeBody(path, 1000, 3_000_000, hasher=hasher)
+    sent = read_all(body, 1 << 20)
+    body.close()  # waits for the helper thread's last update
+    assert sent == payload[1000:3_001_000]
+    assert hasher.digest() == hashlib.sha256(sent).digest()
+
+
+def test_tus_hash_continues_from_what_it_covered_and_restarts_below_it(tmp_path):
+    payload = bytes(range(256)) * 10_000
+    path = tmp_path / "f"
+    path.write_bytes(payload)
+    upload = TusUpload(path, len(payload))
+    upload.hash_up_to(700_000)
+    covered = upload.hasher
+    upload.hash_up_to(2_000_000)  # the master holds more now: only the difference is read
+    assert upload.hasher is covered and upload.hasher.digest() == hashlib.sha256(payload[:2_000_000]).digest()
+    upload.hash_up_to(5)  # the master holds less than before: start over
+    assert upload.hashed == 5 and upload.hasher.digest() == hashlib.sha256(payload[:5]).digest()

@@ -34,6 +34,8 @@ class TestMasterConfig:
         ("bogus: 1", "bogus"),
         ("profiles: [nope]", "profiles"),
         ("server: 5", "server"),
+        ("server: {body_chunk_size: 100}", "server.body_chunk_size"),
+        ("storage: {direct_io: 'yes'}", "storage.direct_io"),
     ])
     def test_bad_values_name_the_key(self, tmp_path, text, key):
         with pytest.raises(ConfigError) as info:
