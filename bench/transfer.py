@@ -617,8 +617,8 @@ def main(argv: list[str] | None = None) -> int:
     if code_has_digest() != h.digest:
         print("WARNING: Repr-Digest appeared/disappeared in master/ worker/ during the run: figures are mixed")
     print()
-    print(f"| row | runs | median s | MB/s (median) | MB/s min–max | what |")
-    print(f"|---|---|---|---|---|---|")
+    print("| row | runs | median s | MB/s (median) | MB/s min–max | what |")
+    print("|---|---|---|---|---|---|")
     print(fmt_row("ours dl → disk", R["ours_dl"], size, f"worker client → file; {ver}"))
     if "ours_dl_then_openssl" in R:
         print(fmt_row("ours dl → disk, then openssl dgst", R["ours_dl_then_openssl"], size, "informative"))

@@ -59,7 +59,7 @@ class BatchWriter:
         self._fd = fd
         self._hashers = tuple(hashers)
         self._hash_in_caller = hash_in_caller
-        self.failed = False  # a write raised: with hash_in_caller the hashers are ahead of ``written``
+        self.failed = False  # a write raised: the hashers may be ahead of ``written``
         self.batch_bytes = -(-batch_bytes // ALIGN) * ALIGN
         self.max_in_flight_bytes = max_in_flight_bytes
         self.direct = direct and _enable_direct(fd, self.batch_bytes)
@@ -96,11 +96,6 @@ class BatchWriter:
             self._fill(memoryview(chunk))
 
     @property
-    def batch_ready(self) -> bool:
-        """True when chunks wait for a free buffer (the producer should wait, then call again)."""
-        return bool(self._overflow)
-
-    @property
     def in_flight_bytes(self) -> int:
         return len(self._in_flight) * self.batch_bytes
 
@@ -119,7 +114,7 @@ class BatchWriter:
             while self._overflow:
                 self._reclaim(self._in_flight[0][0].result)
                 self._refill()
-            self._submit(final=True)
+            self._submit()
             while self._in_flight:
                 self._reclaim(self._in_flight[0][0].result)
         finally:
@@ -142,7 +137,7 @@ class BatchWriter:
         """``finish`` for the IOLoop."""
         try:
             await self.submit_ready()
-            self._submit(final=True)
+            self._submit()
             while self._in_flight:
                 await self._await_oldest()
         finally:
@@ -193,7 +188,7 @@ class BatchWriter:
             self._filled += n
             view = view[n:]
             if self._filled == self.batch_bytes:
-                self._submit(final=False)
+                self._submit()
 
     def _refill(self) -> None:
         pending, self._overflow = self._overflow, deque()
@@ -203,11 +198,11 @@ class BatchWriter:
                 self._overflow.extend(pending)
                 return
 
-    def _submit(self, *, final: bool) -> None:
+    def _submit(self) -> None:
         if not self._filled:
             return
         buffer, size = self._current, self._filled
-        future = self._executor.submit(self._write_buffer, buffer, size, final)
+        future = self._executor.submit(self._write_buffer, buffer, size)
         if self._hash_executor is not None:
             future = _both(future, self._hash_executor.submit(self._hash_buffer, buffer, size))
         self._in_flight.append((future, buffer))
@@ -237,7 +232,7 @@ class BatchWriter:
         else:
             self._free.append(buffer)
 
-    def _write_buffer(self, buffer: mmap.mmap, size: int, final: bool) -> None:
+    def _write_buffer(self, buffer: mmap.mmap, size: int) -> None:
         """In the helper thread: write ``size`` bytes of ``buffer``, all of them, or raise."""
         if self.failed:
             raise OSError("an earlier write failed")
