@@ -30,6 +30,7 @@ await (the master's IOLoop). Both are used by one thread at a time.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import mmap
 import os
@@ -255,7 +256,13 @@ class BatchWriter:
 
     def _write_all(self, view: memoryview) -> None:
         while view:
-            n = os.write(self._fd, view)
+            try:
+                n = os.write(self._fd, view)
+            except OSError as exc:
+                if not (self.direct and exc.errno == errno.EINVAL):
+                    raise
+                self.direct = _disable_direct(self._fd)  # a filesystem that took the flag but not the write
+                continue
             if n == 0:
                 raise OSError("write wrote nothing")
             if n < len(view) and self.direct:

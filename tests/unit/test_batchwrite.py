@@ -122,3 +122,22 @@ def test_token_bucket_grants_the_rate():
     assert waited == pytest.approx(5.0)
     now[0] += 60  # idle for a minute: it saves up the burst only
     assert bucket.reserve(100) == 0.0 and bucket.reserve(100) == pytest.approx(0.1)
+
+
+def test_a_refused_direct_write_is_done_again_as_an_ordinary_one(tmp_path, monkeypatch):
+    data = os.urandom(3 * 4096 + 17)
+    real_write = os.write
+    refused = []
+
+    def write(fd, view):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT and not refused:
+            refused.append(len(view))
+            raise OSError(22, "Invalid argument")  # what a filesystem without direct I/O support answers
+        return real_write(fd, view)
+
+    monkeypatch.setattr(os, "write", write)
+    with open(tmp_path / "f", "wb", buffering=0) as f:
+        writer = BatchWriter(f.fileno(), (), batch_bytes=4096, max_in_flight_bytes=8192, direct=True)
+        writer.write(data)
+        assert writer.finish() == len(data) and refused and not writer.direct
+    assert (tmp_path / "f").read_bytes() == data
