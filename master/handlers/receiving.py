@@ -13,8 +13,8 @@ from master.paths import resolve_in_root
 from master.store import Job
 
 
-class ReceivingHandler(BaseHandler):
-    """Base for handlers that stream a job's output to a temp file and commit it in place."""
+class UploadSlotHolder:
+    """For handlers receiving a file: one of ``server.max_concurrent_uploads`` slots while it streams in."""
 
     _holds_slot = False
 
@@ -30,6 +30,10 @@ class ReceivingHandler(BaseHandler):
         if self._holds_slot:
             self.services.upload_slots.in_use -= 1
             self._holds_slot = False
+
+
+class ReceivingHandler(UploadSlotHolder, BaseHandler):
+    """Base for handlers that stream a job's output to a temp file and commit it in place."""
 
     def output_destination(self, job: Job) -> Path:
         destination = resolve_in_root(self.config.storage.root, job.output_path, "output_path")

@@ -27,7 +27,7 @@ from converter_common.digest import parse_repr_digest, repr_digest
 from master import errors
 from master.auth import Access
 from master.errors import ApiError
-from master.handlers.receiving import ReceivingHandler, close_file
+from master.handlers.receiving import ReceivingHandler, UploadSlotHolder, close_file
 from master.paths import free_bytes
 
 UPLOAD_FIELD = "video"
@@ -65,12 +65,13 @@ class BatchFileSink(BaseTarget):
         self.writer.add(chunk)
 
 
-class MultipartReceiver:
+class MultipartReceiver(UploadSlotHolder):
     """Streams one multipart file part into a temp file (batched writes in a thread, hashed on the way).
 
     For ``@stream_request_body`` handlers: ``open_multipart`` in ``prepare``, ``feed`` from the async
     ``data_received``, ``finish_part`` in the method; the temp file is gone before any answer leaves,
-    unless the handler took it over (``_temp_path = None``).
+    unless the handler took it over (``_temp_path = None``). It holds an upload slot from
+    ``open_multipart`` until then (503 ``too_many_uploads`` when none is free).
     """
 
     _temp_path: Path | None = None
@@ -80,6 +81,7 @@ class MultipartReceiver:
     _body_error: ApiError | None = None
 
     def open_multipart(self, directory: Path) -> StreamingFormDataParser:
+        self.take_upload_slot()  # released with the temp file, however the request ends
         try:
             self._parser = StreamingFormDataParser(headers=self.request.headers)
         except Exception as exc:  # the library raises a bare ValueError-like error for a non-multipart type
@@ -130,6 +132,7 @@ class MultipartReceiver:
         super().on_connection_close()
 
     def _discard_temp(self) -> None:
+        self.release_upload_slot()
         if self._sink is not None and self._temp_file is not None and not self._temp_file.closed:
             self._sink.writer.abandon(then_close=self._temp_file)  # closed by the thread after its last write
             self._temp_file = None
@@ -147,7 +150,6 @@ class UploadVideoHandler(MultipartReceiver, ReceivingHandler):
     def prepare(self) -> None:
         super().prepare()  # authentication, before the body is read
         self.job = self.processing_job(self.job_id_argument())  # before a single byte is stored
-        self.take_upload_slot()
         try:
             self.expected_digest = parse_repr_digest(self.request.headers.get("Repr-Digest"))
         except ValueError as exc:
@@ -175,7 +177,3 @@ class UploadVideoHandler(MultipartReceiver, ReceivingHandler):
         self.set_header("Repr-Digest", repr_digest(digest))
         self.write_json({"job_id": job.id, "status": job.status.value, "size": self._sink.size,
                          "sha256": digest.hex(), "output_path": job.output_path})
-
-    def _discard_temp(self) -> None:
-        self.release_upload_slot()
-        super()._discard_temp()

@@ -116,3 +116,20 @@ def test_concurrent_upload_limit_answers_503(tmp_path):
         assert running.job("c1")["status"] == "processing"
     finally:
         running.stop()
+
+
+def test_users_multipart_source_uploads_share_the_upload_limit(tmp_path):
+    running = ThreadedMaster(with_server(master_config(tmp_path), max_concurrent_uploads=1))
+    try:
+        slow = start_request(running.url, "POST", "/api/jobs", {**MULTIPART, "Content-Length": "100000"}, b"--b\r\n")
+        time.sleep(0.3)
+        form = {"profile": (None, "h264-720p")}
+        second = requests.post(f"{running.url}/api/jobs", files={**form, "video": ("a.mp4", b"x")}, timeout=5)
+        assert second.status_code == 503 and second.json()["error"] == "too_many_uploads"
+        slow.close()  # the cut upload frees its slot and leaves no temp file
+        time.sleep(0.3)
+        third = requests.post(f"{running.url}/api/jobs", files={**form, "video": ("a.mp4", b"x")}, timeout=5)
+        assert third.status_code == 201, third.text
+        assert not [p for p in running.root.rglob(".converter-upload-*")]
+    finally:
+        running.stop()
