@@ -206,6 +206,32 @@ class JobStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a database made by an earlier build up to ``SCHEMA``: columns it lacks are added.
+
+        Every column added since the first schema is nullable or has a default, so ``ALTER TABLE ADD
+        COLUMN`` is the whole migration; old rows read as NULL or the default. A column the schema
+        wants NOT NULL without a default cannot be added this way and is refused with its name.
+        """
+        wanted = sqlite3.connect(":memory:")
+        try:
+            wanted.executescript(SCHEMA)
+            tables = [row[0] for row in wanted.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            for table in tables:
+                have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                for _cid, name, kind, not_null, default, _pk in wanted.execute(f"PRAGMA table_info({table})"):
+                    if name in have:
+                        continue
+                    if not_null and default is None:
+                        raise sqlite3.OperationalError(
+                            f"{self.path}: table {table} lacks column {name}, which cannot be added to old rows")
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"
+                                     + (" NOT NULL" if not_null else "")
+                                     + (f" DEFAULT {default}" if default is not None else ""))
+        finally:
+            wanted.close()
 
     def close(self) -> None:
         with self._lock:

@@ -156,3 +156,34 @@ class TestLeases:
         store.claim_next("w1", 10)
         with pytest.raises(NotOwner):
             store.heartbeat("j1", worker_id="w2", progress=None, lease_seconds=10)
+
+
+def test_a_database_from_an_earlier_build_gets_the_columns_added_since(tmp_path):
+    import sqlite3
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)  # the jobs and uploads tables as the first builds made them
+    old.executescript("""
+        CREATE TABLE jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, source_path TEXT NOT NULL,
+            output_path TEXT NOT NULL, profile TEXT NOT NULL, source_size INTEGER NOT NULL,
+            source_sha256 TEXT NOT NULL, source_mtime_ns INTEGER NOT NULL, output_size INTEGER,
+            output_sha256 TEXT, attempts INTEGER NOT NULL DEFAULT 0, max_attempts INTEGER NOT NULL,
+            worker_id TEXT, lease_expires_at REAL, not_before REAL NOT NULL DEFAULT 0, progress REAL,
+            error TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL, claimed_at REAL, finished_at REAL);
+        CREATE TABLE uploads (id TEXT PRIMARY KEY, job_id TEXT NOT NULL, worker_id TEXT, length INTEGER NOT NULL,
+            offset INTEGER NOT NULL DEFAULT 0, temp_path TEXT NOT NULL, sha256 TEXT, created_at REAL NOT NULL);
+        INSERT INTO jobs VALUES ('old', 'pending', 'in/a.mp4', 'out/a.mp4', 'h264-720p', 10, 'ab', 1, NULL, NULL,
+            0, 3, NULL, NULL, 0, NULL, NULL, 1, 1, NULL, NULL);
+    """)
+    old.close()
+    store = JobStore(path)
+    try:
+        job = store.get_job("old")
+        assert job.status is JobStatus.PENDING and job.conversion_seconds is None and job.accel is None
+        assert store.claim_next("w1", lease_seconds=60).id == "old"
+        store.heartbeat("old", worker_id="w1", progress=0.5, lease_seconds=60,
+                        conversion={"seconds": 1.0, "accel": "cpu"})
+        assert store.get_job("old").accel == "cpu"
+        assert [column for column in ("kind", "profile", "filename")
+                if column not in {row[1] for row in store._db.execute("PRAGMA table_info(uploads)")}] == []
+    finally:
+        store.close()
