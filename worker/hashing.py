@@ -1,12 +1,12 @@
 """Write a download to disk and hash it while it streams, without a per-chunk thread handoff.
 
-The network loop hashes each ``iter_content`` chunk as it arrives and collects it; every 4 MiB a
-batch goes to a helper thread that writes it with one ``os.writev`` (``converter_common.batchwrite``).
-So the two threads split the work evenly (recv + hash | write; hashlib and writev release the GIL).
-Handing every 1 MiB chunk through a ``queue.Queue`` to a thread that wrote *and* hashed it cost ~5
-futex calls per chunk and made the verified download slower than ``curl -o`` + ``openssl dgst``
-(docs/benchmarks.md, which also has the inline and hash-in-thread variants measured). At most 8 MiB
-wait for the thread, so memory stays flat whatever ``storage.chunk_size`` is.
+The network loop hashes each ``iter_content`` chunk as it arrives and copies it into one of a few
+reused 4 MiB buffers; each full buffer goes to a helper thread that writes it (``O_DIRECT`` with
+``direct=True``, ``converter_common.batchwrite``). So the two threads split the work (recv + hash |
+write; hashlib and the write release the GIL). Handing every 1 MiB chunk through a ``queue.Queue`` to a
+thread that wrote *and* hashed it cost ~5 futex calls per chunk and made the verified download slower
+than ``curl -o`` + ``openssl dgst`` (docs/benchmarks.md, which also has the variants measured). At most
+8 MiB wait for the thread, so memory stays flat whatever ``storage.chunk_size`` is.
 """
 
 from __future__ import annotations
