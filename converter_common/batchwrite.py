@@ -62,7 +62,6 @@ class BatchWriter:
         self._hash_in_caller = hash_in_caller
         self.failed = False  # a write raised: the hashers may be ahead of ``written``
         self.batch_bytes = -(-batch_bytes // ALIGN) * ALIGN
-        self.max_in_flight_bytes = max_in_flight_bytes
         self.direct = direct and _enable_direct(fd, self.batch_bytes)
         count = max(1, max_in_flight_bytes // self.batch_bytes) + 1  # in flight, plus the one being filled
         self._free = [mmap.mmap(-1, self.batch_bytes) for _ in range(count)]
@@ -76,7 +75,6 @@ class BatchWriter:
         self._hash_executor = (ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-hash")
                                if self._hashers and not self._hash_in_caller else None)
         self._closed = False
-        self.received = 0  # bytes handed to write/awrite/add
         self.written = 0  # bytes written (and hashed, unless in the caller); updated by the helper thread
 
     # -- collecting (any thread, never blocks) ------------------------------------------------------
@@ -90,7 +88,6 @@ class BatchWriter:
         if self._hash_in_caller:
             for hasher in self._hashers:
                 hasher.update(chunk)
-        self.received += len(chunk)
         if self._overflow:
             self._overflow.append(memoryview(chunk))
         else:
@@ -105,19 +102,15 @@ class BatchWriter:
     def write(self, chunk: bytes) -> None:
         """Take ``chunk``, waiting for the thread when every buffer is full. Raises a write error."""
         self.add(chunk)
-        while self._overflow:
-            self._reclaim(self._in_flight[0][0].result)
-            self._refill()
+        self._wait_for_buffers()
 
     def finish(self) -> int:
         """Write what is left, wait for the thread, stop it; returns ``written``. Raises a write error."""
         try:
-            while self._overflow:
-                self._reclaim(self._in_flight[0][0].result)
-                self._refill()
+            self._wait_for_buffers()
             self._submit()
             while self._in_flight:
-                self._reclaim(self._in_flight[0][0].result)
+                self._reclaim_oldest()
         finally:
             self.abandon().result()
         return self.written
@@ -147,8 +140,6 @@ class BatchWriter:
 
     async def drain(self) -> int:
         """Wait for the submitted buffers only (errors swallowed), drop the rest; stop the thread."""
-        self._overflow.clear()
-        self._filled = 0
         while self._in_flight:
             try:
                 await self._await_oldest()
@@ -210,10 +201,16 @@ class BatchWriter:
         self._current = self._free.pop() if self._free else None
         self._filled = 0
 
-    def _reclaim(self, wait) -> None:
+    def _wait_for_buffers(self) -> None:
+        """``submit_ready`` for the blocking front end."""
+        while self._overflow:
+            self._reclaim_oldest()
+            self._refill()
+
+    def _reclaim_oldest(self) -> None:
         future, buffer = self._in_flight[0]
         try:
-            wait()
+            future.result()
         finally:
             self._in_flight.popleft()
             self._give_back(buffer)
