@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import tornado.httpserver
 import tornado.ioloop
 import tornado.netutil
 import tornado.web
@@ -18,6 +18,7 @@ from converter_common.ratelimit import TokenBucket
 from master.auth import Tokens
 from master.config import MasterConfig
 from master.dispatch import Dispatcher
+from master.http_server import JsonErrorHTTPServer
 from master.handlers.base import NotFoundHandler, Services
 from master.handlers.claim import ClaimHandler
 from master.handlers.download import DownloadVideoHandler
@@ -31,7 +32,7 @@ from master.handlers.profiles import ProfilesHandler
 from master.handlers.lease import FailHandler, HeartbeatHandler, ReleaseHandler
 from master.handlers.upload import TEMP_PREFIX, TEMP_SUFFIX, UploadVideoHandler
 from master.handlers.shared import SharedCompleteHandler
-from master.handlers.uploads import UploadHandler, UploadsHandler
+from master.handlers.uploads import UploadHandler, UploadsHandler, remove_expired
 from master.handlers.workers import WorkerRegisterHandler, WorkersHandler
 from master.metrics import MasterMetrics
 from master.store import JobStore
@@ -105,7 +106,7 @@ def _log_request(handler: tornado.web.RequestHandler, metrics: MasterMetrics) ->
 
 @dataclass
 class RunningMaster:
-    server: tornado.httpserver.HTTPServer
+    server: JsonErrorHTTPServer
     reaper: tornado.ioloop.PeriodicCallback
     port: int
     metrics: MasterMetrics
@@ -125,7 +126,7 @@ def start_master(config: MasterConfig, store: JobStore, registry: CollectorRegis
     dispatcher = Dispatcher()
     metrics = new_metrics(config, store, registry or CollectorRegistry())
     app = make_app(config, store, dispatcher, metrics, tokens, receive_writer)
-    server = tornado.httpserver.HTTPServer(
+    server = JsonErrorHTTPServer(
         app,
         max_body_size=config.server.max_upload_size,
         body_timeout=config.server.timeout,
@@ -138,11 +139,19 @@ def start_master(config: MasterConfig, store: JobStore, registry: CollectorRegis
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
 
+    # Workers whose leases were live when the master stopped get one lease to renew them before the reaper acts.
+    store.extend_live_leases(time.time() + config.jobs.lease_seconds)
+
     def reap() -> None:
         for job in store.requeue_expired():
             log.warning("lease of job %s expired: now %s (attempt %d/%d)", job.id, job.status.value,
                         job.attempts, job.max_attempts)
             metrics.job_failed_or_requeued(job, "lease_expired")
+        for upload in remove_expired(store, config.storage.root):
+            log.info("upload %s of job %s expired at offset %d of %d: removed", upload.id, upload.job_id,
+                     upload.offset, upload.length)
+            metrics.uploads_expired.labels(upload.kind).inc()
+        store.explain_waiting(online_since=time.time() - config.jobs.lease_seconds - config.jobs.max_claim_wait)
         dispatcher.notify()
 
     reaper = tornado.ioloop.PeriodicCallback(reap, max(config.jobs.lease_seconds / 4, 0.05) * 1000)

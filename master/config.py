@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from converter_common.config_loader import ConfigError, build, load_yaml, require_positive
+from converter_common.config_loader import ConfigError, Duration, Size, build, load_yaml, report, require_positive
 from converter_common.profiles import BUILTIN_PROFILES
 
 GiB = 1 << 30
@@ -17,28 +17,28 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     # The seed's 35 minutes: deadline for a whole request body and for an idle keep-alive connection.
-    timeout: float = 35 * 60
-    max_upload_size: int = 64 * GiB
-    chunk_size: int = 4 * MiB  # download read/write size; 1-4 MiB measured best (shared/notes/xfer.md)
+    timeout: Duration = 35 * 60
+    max_upload_size: Size = 64 * GiB
+    chunk_size: Size = 4 * MiB  # download read/write size; 1-4 MiB measured best (shared/notes/xfer.md)
     # Tornado's socket read size and data_received piece for request bodies. 1 MiB measured best for our
     # upload path (docs/benchmarks.md: 64 KiB costs twice the Python work per byte, 256 KiB and 4 MiB page faults)
-    body_chunk_size: int = 1 * MiB
+    body_chunk_size: Size = 1 * MiB
     max_concurrent_uploads: int = 16  # more at once get 503 + Retry-After
-    max_header_size: int = 64 * 1024
-    outbound_limit: int = 0  # bytes/s for all downloads together (one token bucket); 0 = unlimited
+    max_header_size: Size = 64 * 1024
+    outbound_limit: Size = 0  # bytes/s for all downloads together (one token bucket); 0 = unlimited
 
     def validate(self, key: str) -> None:
         if not 0 <= self.port <= 65535:
-            raise ConfigError(f"{key}.port", f"must be 0..65535, got {self.port}")
+            report(f"{key}.port", f"must be 0..65535, got {self.port}")
         require_positive(f"{key}.timeout", self.timeout)
         require_positive(f"{key}.max_upload_size", self.max_upload_size)
         require_positive(f"{key}.max_concurrent_uploads", self.max_concurrent_uploads)
         require_positive(f"{key}.max_header_size", self.max_header_size)
         require_positive(f"{key}.outbound_limit", self.outbound_limit, allow_zero=True)
         if not 64 * 1024 <= self.chunk_size <= 64 * MiB:
-            raise ConfigError(f"{key}.chunk_size", f"must be 64 KiB..64 MiB, got {self.chunk_size}")
+            report(f"{key}.chunk_size", f"must be 64 KiB..64 MiB, got {self.chunk_size}")
         if not 16 * 1024 <= self.body_chunk_size <= 16 * MiB:
-            raise ConfigError(f"{key}.body_chunk_size", f"must be 16 KiB..16 MiB, got {self.body_chunk_size}")
+            report(f"{key}.body_chunk_size", f"must be 16 KiB..16 MiB, got {self.body_chunk_size}")
 
 
 @dataclass(frozen=True)
@@ -55,12 +55,14 @@ class DatabaseConfig:
 
 @dataclass(frozen=True)
 class JobsConfig:
-    lease_seconds: float = 60.0  # a claimed job returns to pending if its worker is silent this long
+    lease_seconds: Duration = 60.0  # a claimed job returns to pending if its worker is silent this long
     max_attempts: int = 3
-    retry_delay: float = 10.0  # seconds a retryable failure waits before the job can be claimed again
-    max_claim_wait: float = 30.0  # longest long-poll a worker may ask for
+    retry_delay: Duration = 10.0  # seconds a retryable failure waits before the job can be claimed again
+    max_claim_wait: Duration = 30.0  # longest long-poll a worker may ask for
     quarantine_after: int = 5  # consecutive failed jobs on one worker before it gets no jobs for a while
-    quarantine_seconds: float = 600.0
+    quarantine_seconds: Duration = 600.0
+    # a resumable upload not continued this long is removed with its bytes (tus expiration, Upload-Expires)
+    upload_expiry: Duration = 24 * 3600.0
 
     def validate(self, key: str) -> None:
         require_positive(f"{key}.lease_seconds", self.lease_seconds)
@@ -69,6 +71,7 @@ class JobsConfig:
         require_positive(f"{key}.max_claim_wait", self.max_claim_wait, allow_zero=True)
         require_positive(f"{key}.quarantine_after", self.quarantine_after)
         require_positive(f"{key}.quarantine_seconds", self.quarantine_seconds, allow_zero=True)
+        require_positive(f"{key}.upload_expiry", self.upload_expiry)
 
 
 @dataclass(frozen=True)
@@ -76,16 +79,16 @@ class WatchConfig:
     inbox: str | None = None  # a folder under the storage root; files dropped there become jobs (off when unset)
     accepted_dir: str = "watched"  # where picked-up files are moved, under the storage root
     profile: str = "h264-720p"
-    stable_seconds: float = 5.0  # a file is complete when its size and mtime are unchanged this long
-    interval: float = 2.0  # seconds between scans
+    stable_seconds: Duration = 5.0  # a file is complete when its size and mtime are unchanged this long
+    interval: Duration = 2.0  # seconds between scans
 
     def validate(self, key: str) -> None:
         for name in ("inbox", "accepted_dir"):
             value = getattr(self, name)
             if value is not None and (value.startswith("/") or ".." in Path(value).parts):
-                raise ConfigError(f"{key}.{name}", "must be a folder under the storage root (relative, no '..')")
+                report(f"{key}.{name}", "must be a folder under the storage root (relative, no '..')")
         if self.inbox is not None and Path(self.inbox) == Path(self.accepted_dir):
-            raise ConfigError(f"{key}.accepted_dir", "must differ from the inbox")
+            report(f"{key}.accepted_dir", "must differ from the inbox")
         require_positive(f"{key}.stable_seconds", self.stable_seconds, allow_zero=True)
         require_positive(f"{key}.interval", self.interval)
 
@@ -110,9 +113,9 @@ class MasterConfig:
     def validate(self, key: str) -> None:
         for name in self.profiles:
             if name not in BUILTIN_PROFILES:
-                raise ConfigError("profiles", f"unknown profile {name!r} (built-in: {', '.join(BUILTIN_PROFILES)})")
+                report("profiles", f"unknown profile {name!r} (built-in: {', '.join(BUILTIN_PROFILES)})")
         if self.watch.inbox is not None and self.watch.profile not in self.profiles:
-            raise ConfigError("watch.profile", f"must be one of the master's profiles: {', '.join(self.profiles)}")
+            report("watch.profile", f"must be one of the master's profiles: {', '.join(self.profiles)}")
 
 
 def load_config(path: str | Path | None) -> MasterConfig:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class ApiError(Exception):
     """An error rendered as ``{"error": code, "message": message}`` with ``status``."""
@@ -32,3 +34,18 @@ def conflict(code: str, message: str) -> ApiError:
 
 def not_found(code: str, message: str) -> ApiError:
     return ApiError(404, code, message)
+
+
+def body_too_large(limit: int) -> ApiError:
+    return ApiError(413, "body_too_large", f"request body exceeds the limit of {limit} bytes")
+
+
+def insufficient_storage(reason: str) -> ApiError:
+    return ApiError(507, "insufficient_storage", f"cannot store upload ({reason})")
+
+
+def storage_error(exc: OSError) -> ApiError:
+    """An OS error while storing a file: 507 when the disk is full, else 409 (the path cannot be written)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return insufficient_storage(exc.strerror or "disk full")
+    return ApiError(409, "output_unwritable", f"cannot write there ({exc.strerror or exc})")

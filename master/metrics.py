@@ -54,6 +54,11 @@ class MasterMetrics:
                                     registry=registry)
         self.bytes_received = Counter("converter_master_bytes_received", "Upload body bytes received.",
                                       registry=registry)
+        self.uploads_expired = Counter("converter_master_uploads_expired",
+                                       "Resumable uploads removed because nobody continued them before they expired,"
+                                       " by kind (source, output).", ["kind"], registry=registry)
+        for kind in ("source", "output"):
+            self.uploads_expired.labels(kind)
         self.http_duration = Histogram("converter_master_http_request_duration_seconds",
                                        "HTTP requests by handler class, method and status code.",
                                        ["handler", "method", "code"], buckets=HTTP_BUCKETS, registry=registry)

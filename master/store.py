@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at       REAL NOT NULL,
     updated_at       REAL NOT NULL,
     claimed_at       REAL,
-    finished_at      REAL
+    finished_at      REAL,
+    waiting          TEXT   -- why a pending job is not being claimed, when the master can tell
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, not_before);
 CREATE TABLE IF NOT EXISTS workers (
@@ -53,7 +54,8 @@ CREATE TABLE IF NOT EXISTS workers (
     registered_at REAL NOT NULL,
     last_seen_at  REAL NOT NULL,
     consecutive_failures INTEGER NOT NULL DEFAULT 0,
-    quarantined_until    REAL NOT NULL DEFAULT 0
+    quarantined_until    REAL NOT NULL DEFAULT 0,
+    cache_free_bytes     INTEGER  -- what it last said it can hold (claim's cache_free_bytes)
 );
 CREATE TABLE IF NOT EXISTS uploads (
     id          TEXT PRIMARY KEY,
@@ -67,8 +69,16 @@ CREATE TABLE IF NOT EXISTS uploads (
     kind        TEXT NOT NULL DEFAULT 'output',  -- output: a job's converted file; source: a new job's source
     profile     TEXT,                            -- source uploads: the job to create once complete
     output_path TEXT,
-    filename    TEXT
+    filename    TEXT,
+    attempt     INTEGER,                         -- output uploads: the job's attempt that made it
+    expires_at  REAL                             -- tus expiration: removed when not continued by then
 );
+"""
+# One writer per output path: at most one pending or processing job may name it (create, retry, requeue
+# all pass through this index, so no code path can give an output two owners).
+OUTPUT_OWNER_INDEX = """
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_owner_per_output ON jobs (output_path)
+    WHERE status IN ('pending', 'processing')
 """
 
 
@@ -91,6 +101,12 @@ class DuplicateJob(StoreError):
 class OutputBusy(StoreError):
     def __init__(self, output_path: str, job_id: str):
         super().__init__(f"job {job_id!r} is already writing {output_path!r}")
+
+
+class DuplicateUpload(StoreError):
+    def __init__(self, upload: "Upload"):
+        super().__init__(f"upload {upload.id} is already sending job {upload.job_id!r}; resume it or delete it")
+        self.upload = upload
 
 
 class InvalidTransition(StoreError):
@@ -140,6 +156,7 @@ class Job:
     updated_at: float
     claimed_at: float | None
     finished_at: float | None
+    waiting: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Job":
@@ -163,6 +180,7 @@ class Worker:
     last_seen_at: float
     consecutive_failures: int
     quarantined_until: float
+    cache_free_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,6 +202,8 @@ class Upload:
     profile: str | None = None
     output_path: str | None = None
     filename: str | None = None
+    attempt: int | None = None
+    expires_at: float | None = None
 
 
 class UploadNotFound(StoreError):
@@ -207,6 +227,7 @@ class JobStore:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
         self._add_missing_columns()
+        self._db.execute(OUTPUT_OWNER_INDEX)
 
     def _add_missing_columns(self) -> None:
         """Bring a database made by an earlier build up to ``SCHEMA``: columns it lacks are added.
@@ -259,8 +280,15 @@ class JobStore:
                      source_mtime_ns, max_attempts, now, now),
                 ).fetchone()
             except sqlite3.IntegrityError as exc:
+                if _is_output_owner_violation(exc):
+                    raise self._output_busy(output_path) from exc
                 raise DuplicateJob(job_id) from exc
         return Job.from_row(row)
+
+    def _output_busy(self, output_path: str) -> OutputBusy:
+        row = self._db.execute(f"SELECT id FROM jobs WHERE output_path = ? AND status IN ({_marks(ACTIVE)})",
+                               (output_path, *_values(ACTIVE))).fetchone()
+        return OutputBusy(output_path, row["id"] if row else "?")
 
     def get_job(self, job_id: str) -> Job:
         with self._lock:
@@ -304,10 +332,11 @@ class JobStore:
             (JobStatus.PENDING.value, now, size_limit),
             now=now,
             set_sql="worker_id = :worker, lease_expires_at = :lease, attempts = attempts + 1, claimed_at = :now,"
-                    " progress = 0",
+                    " progress = 0, error = NULL, waiting = NULL",
             set_params={"worker": worker_id, "lease": now + lease_seconds},
         )
-        self._touch_worker(worker_id, now)
+        self._touch_worker(worker_id, now, cache_free_bytes=max_source_size * 2 if max_source_size is not None
+                           else None)
         return rows[0] if rows else None
 
     def transition(self, job_id: str, transition: Transition, *, worker_id: str | None = None,
@@ -433,28 +462,55 @@ class JobStore:
         named.update({f"src{i}": s for i, s in enumerate(sources)})
         if guard:
             clause += f" AND ({guard})"
-        sql = f"UPDATE jobs SET {assignments} WHERE {_name_positional(clause, positional, named)} RETURNING *"
+        condition = _name_positional(clause, positional, named)
+        sql = f"UPDATE jobs SET {assignments} WHERE {condition} RETURNING *"
         with self._lock:
-            rows = self._db.execute(sql, named).fetchall()
+            try:
+                rows = self._db.execute(sql, named).fetchall()
+            except sqlite3.IntegrityError as exc:
+                if not _is_output_owner_violation(exc):
+                    raise
+                output = self._db.execute(f"SELECT output_path FROM jobs WHERE {condition}", named).fetchone()
+                raise self._output_busy(output[0] if output else "?") from exc
         return [Job.from_row(r) for r in rows]
 
     # -- resumable uploads ----------------------------------------------------------------------
 
     def create_upload(self, *, upload_id: str, job_id: str, worker_id: str | None, length: int, temp_path: str,
-                      sha256: str | None, kind: str = "output", profile: str | None = None,
-                      output_path: str | None = None, filename: str | None = None,
+                      sha256: str | None, expires_at: float, kind: str = "output", attempt: int | None = None,
+                      profile: str | None = None, output_path: str | None = None, filename: str | None = None,
                       now: float | None = None) -> tuple[Upload, list[Upload]]:
-        """Record a new upload for a job (or, kind ``source``, for the job it will create); returns it and
-        the job's older uploads, which it replaces."""
+        """Record a new upload for a job (or, kind ``source``, for the job it will create); returns it and the
+        uploads it replaces: those of an earlier attempt of the same job, whose writer no longer holds the lease.
+
+        An upload still live for the same job (same attempt, or any source upload naming that job id) is never
+        replaced: ``DuplicateUpload``. A source upload naming an output another source upload or an active job
+        will write is ``OutputBusy``.
+        """
         now = time.time() if now is None else now
         with self._lock, self._db:
+            live = self._db.execute("SELECT * FROM uploads WHERE job_id = ? AND (kind = 'source' OR attempt IS ?)",
+                                    (job_id, attempt)).fetchone()
+            if live is not None:
+                raise DuplicateUpload(Upload(**dict(live)))
+            if output_path is not None:
+                self._check_output_free(output_path)
             stale = self._db.execute("DELETE FROM uploads WHERE job_id = ? RETURNING *", (job_id,)).fetchall()
             row = self._db.execute(
                 "INSERT INTO uploads (id, job_id, worker_id, length, offset, temp_path, sha256, created_at, kind,"
-                " profile, output_path, filename) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                " profile, output_path, filename, attempt, expires_at)"
+                " VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                 (upload_id, job_id, worker_id, length, temp_path, sha256, now, kind, profile, output_path,
-                 filename)).fetchone()
+                 filename, attempt, expires_at)).fetchone()
         return Upload(**dict(row)), [Upload(**dict(r)) for r in stale]
+
+    def _check_output_free(self, output_path: str) -> None:
+        busy = self._db.execute(
+            f"SELECT id FROM jobs WHERE output_path = ? AND status IN ({_marks(ACTIVE)})"
+            " UNION ALL SELECT job_id FROM uploads WHERE kind = 'source' AND output_path = ?",
+            (output_path, *_values(ACTIVE), output_path)).fetchone()
+        if busy:
+            raise OutputBusy(output_path, busy[0])
 
     def get_upload(self, upload_id: str) -> Upload:
         with self._lock:
@@ -463,9 +519,18 @@ class JobStore:
             raise UploadNotFound(upload_id)
         return Upload(**dict(row))
 
-    def set_upload_offset(self, upload_id: str, offset: int) -> None:
+    def set_upload_offset(self, upload_id: str, offset: int, expires_at: float | None = None) -> None:
+        """Where the upload's bytes end now; each PATCH that stores bytes also pushes its expiry back."""
         with self._lock:
-            self._db.execute("UPDATE uploads SET offset = ? WHERE id = ?", (offset, upload_id))
+            self._db.execute("UPDATE uploads SET offset = ?, expires_at = COALESCE(?, expires_at) WHERE id = ?",
+                             (offset, expires_at, upload_id))
+
+    def delete_expired_uploads(self, now: float | None = None) -> list[Upload]:
+        """Forget uploads not continued before their expiry (tus expiration); the caller removes their files."""
+        now = time.time() if now is None else now
+        with self._lock:
+            rows = self._db.execute("DELETE FROM uploads WHERE expires_at < ? RETURNING *", (now,)).fetchall()
+        return [Upload(**dict(r)) for r in rows]
 
     def delete_upload(self, upload_id: str) -> Upload | None:
         with self._lock:
@@ -534,15 +599,47 @@ class JobStore:
             row = self._db.execute("SELECT quarantined_until FROM workers WHERE id = ?", (worker_id,)).fetchone()
         return row[0] if row is not None and row[0] > now else None
 
-    def _touch_worker(self, worker_id: str, now: float) -> None:
+    def _touch_worker(self, worker_id: str, now: float, cache_free_bytes: int | None = None) -> None:
         with self._lock:
-            self._db.execute("UPDATE workers SET last_seen_at = ? WHERE id = ?", (now, worker_id))
+            self._db.execute("UPDATE workers SET last_seen_at = ?, cache_free_bytes = COALESCE(?, cache_free_bytes)"
+                             " WHERE id = ?", (now, cache_free_bytes, worker_id))
+
+    def explain_waiting(self, online_since: float) -> None:
+        """Say in each pending job that no online worker can hold it, when that is why it waits (and stop
+        saying it once one can). A job needs room for its source and an output of about the same size."""
+        with self._lock, self._db:
+            largest = self._db.execute("SELECT MAX(cache_free_bytes) FROM workers WHERE last_seen_at >= ?",
+                                       (online_since,)).fetchone()[0]
+            if largest is None:
+                return
+            self._db.execute("UPDATE jobs SET waiting = NULL WHERE status = ? AND waiting IS NOT NULL"
+                             " AND source_size * 2 <= ?", (JobStatus.PENDING.value, largest))
+            too_big = self._db.execute("SELECT id, source_size FROM jobs WHERE status = ? AND source_size * 2 > ?",
+                                       (JobStatus.PENDING.value, largest)).fetchall()
+            for job_id, size in too_big:
+                reason = (f"no worker has room: needs {_mb(size * 2)} MB, largest cache {_mb(largest)} MB")
+                self._db.execute("UPDATE jobs SET waiting = ? WHERE id = ?", (reason, job_id))
+
+    def extend_live_leases(self, until: float) -> int:
+        """At start-up: leases that were live when the master stopped last until ``until`` at least, so their
+        workers can renew them before the reaper would requeue their jobs. Returns how many."""
+        with self._lock:
+            return self._db.execute("UPDATE jobs SET lease_expires_at = MAX(lease_expires_at, ?) WHERE status = ?",
+                                    (until, JobStatus.PROCESSING.value)).rowcount
 
 
 def _worker(row: sqlite3.Row) -> Worker:
     values = dict(row)
     values["capabilities"] = json.loads(values["capabilities"])
     return Worker(**values)
+
+
+def _mb(size: int) -> int:
+    return round(size / 1e6)
+
+
+def _is_output_owner_violation(exc: sqlite3.IntegrityError) -> bool:
+    return "jobs.output_path" in str(exc)
 
 
 def _marks(items: Iterable[Any]) -> str:

@@ -19,10 +19,13 @@ from master.dispatch import Dispatcher
 from master.errors import ApiError
 from master.metrics import MasterMetrics
 from master.states import JobStatus
-from master.store import (DuplicateJob, InvalidTransition, Job, JobNotFound, JobStore, NotOwner, OutputBusy,
+from master.store import (DuplicateJob, DuplicateUpload, InvalidTransition, Job, JobNotFound, JobStore, NotOwner, OutputBusy,
                           StoreError, UploadNotFound)
 
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+CONTROL_BODY_LIMIT = 1 << 20  # every route but the uploads: a JSON document of a few hundred bytes
+MAX_URL_LENGTH = 8192
+DECIMAL = re.compile(r"[0-9]{1,19}")
 WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 
 
@@ -54,17 +57,45 @@ class UploadSlots:
     in_use: int = 0
 
 
+@tornado.web.stream_request_body
 class BaseHandler(tornado.web.RequestHandler):
+    """Every route streams its body, so that ``prepare`` authenticates and sets the body limit before a byte
+    of it is read; routes that are not uploads keep what arrives, up to ``CONTROL_BODY_LIMIT``."""
+
     # Who may call each method; handlers override this table.
     access: dict[str, Access] = {}
+    # Upload routes raise the body limit themselves, once they know the caller and the upload (``accept_body``).
+    receives_files = False
 
     def initialize(self, services: Services) -> None:
         self.services = services
         self.config = services.config
         self.store = services.store
+        self._body = bytearray()
 
     def prepare(self) -> None:
+        self.request.connection.set_max_body_size(CONTROL_BODY_LIMIT)  # until the caller is known
+        if len(self.request.uri) > MAX_URL_LENGTH:
+            raise ApiError(414, "uri_too_long", f"the URL exceeds {MAX_URL_LENGTH} bytes")
         self.authorize(self.access.get(self.request.method, Access.ADMIN))
+        if not self.receives_files:
+            self.accept_body(CONTROL_BODY_LIMIT)
+
+    def accept_body(self, limit: int) -> None:
+        """Let a body of up to ``limit`` bytes in: a larger declared Content-Length is refused now (413), a
+        larger chunked body once it passes the limit (``master.http_server``)."""
+        declared = self.declared_length()
+        if declared is not None and declared > limit:
+            raise errors.body_too_large(limit)
+        self.request.connection.set_max_body_size(limit)
+
+    def declared_length(self) -> int | None:
+        """Content-Length when it is a plain decimal (Tornado refuses any other form before reading the body)."""
+        value = self.request.headers.get("Content-Length", "").strip()
+        return int(value) if DECIMAL.fullmatch(value) else None
+
+    def data_received(self, chunk: bytes) -> None:
+        self._body += chunk
 
     def authorize(self, needed: Access) -> None:
         allowed = self.services.tokens.allows(needed, self.request.headers.get("Authorization"))
@@ -84,8 +115,8 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def json_body(self) -> dict[str, Any]:
         try:
-            data = json.loads(self.request.body or b"{}")
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            data = json.loads(bytes(self._body), parse_constant=_refuse_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise errors.bad_request("invalid_json", f"request body is not valid JSON ({exc.__class__.__name__})")
         if not isinstance(data, dict):
             raise errors.bad_request("invalid_json", "request body must be a JSON object")
@@ -137,19 +168,24 @@ class BaseHandler(tornado.web.RequestHandler):
 
 class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:  # no authentication: there is nothing here to protect
+        self.request.connection.set_max_body_size(CONTROL_BODY_LIMIT)
         raise errors.not_found("not_found", f"no route for {self.request.method} {self.request.path}")
 
 
-def check_job_id(job_id: str) -> str:
-    if not JOB_ID.match(job_id):
+def check_job_id(job_id: object) -> str:
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
         raise errors.bad_request("invalid_job_id", "job id must be 1-128 characters of A-Z a-z 0-9 . _ -")
     return job_id
 
 
 def check_worker_id(worker_id: object) -> str:
-    if not isinstance(worker_id, str) or not WORKER_ID.match(worker_id):
+    if not isinstance(worker_id, str) or not WORKER_ID.fullmatch(worker_id):
         raise errors.bad_request("invalid_worker_id", "worker id must be 1-128 characters of A-Z a-z 0-9 . _ : @ -")
     return worker_id
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def api_error_from_store(exc: StoreError) -> ApiError:
@@ -165,4 +201,6 @@ def api_error_from_store(exc: StoreError) -> ApiError:
         return errors.conflict("not_lease_owner", str(exc))
     if isinstance(exc, UploadNotFound):
         return errors.not_found("upload_not_found", str(exc))
+    if isinstance(exc, DuplicateUpload):
+        return ApiError(409, "duplicate_upload", str(exc), headers={"Location": f"/api/uploads/{exc.upload.id}"})
     return ApiError(500, "internal_error", "store error")

@@ -30,8 +30,8 @@ class ClaimHandler(BaseHandler):
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
             raise errors.bad_request("invalid_field", "wait must be a number of seconds >= 0")
         room = body.get("cache_free_bytes")
-        if room is not None and (isinstance(room, bool) or not isinstance(room, int) or room < 0):
-            raise errors.bad_request("invalid_field", "cache_free_bytes must be an integer >= 0")
+        if room is not None and (isinstance(room, bool) or not isinstance(room, int) or not 0 <= room < 2**62):
+            raise errors.bad_request("invalid_field", "cache_free_bytes must be an integer 0..2^62")
         loop = tornado.ioloop.IOLoop.current()
         deadline = loop.time() + min(float(wait), self.config.jobs.max_claim_wait)
         quarantined = self.store.quarantined_until(worker_id)

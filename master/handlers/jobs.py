@@ -85,6 +85,11 @@ class JobRetryHandler(BaseHandler):
     access = {"POST": Access.ADMIN}
 
     def post(self, job_id: str) -> None:
-        job = self.store.retry(check_job_id(job_id))
+        job = self.store.get_job(check_job_id(job_id))
+        output = resolve_in_root(self.config.storage.root, job.output_path, "output_path")
+        if output.exists():  # another job's output, or the user's own file: a retry may not overwrite it
+            raise errors.conflict("output_exists", f"output_path {job.output_path!r} exists now; a retry would"
+                                                   " overwrite it: remove it or submit a new job")
+        job = self.store.retry(job.id)
         self.services.dispatcher.notify()
         self.write_json(job.to_dict())

@@ -19,23 +19,21 @@ import uuid
 
 import tornado.ioloop
 import tornado.web
-from streaming_form_data.targets import BaseTarget
 
 from master import errors
 from master.errors import ApiError
-from master.handlers.base import check_job_id
+from master.handlers.base import CONTROL_BODY_LIMIT, check_job_id
 from master.handlers.jobs import JobsHandler
 from master.handlers.receiving import fsync_path
-from master.handlers.upload import MultipartReceiver
+from master.handlers.upload import MultipartReceiver, SinglePart
 from master.paths import resolve_in_root
 from master.submission import INCOMING_DIR, check_output, default_outputs, insert_job, source_extension
 
-JSON_LIMIT = 1 << 20  # a job description is a few hundred bytes
 FIELD_LIMIT = 4096  # the text fields: profile, output_path, id
 TEXT_FIELDS = ("profile", "output_path", "id")
 
 
-class TextField(BaseTarget):
+class TextField(SinglePart):
     """A small text part kept in memory; longer than ``FIELD_LIMIT`` bytes is refused."""
 
     def __init__(self, name: str) -> None:
@@ -58,30 +56,32 @@ class TextField(BaseTarget):
             raise errors.bad_request("invalid_field", f"field {self.name!r} is not UTF-8") from None
 
 
+def form_filename(raw: str) -> str:
+    """The file name a browser or curl meant: they send ``"``, CR and LF in a form's filename as %22, %0D, %0A."""
+    return raw.replace("%22", '"').replace("%0D", "\r").replace("%0A", "\n")
+
+
 @tornado.web.stream_request_body
 class JobsUploadHandler(MultipartReceiver, JobsHandler):
+    receives_files = True
+
     def initialize(self, services) -> None:  # type: ignore[override]
         super().initialize(services)
         self._multipart = False
-        self._json = bytearray()
         self._fields: dict[str, TextField] = {}
 
     def prepare(self) -> None:
-        super().prepare()  # authentication, before the body is read
+        super().prepare()  # authentication and the JSON body limit, before the body is read
         if self.request.method != "POST":
             return
         content_type = self.request.headers.get("Content-Type", "")
         self._multipart = content_type.lower().startswith("multipart/form-data")
-        declared = self.request.headers.get("Content-Length")
-        limit = self.config.server.max_upload_size if self._multipart else JSON_LIMIT
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, "body_too_large", f"request body exceeds the limit of {limit} bytes")
-        self.request.connection.set_max_body_size(limit)
         if not self._multipart:
+            self.accept_body(CONTROL_BODY_LIMIT)
             return
-        self.request.connection.set_body_timeout(self.config.server.timeout)
         incoming = self.config.storage.root / INCOMING_DIR
         incoming.mkdir(parents=True, exist_ok=True)
+        self.accept_upload(incoming)
         parser = self.open_multipart(incoming)
         for field in TEXT_FIELDS:
             self._fields[field] = TextField(field)
@@ -89,20 +89,19 @@ class JobsUploadHandler(MultipartReceiver, JobsHandler):
 
     async def data_received(self, chunk: bytes) -> None:
         if not self._multipart:
-            self._json += chunk
+            super().data_received(chunk)
             return
         await self.feed(chunk)
 
     async def post(self) -> None:
         if not self._multipart:
-            self.request.body = bytes(self._json)
             await super().post()
             return
         digest = await self.finish_part()
         job_id, profile, given_output = self._checked_fields()
         token = uuid.uuid4().hex[:16]
         job_id = job_id or token
-        client_name = self._sink.multipart_filename or ""
+        client_name = form_filename(self._sink.multipart_filename or "")
         source = self.config.storage.root / INCOMING_DIR / f"{token}{source_extension(client_name)}"
         root = self.config.storage.root
         outputs = ([resolve_in_root(root, given_output, "output_path")] if given_output is not None

@@ -10,6 +10,8 @@ from master.handlers.base import BaseHandler, check_worker_id
 
 
 log = logging.getLogger("converter.master")
+WORKER_CAUSE = "worker"  # the host failed (FFmpeg crashed, disk full, GPU gone): counts toward quarantine
+FAILURE_CAUSES = ("source", WORKER_CAUSE)  # source: the job's input cannot be converted anywhere
 CONVERSION_FIELDS = {"conversion_seconds", "accel", "speed", "vulkan_fallback"}
 
 
@@ -62,16 +64,23 @@ class FailHandler(_LeaseHandler):
             raise errors.bad_request("invalid_field", "error must be a non-empty string")
         if not isinstance(retryable, bool):
             raise errors.bad_request("invalid_field", "retryable must be true or false")
+        cause = body.get("cause", WORKER_CAUSE)
+        if cause not in FAILURE_CAUSES:
+            raise errors.bad_request("invalid_field", f"cause must be one of {', '.join(FAILURE_CAUSES)}")
         job = self.store.fail(job_id, worker_id=worker_id, error=error[:2000], retryable=retryable,
                               retry_delay=self.config.jobs.retry_delay)
+        if cause == WORKER_CAUSE:  # a bad source says nothing about the worker: only its own failures count
+            self._count_worker_failure(worker_id, job)
+        self.services.metrics.job_failed_or_requeued(job, "retryable_failure")
+        self.services.dispatcher.notify()
+        self.write_json(job.to_dict())
+
+    def _count_worker_failure(self, worker_id: str, job) -> None:
         worker = self.store.record_worker_outcome(worker_id, failed=True, threshold=self.config.jobs.quarantine_after,
                                                   quarantine_seconds=self.config.jobs.quarantine_seconds)
         if worker is not None and worker.quarantined_until > job.updated_at:
             log.warning("worker %s quarantined after %d consecutive failures", worker_id,
                         worker.consecutive_failures)
-        self.services.metrics.job_failed_or_requeued(job, "retryable_failure")
-        self.services.dispatcher.notify()
-        self.write_json(job.to_dict())
 
 
 class ReleaseHandler(_LeaseHandler):

@@ -37,11 +37,22 @@ BATCH_BYTES = 1 * MiB  # BatchFileSink: the writer thread gets 1 MiB batches
 IN_FLIGHT_BYTES = 2 * MiB  # at most two batches wait for the thread
 
 
-class BatchFileSink(BaseTarget):
+class SinglePart(BaseTarget):
+    """A form field that may appear once: a second part of the same name is refused (400), never appended."""
+
+    def start(self) -> None:
+        if self._started:
+            raise errors.bad_request("duplicate_part", f"the multipart body has more than one {self.name!r} part")
+        super().start()
+
+
+class BatchFileSink(SinglePart):
     """A streaming-form-data target handing the part's bytes to a ``BatchWriter`` (which writes and hashes them).
 
     The parser calls it synchronously; the handler's async ``data_received`` hands full batches over.
     """
+
+    name = UPLOAD_FIELD
 
     def __init__(self, fd: int, *, direct: bool, writer: Callable[..., BatchWriter] = BatchWriter) -> None:
         super().__init__()
@@ -62,7 +73,13 @@ class BatchFileSink(BaseTarget):
         return self._finished
 
     def on_data_received(self, chunk: bytes) -> None:
+        self.require_file()
         self.writer.add(chunk)
+
+    def require_file(self) -> None:
+        if self.multipart_filename is None:
+            raise errors.bad_request("not_a_file_part", f"the {UPLOAD_FIELD!r} part must be a file (a filename in its"
+                                                        " Content-Disposition), not a plain field")
 
 
 class MultipartReceiver(UploadSlotHolder):
@@ -102,7 +119,7 @@ class MultipartReceiver(UploadSlotHolder):
             self._parser.data_received(chunk)
             await self._sink.writer.submit_ready()
         except OSError as exc:
-            self._body_error = ApiError(507, "insufficient_storage", f"cannot store upload ({exc.strerror})")
+            self._body_error = errors.insufficient_storage(exc.strerror)
         except ApiError as exc:
             self._body_error = exc
         except Exception as exc:  # ParseFailedException and friends: a malformed body is the client's fault
@@ -116,10 +133,11 @@ class MultipartReceiver(UploadSlotHolder):
             raise errors.bad_request("missing_video_part", f"multipart body has no {UPLOAD_FIELD!r} file part")
         if not self._sink.finished:
             raise errors.bad_request("invalid_multipart", "multipart body ended inside the video part")
+        self._sink.require_file()
         try:
             await self._sink.writer.afinish()
         except OSError as exc:
-            raise ApiError(507, "insufficient_storage", f"cannot store upload ({exc.strerror})") from None
+            raise errors.insufficient_storage(exc.strerror) from None
         close_file(self._temp_file)
         return self._sink.sha256.digest()
 
@@ -146,6 +164,7 @@ class MultipartReceiver(UploadSlotHolder):
 @tornado.web.stream_request_body
 class UploadVideoHandler(MultipartReceiver, ReceivingHandler):
     access = {"POST": Access.WORKER}
+    receives_files = True
 
     def prepare(self) -> None:
         super().prepare()  # authentication, before the body is read
@@ -154,14 +173,7 @@ class UploadVideoHandler(MultipartReceiver, ReceivingHandler):
             self.expected_digest = parse_repr_digest(self.request.headers.get("Repr-Digest"))
         except ValueError as exc:
             raise errors.bad_request("invalid_digest", f"Repr-Digest: {exc}") from None
-        limit = self.config.server.max_upload_size
-        declared = self.request.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, "body_too_large", f"upload exceeds the limit of {limit} bytes")
-        if declared is not None and declared.isdigit() and int(declared) > free_bytes(self.config.storage.root):
-            raise ApiError(507, "insufficient_storage", "not enough free space on the master for this upload")
-        self.request.connection.set_max_body_size(limit)
-        self.request.connection.set_body_timeout(self.config.server.timeout)
+        self.accept_upload(self.config.storage.root)
         self.open_multipart(self.output_destination(self.job).parent)
 
     async def data_received(self, chunk: bytes) -> None:

@@ -20,22 +20,26 @@ import base64
 import binascii
 import hashlib
 import os
+import re
+import time
 import uuid
+from email.utils import formatdate
 from pathlib import Path
 
 import tornado.ioloop
 import tornado.web
 
 from converter_common.batchwrite import BatchWriter, MiB
+from converter_common.noclobber import place_new
 from converter_common.digest import parse_repr_digest, parse_upload_checksum
 from master import errors
 from master.auth import Access
 from master.errors import ApiError
 from master.handlers.base import check_job_id
 from master.handlers.receiving import ReceivingHandler, fsync_path
-from master.paths import free_bytes, resolve_in_root
+from master.paths import free_bytes, resolve_in_root, storage_relative
 from master.submission import INCOMING_DIR, check_output, default_outputs, insert_job, source_extension
-from master.store import Upload
+from master.store import DuplicateUpload, Upload
 
 TUS_VERSION = "1.0.0"
 TUS_PREFIX = ".converter-tus-"
@@ -45,6 +49,7 @@ BATCH_BYTES = 1 * MiB
 IN_FLIGHT_BYTES = 2 * MiB
 SETTLE_WAIT = 30.0  # how long HEAD/PATCH wait for another PATCH of the upload to settle
 RECEIVING = "receiving"  # busy marker of a PATCH whose body is still arriving
+DECIMAL = re.compile(r"[0-9]+")
 
 
 class _TusHandler(ReceivingHandler):
@@ -59,7 +64,7 @@ class _TusHandler(ReceivingHandler):
 
     def options(self, *_args, **_kwargs) -> None:
         self.set_header("Tus-Version", TUS_VERSION)
-        self.set_header("Tus-Extension", "creation,checksum,termination")
+        self.set_header("Tus-Extension", "creation,checksum,termination,expiration")
         self.set_header("Tus-Checksum-Algorithm", ",".join(CHECKSUMS))
         self.set_header("Tus-Max-Size", str(self.config.server.max_upload_size))
         self.set_status(204)
@@ -67,6 +72,13 @@ class _TusHandler(ReceivingHandler):
 
     def temp_path(self, upload: Upload) -> Path:
         return self.config.storage.root / upload.temp_path
+
+    def new_expiry(self) -> float:
+        return time.time() + self.config.jobs.upload_expiry
+
+    def say_expiry(self, expires_at: float | None) -> None:
+        if expires_at is not None:
+            self.set_header("Upload-Expires", formatdate(expires_at, usegmt=True))
 
 
 class UploadsHandler(_TusHandler):
@@ -81,7 +93,7 @@ class UploadsHandler(_TusHandler):
             raise errors.bad_request("unsupported", "Upload-Defer-Length is not supported")
         length = _non_negative(self.request.headers.get("Upload-Length"), "Upload-Length")
         if length > self.config.server.max_upload_size:
-            raise ApiError(413, "body_too_large", f"upload exceeds the limit of {self.config.server.max_upload_size}")
+            raise errors.body_too_large(self.config.server.max_upload_size)
         metadata = parse_metadata(self.request.headers.get("Upload-Metadata", ""))
         if "profile" in metadata:
             self._create_source_upload(length, metadata)
@@ -93,18 +105,21 @@ class UploadsHandler(_TusHandler):
             raise ApiError(507, "insufficient_storage", "not enough free space on the master for this upload")
         upload_id = uuid.uuid4().hex
         temp = destination.parent / f"{TUS_PREFIX}{upload_id}{TUS_SUFFIX}"
-        temp.touch(mode=0o644)
         upload, replaced = self.store.create_upload(
             upload_id=upload_id, job_id=job.id, worker_id=self.worker_id_header(), length=length,
             temp_path=os.path.relpath(temp, self.config.storage.root.resolve()),
-            sha256=expected.hex() if expected else None)
+            sha256=expected.hex() if expected else None, attempt=job.attempts, expires_at=self.new_expiry())
+        create_empty(temp)
         for old in replaced:
             self.temp_path(old).unlink(missing_ok=True)
             self.services.upload_hashes.pop(old.id, None)
         self.services.upload_hashes[upload.id] = (0, hashlib.sha256())
         if length == 0:
-            await self.commit_output(job.id, temp, 0, hashlib.sha256().digest())
-            self.store.delete_upload(upload.id)
+            try:
+                await self.commit_output(job.id, temp, 0, hashlib.sha256().digest())
+            finally:
+                self.store.delete_upload(upload.id)
+        self.say_expiry(upload.expires_at)
         self.set_header("Location", f"/api/uploads/{upload.id}")
         self.set_status(201)
         self.finish()
@@ -119,8 +134,11 @@ class UploadsHandler(_TusHandler):
         profile = text["profile"]
         if profile not in self.config.profiles:
             raise errors.bad_request("unknown_profile", f"profile must be one of: {', '.join(self.config.profiles)}")
+        output_path = None
         if text.get("output_path"):
-            check_output(resolve_in_root(self.config.storage.root, text["output_path"], "output_path"), None, profile)
+            output = resolve_in_root(self.config.storage.root, text["output_path"], "output_path")
+            check_output(output, None, profile)
+            output_path = storage_relative(self.config.storage.root, output)
         if length == 0:
             raise errors.bad_request("invalid_header", "a source cannot be empty")
         incoming = self.config.storage.root / INCOMING_DIR
@@ -130,15 +148,18 @@ class UploadsHandler(_TusHandler):
         expected = _metadata_digest(metadata.get("sha256"))
         upload_id = uuid.uuid4().hex
         temp = incoming / f"{TUS_PREFIX}{upload_id}{TUS_SUFFIX}"
-        temp.touch(mode=0o644)
-        upload, replaced = self.store.create_upload(
-            upload_id=upload_id, job_id=job_id, worker_id=None, length=length,
-            temp_path=os.path.relpath(temp, self.config.storage.root.resolve()),
-            sha256=expected.hex() if expected else None, kind="source", profile=profile,
-            output_path=text.get("output_path") or None, filename=text.get("filename", ""))
-        for old in replaced:
-            self.temp_path(old).unlink(missing_ok=True)
+        try:
+            upload, _ = self.store.create_upload(
+                upload_id=upload_id, job_id=job_id, worker_id=None, length=length,
+                temp_path=os.path.relpath(temp, self.config.storage.root.resolve()),
+                sha256=expected.hex() if expected else None, kind="source", profile=profile,
+                output_path=output_path, filename=text.get("filename", ""), expires_at=self.new_expiry())
+        except DuplicateUpload as exc:
+            raise errors.conflict("duplicate_job", f"upload {exc.upload.id} is already creating job {job_id!r};"
+                                                   " resume it or choose another id") from None
+        create_empty(temp)
         self.services.upload_hashes[upload.id] = (0, hashlib.sha256())
+        self.say_expiry(upload.expires_at)
         self.set_header("Location", f"/api/uploads/{upload.id}")
         self.set_header("Converter-Job-Id", job_id)
         self.set_status(201)
@@ -148,6 +169,7 @@ class UploadsHandler(_TusHandler):
 @tornado.web.stream_request_body
 class UploadHandler(_TusHandler):
     access = {"OPTIONS": Access.OPEN, "HEAD": Access.WORKER, "PATCH": Access.WORKER, "DELETE": Access.WORKER}
+    receives_files = True
 
     def initialize(self, services) -> None:  # type: ignore[override]
         super().initialize(services)
@@ -158,6 +180,8 @@ class UploadHandler(_TusHandler):
         self._settled = True
         self._marked = False  # this request put the RECEIVING marker on its upload
         self._final_digest: bytes | None = None
+        self._write_error: OSError | None = None
+        self._expires_at: float | None = None
 
     async def prepare(self) -> None:
         super().prepare()
@@ -183,9 +207,7 @@ class UploadHandler(_TusHandler):
         offset = _non_negative(self.request.headers.get("Upload-Offset"), "Upload-Offset")
         if offset != self.upload.offset:
             raise errors.conflict("offset_mismatch", f"the upload is at offset {self.upload.offset}")
-        declared = self.request.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and offset + int(declared) > self.upload.length:
-            raise ApiError(413, "body_too_large", "the PATCH goes past Upload-Length")
+        self.accept_body(self.upload.length - offset)  # Tornado stops a body that goes past Upload-Length
         self._checksum = self._requested_checksum()
         try:  # the whole file's digest, if this PATCH completes the upload
             self._final_digest = parse_repr_digest(self.request.headers.get("Repr-Digest"))
@@ -208,24 +230,24 @@ class UploadHandler(_TusHandler):
                                    max_in_flight_bytes=IN_FLIGHT_BYTES, direct=self.config.storage.direct_io,
                                    name="tus-writer")
         self._settled = False
-        self.request.connection.set_max_body_size(self.upload.length - offset)
         self.request.connection.set_body_timeout(self.config.server.timeout)
 
     async def data_received(self, chunk: bytes) -> None:
         self.services.metrics.bytes_received.inc(len(chunk))
-        if self._settled:
-            return  # the connection closed while this PATCH waited for the writer: it is being settled
-        if self._received + len(chunk) > self.upload.length - self.upload.offset:
-            raise ApiError(413, "body_too_large", "the PATCH goes past Upload-Length")
+        if self._settled or self._write_error is not None:
+            return  # settling after a cut connection, or a write failed: the rest of the body is dropped
         self._received += len(chunk)
-        await self._writer.awrite(chunk)
+        try:
+            await self._writer.awrite(chunk)
+        except OSError as exc:  # raising here would close the connection unanswered: patch() answers 507
+            self._write_error = exc
 
     async def patch(self, upload_id: str) -> None:
+        write_error = self._write_error
         try:
             await self._writer.afinish()
-            write_error = None
         except OSError as exc:
-            write_error = exc
+            write_error = write_error or exc
         if self._checksum is not None and (write_error or self._request_hash.digest() != self._checksum[1]):
             await self._start_settle(keep=False)  # a PATCH that cannot be verified whole is dropped whole
             if write_error is None:
@@ -233,9 +255,11 @@ class UploadHandler(_TusHandler):
         else:
             new_offset = await self._start_settle(keep=True)
         if write_error is not None:
-            raise ApiError(507, "insufficient_storage", f"cannot store upload ({write_error.strerror})")
+            raise errors.storage_error(write_error)
         if new_offset == self.upload.length:
             await self._complete()
+        else:
+            self.say_expiry(self._expires_at)
         self.set_header("Upload-Offset", str(new_offset))
         self.set_status(204)
         self.finish()
@@ -243,6 +267,7 @@ class UploadHandler(_TusHandler):
     def head(self, upload_id: str) -> None:
         self.set_header("Upload-Offset", str(self.upload.offset))
         self.set_header("Upload-Length", str(self.upload.length))
+        self.say_expiry(self.upload.expires_at)
         self.set_header("Cache-Control", "no-store")
         self.set_status(200)
         self.finish()
@@ -294,7 +319,7 @@ class UploadHandler(_TusHandler):
         temp = self.temp_path(upload)
         await fsync_path(temp)
         source = root / INCOMING_DIR / f"{uuid.uuid4().hex[:16]}{source_extension(upload.filename or '')}"
-        os.replace(temp, source)
+        place_new(temp, source)
         outputs = ([resolve_in_root(root, upload.output_path, "output_path")] if upload.output_path
                    else default_outputs(root, upload.filename or "", upload.profile, upload.job_id))
         try:
@@ -344,7 +369,8 @@ class UploadHandler(_TusHandler):
                 self._file.close()
             except OSError:
                 pass  # the offset recorded below is what counts; bytes past it are rewritten on resume
-        self.store.set_upload_offset(self.upload.id, offset)
+        self._expires_at = self.new_expiry()
+        self.store.set_upload_offset(self.upload.id, offset, self._expires_at)
         self.services.upload_hashes[self.upload.id] = (offset, self._whole_hash if keep else self._hash_at_start)
         return offset
 
@@ -423,9 +449,25 @@ def _metadata_digest(value: bytes | None) -> bytes | None:
 
 
 def _non_negative(value: str | None, name: str) -> int:
-    if value is None or not value.isdigit():
+    if value is None or not DECIMAL.fullmatch(value) or len(value) > 19:
         raise errors.bad_request("invalid_header", f"{name} must be a non-negative integer")
     return int(value)
+
+
+def create_empty(path: Path) -> None:
+    """The upload's file, made after its row so that a refused creation leaves nothing on disk."""
+    try:
+        path.touch(mode=0o644)
+    except OSError as exc:
+        raise errors.storage_error(exc) from None
+
+
+def remove_expired(store, root: Path) -> list[Upload]:
+    """Uploads nobody continued before their ``Upload-Expires``: forgotten, their bytes removed."""
+    expired = store.delete_expired_uploads()
+    for upload in expired:
+        (root / upload.temp_path).unlink(missing_ok=True)
+    return expired
 
 
 def remove_orphans(store, root: Path) -> int:

@@ -59,7 +59,7 @@ def test_options_advertises_the_extensions(master):
     response = requests.options(f"{master.url}/api/uploads", timeout=10)
     assert response.status_code == 204
     assert response.headers["Tus-Version"] == "1.0.0"
-    assert set(response.headers["Tus-Extension"].split(",")) == {"creation", "checksum", "termination"}
+    assert set(response.headers["Tus-Extension"].split(",")) == {"creation", "checksum", "termination", "expiration"}
     assert "sha256" in response.headers["Tus-Checksum-Algorithm"]
 
 
