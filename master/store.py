@@ -617,7 +617,7 @@ class JobStore:
             too_big = self._db.execute("SELECT id, source_size FROM jobs WHERE status = ? AND source_size * 2 > ?",
                                        (JobStatus.PENDING.value, largest)).fetchall()
             for job_id, size in too_big:
-                reason = (f"no worker has room: needs {_mb(size * 2)} MB, largest cache {_mb(largest)} MB")
+                reason = f"no worker has room: needs {_human_size(size * 2)}, largest cache {_human_size(largest)}"
                 self._db.execute("UPDATE jobs SET waiting = ? WHERE id = ?", (reason, job_id))
 
     def extend_live_leases(self, until: float) -> int:
@@ -634,8 +634,11 @@ def _worker(row: sqlite3.Row) -> Worker:
     return Worker(**values)
 
 
-def _mb(size: int) -> int:
-    return round(size / 1e6)
+def _human_size(size: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.0f} {unit}"
+    return f"{size} B"
 
 
 def _is_output_owner_violation(exc: sqlite3.IntegrityError) -> bool:
