@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from converter_common.config_loader import ConfigError, Duration, Size, build, load_yaml, report, require_positive
+from converter_common.config_loader import Duration, Size, build, load_yaml, report, require_positive
 from converter_common.profiles import BUILTIN_PROFILES
 
 GiB = 1 << 30

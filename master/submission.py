@@ -12,7 +12,7 @@ from converter_common.digest import file_sha256
 from converter_common.profiles import BUILTIN_PROFILES
 from master import errors
 from master.config import MasterConfig
-from master.paths import resolve_in_root, storage_relative
+from master.paths import check_output_parent, resolve_in_root, storage_relative
 from master.store import Job, JobStore, OutputBusy
 
 CONVERTED_DIR = "converted"
@@ -25,6 +25,7 @@ def check_output(output: Path, source: Path | None, profile: str) -> None:
     """Not the source, not a directory, not there yet, an extension the profile allows."""
     if source is not None and output == source:
         raise errors.bad_request("invalid_path", "output_path must differ from source_path")
+    check_output_parent(output)
     if output.is_dir():
         raise errors.bad_request("invalid_path", "output_path is a directory")
     if output.exists():

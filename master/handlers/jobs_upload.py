@@ -14,14 +14,13 @@ the stored source is removed again.
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import tornado.ioloop
 import tornado.web
 
+from converter_common.noclobber import place_new
 from master import errors
-from master.errors import ApiError
 from master.handlers.base import CONTROL_BODY_LIMIT, check_job_id
 from master.handlers.jobs import JobsHandler
 from master.handlers.receiving import fsync_path
@@ -108,7 +107,7 @@ class JobsUploadHandler(MultipartReceiver, JobsHandler):
                    else default_outputs(root, client_name, profile, job_id))
         check_output(next((o for o in outputs if not o.exists()), outputs[0]), None, profile)
         await fsync_path(self._temp_path)
-        os.replace(self._temp_path, source)
+        place_new(self._temp_path, source)
         self._temp_path = source  # removed by finish() unless the job is created
         job = insert_job(self.store, self.config, job_id=job_id, source=source, outputs=outputs, profile=profile,
                          sha256=digest)

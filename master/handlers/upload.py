@@ -28,7 +28,6 @@ from master import errors
 from master.auth import Access
 from master.errors import ApiError
 from master.handlers.receiving import ReceivingHandler, UploadSlotHolder, close_file
-from master.paths import free_bytes
 
 UPLOAD_FIELD = "video"
 TEMP_PREFIX = ".converter-upload-"
