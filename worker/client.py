@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from converter_common.digest import file_sha256, parse_repr_digest, repr_digest
 from converter_common.ratelimit import TokenBucket, bucket_for
-from worker.errors import ApiRejected, JobLost, RetryableError, Shutdown
+from worker.errors import ApiRejected, Cause, JobLost, MasterUnreachable, RetryableError, Shutdown
 from worker.hashing import HashingWriter
 from worker.metrics import WorkerMetrics
 from worker.bodies import FileRangeBody, MultipartFileBody
@@ -35,6 +35,11 @@ UPLOAD_BLOCK = 1 << 20
 JOB_GONE_CODES = {"job_not_found", "invalid_job_state", "not_lease_owner"}
 # tus 409s that a fresh HEAD resolves: another PATCH of ours is still settling, or our offset is stale.
 TUS_RETRY_CODES = {"offset_mismatch", "upload_busy"}
+# What a proxy in front of the master (or the master itself, when busy) answers while it cannot serve.
+AWAY_STATUSES = {502, 503, 504}
+# Longest wait between two tries to deliver a finished output while the master is away.
+OUTPUT_KEPT_MAX_DELAY = 30.0
+ERROR_BODY_CHARS = 200
 
 
 TUS_HEADERS = {"Tus-Resumable": "1.0.0"}
@@ -98,10 +103,12 @@ class MasterClient:
     def __init__(self, base_url: str, worker_id: str, *, retry: RetryPolicy, chunk_size: int = 1 << 20,
                  download_timeout: float = 1800.0, upload_timeout: float = 1800.0,
                  progress_interval: float = 5.0, metrics: WorkerMetrics | None = None, token: str | None = None,
-                 download_limit: int = 0, upload_limit: int = 0, direct_io: bool = True):
+                 download_limit: int = 0, upload_limit: int = 0, direct_io: bool = True, upload_window: float = 0.0):
         self.base_url = base_url.rstrip("/")
         self.worker_id = worker_id
         self.retry = retry
+        # retry.upload_window: how long a finished output is kept and its delivery retried while the master is away
+        self.output_kept = retry.within(upload_window, cap=OUTPUT_KEPT_MAX_DELAY) if upload_window > 0 else None
         self.chunk_size = chunk_size
         self.download_timeout = download_timeout
         self.upload_timeout = upload_timeout
@@ -157,16 +164,21 @@ class MasterClient:
             body["conversion"] = conversion
         return self._control("POST", "/api/worker/heartbeat", body, job_id=job_id)
 
-    def fail(self, job_id: str, error: str, *, retryable: bool) -> dict[str, Any]:
+    def fail(self, job_id: str, error: str, *, retryable: bool, cause: Cause) -> dict[str, Any]:
+        """Report a failed attempt; only ``cause`` worker counts toward this worker's quarantine."""
         return self.retry.call(lambda: self._control("POST", "/api/worker/fail", {
-            "worker_id": self.worker_id, "error": error, "retryable": retryable}, job_id=job_id),
-            what=f"report failure of job {job_id}")
+            "worker_id": self.worker_id, "error": error, "retryable": retryable, "cause": cause.value},
+            job_id=job_id), what=f"report failure of job {job_id}")
 
-    def complete_shared(self, job_id: str, size: int, sha256_hex: str) -> dict[str, Any]:
+    def complete_shared(self, job_id: str, size: int, sha256_hex: str, cancel: threading.Event | None = None
+                        ) -> dict[str, Any]:
         """Shared-storage mode: the output is on the shared mount; ask the master to verify and commit it."""
-        return self.retry.call(lambda: self._control("POST", "/api/worker/complete", {
-            "worker_id": self.worker_id, "size": size, "sha256": sha256_hex}, job_id=job_id),
-            what=f"completion of job {job_id}")
+        def complete() -> dict[str, Any]:
+            return self.retry.call(lambda: self._control("POST", "/api/worker/complete", {
+                "worker_id": self.worker_id, "size": size, "sha256": sha256_hex}, job_id=job_id),
+                what=f"completion of job {job_id}")
+
+        return self._keeping_output(complete, job_id, cancel)
 
     def release(self, job_id: str, reason: str) -> dict[str, Any]:
         return self.retry.call(lambda: self._control("POST", "/api/worker/release", {
@@ -182,7 +194,7 @@ class MasterClient:
         """
         partial = PartialDownload(path)
         try:
-            return self._transfer("download", job_id, lambda: self._download_once(job_id, partial, cancel))
+            return self._transfer("download", job_id, lambda: self._download_once(job_id, partial, cancel), cancel)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -196,21 +208,36 @@ class MasterClient:
         """
         size = path.stat().st_size
         upload = TusUpload(path, size, file_sha256(path) if size <= TUS_TAIL else None)
-        return self._transfer("upload", job_id, lambda: self._tus_attempt(job_id, upload, cancel))
+        return self._transfer("upload", job_id, lambda: self._tus_attempt(job_id, upload, cancel), cancel)
 
     def upload_converted_video(self, job_id: str, path: Path, cancel: threading.Event | None = None) -> int:
         """Upload ``path`` as the job's output (multipart field ``video``); returns the size the master stored."""
         digest = file_sha256(path)
-        return self._transfer("upload", job_id, lambda: self._upload_once(job_id, path, digest, cancel))
+        return self._transfer("upload", job_id, lambda: self._upload_once(job_id, path, digest, cancel), cancel)
 
-    def _transfer(self, direction: str, job_id: str, attempt) -> int:
-        """Run one transfer under the retry policy, counting retries and final failures by direction."""
-        try:
+    def _transfer(self, direction: str, job_id: str, attempt, cancel: threading.Event | None) -> int:
+        """Run one transfer under the retry policy, counting retries and final failures by direction.
+
+        An upload carries a finished output, so it is also kept trying while the master is away.
+        """
+        def transfer() -> int:
             return self.retry.call(attempt, what=f"{direction} of job {job_id}",
                                    on_retry=lambda _exc: self.metrics.transfer_retries.labels(direction).inc())
+
+        try:
+            return self._keeping_output(transfer, job_id, cancel) if direction == "upload" else transfer()
         except (RetryableError, ApiRejected):
             self.metrics.transfer_failures.labels(direction).inc()
             raise
+
+    def _keeping_output(self, deliver, job_id: str, cancel: threading.Event | None):
+        """Run ``deliver`` again, with capped backoff, while it fails only because the master is away,
+        for up to ``retry.upload_window`` seconds: the output cost a conversion. Any answer from the
+        master (job gone, refused) or ``cancel`` ends it sooner."""
+        if self.output_kept is None:
+            return deliver()
+        return self.output_kept.call(deliver, what=f"keeping the output of job {job_id}: delivery",
+                                     retry_on=MasterUnreachable, cancel=cancel)
 
     def _download_once(self, job_id: str, partial: PartialDownload, cancel: threading.Event | None) -> int:
         headers = {}
@@ -382,6 +409,8 @@ class MasterClient:
         params = {"job_id": job_id} if job_id is not None else None
         try:
             return self.session.request(method, self.base_url + path, params=params, **kwargs)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise MasterUnreachable(f"{method} {path}: {exc.__class__.__name__}: {exc}") from exc
         except requests.RequestException as exc:
             raise RetryableError(f"{method} {path}: {exc.__class__.__name__}: {exc}") from exc
 
@@ -390,11 +419,8 @@ def _b64(value: bytes) -> str:
     return base64.b64encode(value).decode()
 
 
-def _error_code(response: requests.Response) -> str | None:
-    try:
-        return response.json().get("error")
-    except ValueError:
-        return None
+def _error_code(response: requests.Response) -> str:
+    return _master_error(response)[0]
 
 
 def _digest_header(response: requests.Response) -> bytes | None:
@@ -405,23 +431,42 @@ def _digest_header(response: requests.Response) -> bytes | None:
 
 
 def _raise_for_status(response: requests.Response) -> None:
+    """Raise the error type an error answer calls for, its message the master's own ``error`` and ``message``."""
     if response.status_code < 400:
         return
-    try:
-        payload = response.json()
-        code, message = str(payload.get("error")), str(payload.get("message"))
-    except ValueError:
-        code, message = "http_error", response.text[:200]
+    code, message = _master_error(response)
+    answer = f"master answered {response.status_code} {code}: {message}"
+    if response.status_code in AWAY_STATUSES:
+        raise MasterUnreachable(answer)
     if response.status_code >= 500 or response.status_code in (408, 429):
-        raise RetryableError(f"master answered {response.status_code} {code}: {message}")
+        raise RetryableError(answer)
     if code in JOB_GONE_CODES:
         raise JobLost(response.status_code, code, message)
     raise ApiRejected(response.status_code, code, message)
 
 
+def _master_error(response: requests.Response) -> tuple[str, str]:
+    """The master's ``{"error", "message"}``; for any other body, its start (or the status's reason)."""
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict) and payload.get("error"):
+        return str(payload["error"]), str(payload.get("message") or "(no message)")
+    return "http_error", _body_start(response) or response.reason or "(empty body)"
+
+
+def _body_start(response: requests.Response) -> str:
+    return " ".join(response.text[:ERROR_BODY_CHARS].split())
+
+
 def _json_or_raise(response: requests.Response) -> dict[str, Any]:
     _raise_for_status(response)
     try:
-        return response.json()
+        payload = response.json()
     except ValueError as exc:
-        raise RetryableError(f"master sent a non-JSON answer ({response.status_code})") from exc
+        raise RetryableError(f"master sent a non-JSON answer ({response.status_code}): "
+                             f"{_body_start(response) or '(empty body)'}") from exc
+    if not isinstance(payload, dict):
+        raise RetryableError(f"master sent an unexpected answer ({response.status_code}): {_body_start(response)}")
+    return payload

@@ -8,7 +8,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from converter_common.config_loader import ConfigError, build, load_yaml, require_positive
+from converter_common.config_loader import ConfigError, Duration, Size, build, load_yaml, report, require_positive
 
 MiB = 1 << 20
 ACCELS = ("auto", "vulkan", "cpu")
@@ -31,40 +31,40 @@ class MasterSection:
     def validate(self, key: str) -> None:
         parsed = urllib.parse.urlsplit(self.url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ConfigError(f"{key}.url", f"must be an http(s) URL, got {self.url!r}")
+            report(f"{key}.url", f"must be an http(s) URL, got {self.url!r}")
 
 
 @dataclass(frozen=True)
 class WorkerSection:
     id: str = field(default_factory=socket.gethostname)
     concurrency: int = 1  # jobs in parallel, each in its own cache dir
-    claim_wait: float = 20.0  # long-poll: how long one claim request waits for a job
-    heartbeat_interval: float = 10.0  # must stay well below the master's lease (60 s by default)
-    progress_interval: float = 5.0  # seconds between transfer/conversion progress log lines
-    drain_timeout: float = 0.0  # on SIGTERM: seconds running jobs may take to finish before they are given back
+    claim_wait: Duration = 20.0  # long-poll: how long one claim request waits for a job
+    heartbeat_interval: Duration = 10.0  # must stay well below the master's lease (60 s by default)
+    progress_interval: Duration = 5.0  # seconds between transfer/conversion progress log lines
+    drain_timeout: Duration = 0.0  # on SIGTERM: seconds running jobs may take to finish before they are given back
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9101  # Prometheus /metrics; 0 turns the endpoint off
 
     def validate(self, key: str) -> None:
         if not 1 <= self.concurrency <= 64:
-            raise ConfigError(f"{key}.concurrency", f"must be 1..64, got {self.concurrency}")
+            report(f"{key}.concurrency", f"must be 1..64, got {self.concurrency}")
         require_positive(f"{key}.claim_wait", self.claim_wait, allow_zero=True)
         require_positive(f"{key}.heartbeat_interval", self.heartbeat_interval)
         require_positive(f"{key}.progress_interval", self.progress_interval)
         require_positive(f"{key}.drain_timeout", self.drain_timeout, allow_zero=True)
         if not 0 <= self.metrics_port <= 65535:
-            raise ConfigError(f"{key}.metrics_port", f"must be 0..65535, got {self.metrics_port}")
+            report(f"{key}.metrics_port", f"must be 0..65535, got {self.metrics_port}")
 
 
 @dataclass(frozen=True)
 class StorageSection:
     mode: str = "transfer"  # transfer: files move over HTTP; shared: read and write them on mount_path
     mount_path: Path = Path("/mnt/videos")  # the master's storage root, mounted here (shared mode only)
-    download_timeout: float = 1800.0  # seconds without a byte before a transfer is given up
-    upload_timeout: float = 1800.0
+    download_timeout: Duration = 1800.0  # seconds without a byte before a transfer is given up
+    upload_timeout: Duration = 1800.0
     cache_path: Path = Path("/var/cache/converter")
     # iter_content size of downloads; 1 MiB measured best (the seed's 10 MiB cost RSS and page faults, no speed)
-    chunk_size: int = 1 * MiB
+    chunk_size: Size = 1 * MiB
     upload_protocol: str = "tus"  # tus: resumable uploads; multipart: the seed's upload-video endpoint
     direct_io: bool = True  # downloads are written with O_DIRECT where the filesystem allows it
 
@@ -72,11 +72,11 @@ class StorageSection:
         require_positive(f"{key}.download_timeout", self.download_timeout)
         require_positive(f"{key}.upload_timeout", self.upload_timeout)
         if self.mode not in ("transfer", "shared"):
-            raise ConfigError(f"{key}.mode", f"must be transfer or shared, got {self.mode!r}")
+            report(f"{key}.mode", f"must be transfer or shared, got {self.mode!r}")
         if self.upload_protocol not in ("tus", "multipart"):
-            raise ConfigError(f"{key}.upload_protocol", f"must be tus or multipart, got {self.upload_protocol!r}")
+            report(f"{key}.upload_protocol", f"must be tus or multipart, got {self.upload_protocol!r}")
         if not 64 * 1024 <= self.chunk_size <= 256 * MiB:
-            raise ConfigError(f"{key}.chunk_size", f"must be 64 KiB..256 MiB, got {self.chunk_size}")
+            report(f"{key}.chunk_size", f"must be 64 KiB..256 MiB, got {self.chunk_size}")
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,8 @@ class TransferSection:
     One token bucket per direction for the whole worker, shared by its concurrent jobs.
     """
 
-    download_limit: int = 0
-    upload_limit: int = 0
+    download_limit: Size = 0
+    upload_limit: Size = 0
 
     def validate(self, key: str) -> None:
         require_positive(f"{key}.download_limit", self.download_limit, allow_zero=True)
@@ -97,16 +97,19 @@ class TransferSection:
 @dataclass(frozen=True)
 class RetrySection:
     attempts: int = 3
-    base_delay: float = 2.0
+    base_delay: Duration = 2.0
     factor: float = 2.0
-    cap: float = 60.0
+    cap: Duration = 60.0
+    # a finished output is kept, its upload retried (at most 30 s apart), this long while the master is away; 0: off
+    upload_window: Duration = 900.0
 
     def validate(self, key: str) -> None:
         require_positive(f"{key}.attempts", self.attempts)
         require_positive(f"{key}.base_delay", self.base_delay, allow_zero=True)
         if self.factor < 1:
-            raise ConfigError(f"{key}.factor", f"must be >= 1, got {self.factor}")
+            report(f"{key}.factor", f"must be >= 1, got {self.factor}")
         require_positive(f"{key}.cap", self.cap, allow_zero=True)
+        require_positive(f"{key}.upload_window", self.upload_window, allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -114,22 +117,22 @@ class FfmpegSection:
     # "auto": the system ffmpeg, or imageio-ffmpeg's (extra "vulkan") when the system one lacks the Vulkan filters
     binary: str = "auto"
     ffprobe: str = "ffprobe"
-    timeout: float = 6 * 3600.0  # hard limit for one conversion
-    stall_timeout: float = 180.0  # no new frame / out_time for this long: SIGTERM, then SIGKILL
-    kill_grace: float = 5.0  # seconds between SIGTERM and SIGKILL (a hung Vulkan decode ignores SIGTERM)
+    timeout: Duration = 6 * 3600.0  # hard limit for one conversion
+    stall_timeout: Duration = 180.0  # no new frame / out_time for this long: SIGTERM, then SIGKILL
+    kill_grace: Duration = 5.0  # seconds between SIGTERM and SIGKILL (a hung Vulkan decode ignores SIGTERM)
     # auto: Vulkan on a GPU for profiles with a Vulkan filter or encoder; vulkan: always (a CPU device too); cpu: never
     accel: str = "auto"
     vulkan_device: str = "0"  # index or name, as FFmpeg's -init_hw_device vulkan=vk:<this> takes it
     vulkan_decode: bool = False  # decode on the GPU too when the probe says it can (a 4K decode hung on an H200)
     vulkan_max_failures: int = 3  # consecutive Vulkan failures that disable Vulkan until restart
-    duration_tolerance: float = 1.0  # output duration may differ from the source by this (or 1 %) at most
+    duration_tolerance: Duration = 1.0  # output duration may differ from the source by this (or 1 %) at most
 
     def validate(self, key: str) -> None:
         require_positive(f"{key}.timeout", self.timeout)
         require_positive(f"{key}.stall_timeout", self.stall_timeout)
         require_positive(f"{key}.kill_grace", self.kill_grace, allow_zero=True)
         if self.accel not in ACCELS:
-            raise ConfigError(f"{key}.accel", f"must be one of {', '.join(ACCELS)}, got {self.accel!r}")
+            report(f"{key}.accel", f"must be one of {', '.join(ACCELS)}, got {self.accel!r}")
         require_positive(f"{key}.vulkan_max_failures", self.vulkan_max_failures)
         require_positive(f"{key}.duration_tolerance", self.duration_tolerance)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from converter_common.profiles import BUILTIN_PROFILES, Profile
-from worker.errors import FatalError, RetryableError, Shutdown
+from worker.errors import FatalError, JobError, RetryableError, Shutdown
 from worker.profiles_ffmpeg import build_command, output_size  # noqa: F401  (build_command is re-exported)
 
 log = logging.getLogger("converter.worker")
@@ -45,6 +45,31 @@ class FfmpegStalled(RetryableError):
 
 class FfmpegTimedOut(RetryableError):
     """FFmpeg ran past the hard ``timeout`` and was killed."""
+
+
+class FfmpegHostFailure(RetryableError):
+    """FFmpeg failed because of this host (disk full, out of memory, GPU): another worker may succeed."""
+
+
+class FfmpegRejectedInput(FatalError):
+    """FFmpeg (or ffprobe) cannot read, decode or convert the input: the source is at fault."""
+
+
+# Lines of FFmpeg's stderr that blame the host, not the input (compared in lower case). Not EIO or ENOMEM:
+# FFmpeg also reports those for truncated or absurd sources.
+HOST_TROUBLE = ("no space left on device", "disk quota exceeded", "read-only file system", "vk_error", "vulkan",
+                "device creation failed")
+
+
+def classify_failure(what: str, stderr: str) -> JobError:
+    """The error for a failed FFmpeg or ffprobe run, from its stderr: host trouble anywhere in it makes a
+    retryable failure of this worker; anything else (invalid data, no streams, moov atom not found,
+    cannot decode) is a fatal failure of the source, with FFmpeg's last line as the reason."""
+    host_line = next((line.strip() for line in reversed(stderr.splitlines())
+                      if any(trouble in line.lower() for trouble in HOST_TROUBLE)), None)
+    if host_line is not None:
+        return FfmpegHostFailure(f"{what}: {host_line}")
+    return FfmpegRejectedInput(f"{what}: {_last_line(stderr)}")
 
 
 @dataclass(frozen=True)
@@ -73,7 +98,7 @@ def probe(ffprobe: str, path: Path) -> MediaInfo:
         capture_output=True, text=True, timeout=120,
     )
     if result.returncode != 0:
-        raise FatalError(f"ffprobe cannot read {path.name}: {_last_line(result.stderr)}")
+        raise classify_failure(f"ffprobe cannot read {path.name}", result.stderr)
     data = json.loads(result.stdout or "{}")
     streams = data.get("streams", [])
     video = next((s for s in streams if s.get("codec_type") == "video"
@@ -100,7 +125,7 @@ def probe_with_ffmpeg(binary: str, path: Path) -> MediaInfo:
     text = result.stderr
     streams = _STREAM.findall(text)
     if "Duration:" not in text or not streams:
-        raise FatalError(f"ffmpeg cannot read {path.name}: {_last_line(text)}")
+        raise classify_failure(f"ffmpeg cannot read {path.name}", text)
     hours, minutes, seconds = _DURATION.search(text).groups() if _DURATION.search(text) else ("0", "0", "0")
     video = next((rest for kind, _codec, rest in streams if kind == "Video" and "attached pic" not in rest), "")
     size, sar = _SIZE.search(video), _SAR.search(video)
@@ -133,7 +158,7 @@ def check_output(prober: Callable[[Path], MediaInfo], output: Path, profile: Pro
     try:
         info = prober(output)
     except FatalError as exc:
-        raise FatalError(f"output check failed: {exc}") from None
+        raise FatalError(f"output check failed: {exc}", cause=exc.cause) from None
     expected_size = output_size(profile, source)
     problems = []
     if info.video_codec != profile.codec:
@@ -161,8 +186,8 @@ def run(command: list[str], *, duration: float, timeout: float, cancel: threadin
     ``stall_timeout`` seconds.
 
     Raises Shutdown when ``cancel`` is set, FfmpegTimedOut / FfmpegStalled (RetryableError) when the
-    watchdog fired, RetryableError on a death by signal, FatalError when FFmpeg itself reports an
-    error (its last stderr line is the message).
+    watchdog fired, FfmpegHostFailure on a death by signal, and on an error exit what
+    ``classify_failure`` makes of stderr.
     """
     started = time.monotonic()
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -188,10 +213,9 @@ def run(command: list[str], *, duration: float, timeout: float, cancel: threadin
     if killer.fired == "stall":
         raise FfmpegStalled(f"ffmpeg made no progress for {stall_timeout:.0f} s and was killed")
     if returncode < 0:
-        raise RetryableError(f"ffmpeg was killed by signal {-returncode}")
+        raise FfmpegHostFailure(f"ffmpeg was killed by signal {-returncode}")
     if returncode != 0:
-        message = next((l.strip() for l in reversed(stderr_tail) if l.strip()), f"exit code {returncode}")
-        raise FatalError(f"ffmpeg failed: {message}")
+        raise classify_failure("ffmpeg failed", "".join(stderr_tail) or f"exit code {returncode}")
     return elapsed
 
 

@@ -16,7 +16,7 @@ from converter_common.digest import file_sha256
 from converter_common.shared_storage import shared_temp_path
 from worker.client import MasterClient
 from worker.config import WorkerConfig
-from worker.errors import FatalError
+from worker.errors import Cause, FatalError
 
 log = logging.getLogger("converter.worker")
 
@@ -65,8 +65,9 @@ class SharedMode:
 
     def source(self, job: dict[str, Any], job_dir: Path, abort) -> Path:
         source = self._inside_mount(job["source_path"])
-        if not source.is_file():
-            raise FatalError(f"source {job['source_path']!r} is not on the shared mount {self.mount}")
+        if not source.is_file():  # with no mount at all, the host is at fault, not the job
+            raise FatalError(f"source {job['source_path']!r} is not on the shared mount {self.mount}",
+                             cause=Cause.SOURCE if self.mount.is_dir() else Cause.WORKER)
         return source
 
     def output(self, job: dict[str, Any], job_dir: Path) -> Path:
@@ -76,7 +77,7 @@ class SharedMode:
 
     def deliver(self, job: dict[str, Any], output: Path, abort) -> int:
         size = output.stat().st_size
-        self.client.complete_shared(job["id"], size, file_sha256(output).hex())
+        self.client.complete_shared(job["id"], size, file_sha256(output).hex(), abort)
         return size
 
     def discard(self, job: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from converter_common.systemd import Notifier
 from worker import conversion, ffmpeg
 from worker.client import MasterClient
 from worker.config import WorkerConfig
-from worker.errors import ApiRejected, FatalError, JobLost, RetryableError, Shutdown
+from worker.errors import ApiRejected, Cause, FatalError, JobLost, RetryableError, Shutdown
 from worker.metrics import WorkerMetrics, free_bytes
 from worker.retry import RetryPolicy
 from worker.storage_modes import storage_mode
@@ -63,7 +63,8 @@ class Worker:
                               progress_interval=config.worker.progress_interval, metrics=metrics,
                               download_limit=config.transfer.download_limit,
                               upload_limit=config.transfer.upload_limit,
-                              direct_io=config.storage.direct_io, token=config.master.token())
+                              direct_io=config.storage.direct_io, token=config.master.token(),
+                              upload_window=config.retry.upload_window)
         return cls(config, client)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -174,14 +175,15 @@ class Worker:
             log.warning("job %s is no longer ours (%s); dropping it", active.job_id, exc)
         except FatalError as exc:
             outcome = "failed"
-            log.error("job %s failed: %s", active.job_id, exc)
-            self.client.fail(active.job_id, str(exc), retryable=False)
-        except (RetryableError, OSError) as exc:  # OSError: the cache disk (full, unwritable)
-            log.error("job %s attempt failed: %s", active.job_id, exc)
-            outcome = self._report_retryable(active, str(exc))
+            log.error("job %s failed (cause: %s): %s", active.job_id, exc.cause.value, exc)
+            self.client.fail(active.job_id, str(exc), retryable=False, cause=exc.cause)
+        except (RetryableError, OSError) as exc:  # OSError: the cache disk (full, unwritable), FFmpeg missing
+            cause = exc.cause if isinstance(exc, RetryableError) else Cause.WORKER
+            log.error("job %s attempt failed (cause: %s): %s", active.job_id, cause.value, exc)
+            outcome = self._report_retryable(active, str(exc), cause)
         except Exception as exc:
             log.exception("job %s: unexpected error", active.job_id)
-            outcome = self._report_retryable(active, f"worker error: {exc.__class__.__name__}: {exc}")
+            outcome = self._report_retryable(active, f"worker error: {exc.__class__.__name__}: {exc}", Cause.WORKER)
         finally:
             self.metrics.jobs_in_progress.dec()
             self.metrics.jobs_finished.labels(outcome).inc()
@@ -228,8 +230,8 @@ class Worker:
             promised = sum(job.reserved for job in self._active.values())
         return max(0, free_bytes(self.cache) - promised)
 
-    def _report_retryable(self, active: ActiveJob, error: str) -> str:
-        job = self.client.fail(active.job_id, error, retryable=True)
+    def _report_retryable(self, active: ActiveJob, error: str, cause: Cause) -> str:
+        job = self.client.fail(active.job_id, error, retryable=True, cause=cause)
         return "retried" if job["status"] == "pending" else "failed"
 
     def _give_back(self, active: ActiveJob, exc: Exception) -> bool:
