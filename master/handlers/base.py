@@ -74,12 +74,16 @@ class BaseHandler(tornado.web.RequestHandler):
         self._body = bytearray()
 
     def prepare(self) -> None:
-        self.request.connection.set_max_body_size(CONTROL_BODY_LIMIT)  # until the caller is known
-        if len(self.request.uri) > MAX_URL_LENGTH:
-            raise ApiError(414, "uri_too_long", f"the URL exceeds {MAX_URL_LENGTH} bytes")
+        self.limit_request()
         self.authorize(self.access.get(self.request.method, Access.ADMIN))
         if not self.receives_files:
             self.accept_body(CONTROL_BODY_LIMIT)
+
+    def limit_request(self) -> None:
+        """Before anything else: a small body limit until the caller is known, and no overlong URL."""
+        self.request.connection.set_max_body_size(CONTROL_BODY_LIMIT)
+        if len(self.request.uri) > MAX_URL_LENGTH:
+            raise ApiError(414, "uri_too_long", f"the URL exceeds {MAX_URL_LENGTH} bytes")
 
     def accept_body(self, limit: int) -> None:
         """Let a body of up to ``limit`` bytes in: a larger declared Content-Length is refused now (413), a
@@ -168,7 +172,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
 class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:  # no authentication: there is nothing here to protect
-        self.request.connection.set_max_body_size(CONTROL_BODY_LIMIT)
+        self.limit_request()
         raise errors.not_found("not_found", f"no route for {self.request.method} {self.request.path}")
 
 
