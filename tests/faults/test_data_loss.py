@@ -264,3 +264,12 @@ class TestMasterRestart:
             assert heartbeat.status_code == 200 and master.job("G")["status"] == "processing"
         finally:
             master.stop()
+
+
+class TestUsersFileNames:
+    def test_a_quote_in_a_file_name_is_not_turned_into_its_escape(self, master):
+        # curl and browsers send `"` in a form's filename as %22 (WHATWG multipart encoding)
+        files = {"video": ('my "best" clip.mp4', b"x" * 100), "profile": (None, "h264-720p")}
+        created = requests.post(f"{master.url}/api/jobs", files=files, timeout=10)
+        assert created.status_code == 201
+        assert created.json()["output_path"] == "converted/my _best_ clip.mp4"
