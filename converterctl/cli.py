@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +19,8 @@ from converterctl import errors, tables
 from converterctl.client import Client, quote_id
 from converterctl.errors import CliError, Failed, TimedOut, UsageError
 from converterctl.progress import JobBoard
-from converterctl.transfer import download_output, upload_source
+from converterctl.transfer import SourceRequest, download_output, upload_source
+from converterctl.upload_state import UploadStateFile, default_state_path
 
 DEFAULT_URL = "http://localhost:8080"
 DEFAULT_PROFILE = "h264-720p"
@@ -49,6 +49,10 @@ class Context:
     @property
     def show_progress(self) -> bool:
         return not self.args.no_progress
+
+    def say(self, message: str) -> None:
+        """A note on stderr while a command goes on (a retry, a warning)."""
+        print(f"converterctl: {message}", file=self.err, flush=True)
 
     def emit(self, data: Any, human: Callable[[Any], str]) -> None:
         text = json.dumps(data, indent=2, sort_keys=True) if self.args.json else human(data)
@@ -82,10 +86,10 @@ def cmd_submit(ctx: Context) -> int:
 def _submit_upload(ctx: Context, path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"--upload: {path} is not a readable file")
-    fields = {"id": ctx.args.id or uuid.uuid4().hex[:16], "profile": ctx.args.profile}
-    if ctx.args.output:
-        fields["output_path"] = ctx.args.output
-    return upload_source(ctx.client, path, fields, show_progress=ctx.show_progress)
+    request = SourceRequest(ctx.args.profile, ctx.args.output or None, ctx.args.id or None)
+    state = UploadStateFile(default_state_path(), warn=lambda message: ctx.say(f"warning: {message}"))
+    return upload_source(ctx.client, path, request, state, resume=not ctx.args.no_resume,
+                         show_progress=ctx.show_progress, notify=ctx.say)
 
 
 def cmd_list(ctx: Context) -> int:
@@ -221,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("-o", "--output", metavar="PATH", help="output path in storage (default for --upload: "
                                                                "converted/<name>.<ext>)")
     submit.add_argument("--id", help="job id (default: chosen for you)")
+    submit.add_argument("--no-resume", action="store_true",
+                        help="with --upload: start a new upload even if an earlier run left this one unfinished")
     submit.add_argument("-w", "--watch", action="store_true", help="then watch the job until it ends")
     _watch_options(submit)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures import ffmpeg_available, ffprobe, free_port
+from tests.fixtures import ffmpeg_available, ffprobe, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -20,11 +21,33 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def converterctl(url: str, *args: str, cwd=None, timeout: float = 120, env: dict | None = None):
+    return subprocess.run(_command(url, args), capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env=_environment(env))
+
+
+def start_converterctl(url: str, *args: str, stderr_path: Path) -> subprocess.Popen:
+    """converterctl running in the background, its stderr in a file the test can watch."""
+    with open(stderr_path, "wb") as stderr:
+        return subprocess.Popen(_command(url, args), stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                env=_environment(None))
+
+
+def _command(url: str, args) -> list[str]:
+    return [sys.executable, "-m", "converterctl", *(["--url", url] if url else []), *args]
+
+
+def _environment(env: dict | None) -> dict:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("CONVERTER_")}
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     environment.update(env or {})
-    command = [sys.executable, "-m", "converterctl", *(["--url", url] if url else []), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=environment)
+    return environment
+
+
+@pytest.fixture(autouse=True)
+def upload_state_file(tmp_path, monkeypatch) -> Path:
+    """Where converterctl remembers unfinished uploads: under this test's $XDG_CACHE_HOME, never the user's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    return tmp_path / "xdg-cache" / "converterctl" / "uploads.json"
 
 
 def sha256(path) -> str:
@@ -213,6 +236,131 @@ def test_cut_source_upload_resumes_where_the_master_stopped(master, tmp_path):
     assert (master.root / job["source_path"]).read_bytes() == source.read_bytes()
     assert not list(master.root.rglob(".converter-*"))
     proxy.close()
+
+
+# -- an upload survives converterctl's death and the master's absence ------------------------------
+
+
+SOURCE_SIZE = 32_000_000  # more than socket buffers hold, so a killed upload stays unfinished
+
+
+def remembered_uploads(state_file: Path) -> list[dict]:
+    return list(json.loads(state_file.read_text())["uploads"].values()) if state_file.exists() else []
+
+
+def upload_offset(master_url: str, location: str) -> int | None:
+    """The master's offset of a tus upload (None when it no longer has it)."""
+    import requests
+
+    response = requests.head(f"{master_url}{location}", headers={"Tus-Resumable": "1.0.0"}, timeout=40)
+    return int(response.headers["Upload-Offset"]) if response.status_code == 200 else None
+
+
+@pytest.fixture
+def killed_upload(master, tmp_path, upload_state_file):
+    """``submit --upload`` SIGKILLed in the middle of its PATCH, behind a throttled proxy (kept for the next run).
+
+    Gives the source, the proxy and the entry converterctl remembered, once the master has stored
+    the bytes that reached it (its offset is past 0).
+    """
+    from tests.faults.proxy import FaultProxy
+
+    source = tmp_path / "movie.mkv"
+    source.write_bytes(os.urandom(SOURCE_SIZE))
+    proxy = FaultProxy(int(master.url.rsplit(":", 1)[1]))
+    proxy.rate["up"] = 2_000_000  # 16 s for the whole file: it is killed long before the end
+    cli = start_converterctl(proxy.url, "submit", "--upload", str(source), "--json", "--no-progress",
+                             stderr_path=tmp_path / "killed.err")
+    try:
+        wait_for(lambda: master.metrics.bytes_received._value.get() >= 1_000_000, timeout=20,
+                 what="the first megabyte to reach the master")
+    finally:
+        cli.kill()
+        cli.communicate(timeout=10)
+        proxy.rate["up"] = 0  # what the dead process had already written (socket buffers, a few MB) goes through
+    assert cli.returncode == -9, "converterctl ended before it was killed"
+    entries = remembered_uploads(upload_state_file)
+    assert len(entries) == 1, "converterctl did not remember its upload"
+    entry = entries[0]
+    wait_for(lambda: upload_offset(master.url, entry["location"]), timeout=20, what="the cut PATCH to be stored")
+    yield source, proxy, entry
+    proxy.close()
+
+
+def test_a_killed_upload_run_again_sends_only_the_rest_to_the_same_job(master, killed_upload, upload_state_file):
+    source, proxy, entry = killed_upload
+    offset = upload_offset(master.url, entry["location"])
+    assert 0 < offset < SOURCE_SIZE
+    received_before = master.metrics.bytes_received._value.get()
+
+    again = converterctl(proxy.url, "submit", "--upload", str(source), "--json", "--no-progress")
+    assert again.returncode == 0, again.stderr
+    job = json.loads(again.stdout)
+    assert job["id"] == entry["job_id"]  # no --id given: the first run's id was remembered
+    assert master.metrics.bytes_received._value.get() - received_before == SOURCE_SIZE - offset
+    assert job["source_size"] == SOURCE_SIZE and job["source_sha256"] == sha256(source)
+    assert (master.root / job["source_path"]).read_bytes() == source.read_bytes()
+    assert json.loads(converterctl(master.url, "list", "--json").stdout)["total"] == 1
+    assert remembered_uploads(upload_state_file) == []  # done: nothing left to resume
+
+
+def test_a_killed_upload_whose_upload_the_master_dropped_starts_over_with_the_same_job_id(master, killed_upload):
+    import requests
+
+    source, proxy, entry = killed_upload
+    dropped = requests.delete(f"{master.url}{entry['location']}", headers={"Tus-Resumable": "1.0.0"}, timeout=10)
+    assert dropped.status_code == 204  # as an expired upload would be: the master answers 404 from now on
+
+    again = converterctl(proxy.url, "submit", "--upload", str(source), "--json", "--no-progress")
+    assert again.returncode == 0, again.stderr
+    job = json.loads(again.stdout)
+    assert job["id"] == entry["job_id"] and job["source_sha256"] == sha256(source)
+
+
+def test_no_resume_drops_the_remembered_upload_and_starts_a_new_one(master, killed_upload, upload_state_file):
+    source, proxy, entry = killed_upload
+
+    fresh = converterctl(proxy.url, "submit", "--upload", str(source), "--no-resume", "--json", "--no-progress")
+    assert fresh.returncode == 0, fresh.stderr
+    job = json.loads(fresh.stdout)
+    assert job["id"] != entry["job_id"] and job["source_sha256"] == sha256(source)
+    assert upload_offset(master.url, entry["location"]) is None  # the old upload was terminated
+    assert json.loads(converterctl(master.url, "list", "--json").stdout)["total"] == 1
+    assert remembered_uploads(upload_state_file) == []
+
+
+def test_upload_waits_with_backoff_for_a_master_that_comes_up_late(tmp_path):
+    from tests.fixtures import ThreadedMaster, master_config
+
+    config = master_config(tmp_path)
+    config = dataclasses.replace(config, server=dataclasses.replace(config.server, port=free_port()))
+    source = tmp_path / "late.mkv"
+    source.write_bytes(os.urandom(500_000))
+    stderr_path = tmp_path / "cli.err"
+    cli = start_converterctl(f"http://127.0.0.1:{config.server.port}", "submit", "--upload", str(source), "--json",
+                             "--no-progress", stderr_path=stderr_path)
+    master = None
+    try:
+        def retries_so_far() -> list[str]:
+            assert cli.poll() is None, f"converterctl gave up: {stderr_path.read_text()}"
+            return [line for line in stderr_path.read_text().splitlines() if "retrying in" in line]
+
+        wait_for(lambda: len(retries_so_far()) >= 3, timeout=20, what="converterctl to wait for the master 3 times")
+        master = ThreadedMaster(config)
+        stdout, _ = cli.communicate(timeout=60)
+        assert cli.returncode == 0, stderr_path.read_text()
+        job = json.loads(stdout)
+        assert job["source_sha256"] == sha256(source) and master.job(job["id"])["status"] == "pending"
+        notes = [line for line in stderr_path.read_text().splitlines() if "retrying in" in line]
+        assert all("cannot reach the master" in line and "Connection refused" in line for line in notes)
+        waits = [float(line.split("retrying in ")[1].split(" s")[0]) for line in notes]
+        assert waits[:3] == [0.5, 1.0, 2.0]  # doubling: a short outage costs little, a long one few tries
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.communicate(timeout=10)
+        if master is not None:
+            master.stop()
 
 
 def test_source_upload_needs_the_admin_token(tmp_path):

@@ -77,3 +77,8 @@ def test_connection_reason_is_short():
                                    "[Errno 111] Connection refused\"))")
     assert connection_reason(exc) == "Connection refused"
     assert connection_reason(requests.ReadTimeout("read timed out")) == "timed out"
+
+
+def test_no_resume_is_a_submit_flag():
+    assert parse("submit", "--upload", "movie.mkv", "--no-resume").no_resume is True
+    assert parse("submit", "--upload", "movie.mkv").no_resume is False
