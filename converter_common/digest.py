@@ -38,6 +38,9 @@ def parse_repr_digest(header: str | None) -> bytes | None:
     return None
 
 
+DIGEST_SIZES = {"sha1": 20, "sha256": 32}
+
+
 def parse_upload_checksum(header: str) -> tuple[str, bytes]:
     """tus ``Upload-Checksum: <algorithm> <base64>`` → (algorithm, digest bytes); ValueError if malformed."""
     parts = header.strip().split(" ")
@@ -45,9 +48,13 @@ def parse_upload_checksum(header: str) -> tuple[str, bytes]:
         raise ValueError("Upload-Checksum must be '<algorithm> <base64 digest>'")
     algorithm, encoded = parts
     try:
-        return algorithm.lower(), base64.b64decode(encoded, validate=True)
-    except binascii.Error:
+        digest = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
         raise ValueError("Upload-Checksum digest is not base64") from None
+    algorithm = algorithm.lower()
+    if algorithm in DIGEST_SIZES and len(digest) != DIGEST_SIZES[algorithm]:
+        raise ValueError(f"an Upload-Checksum {algorithm} digest has {DIGEST_SIZES[algorithm]} bytes, not {len(digest)}")
+    return algorithm, digest
 
 
 def _decode(encoded: str) -> bytes:

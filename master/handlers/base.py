@@ -84,6 +84,8 @@ class BaseHandler(tornado.web.RequestHandler):
         self.request.connection.set_max_body_size(CONTROL_BODY_LIMIT)
         if len(self.request.uri) > MAX_URL_LENGTH:
             raise ApiError(414, "uri_too_long", f"the URL exceeds {MAX_URL_LENGTH} bytes")
+        if self.request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+            raise ApiError(415, "unsupported_content_encoding", "send request bodies without Content-Encoding")
 
     def accept_body(self, limit: int) -> None:
         """Let a body of up to ``limit`` bytes in: a larger declared Content-Length is refused now (413), a
@@ -127,7 +129,7 @@ class BaseHandler(tornado.web.RequestHandler):
         return data
 
     def job_id_argument(self) -> str:
-        job_id = self.get_query_argument("job_id", None)
+        job_id = self.get_query_argument("job_id", None, strip=False)
         if job_id is None:
             raise errors.bad_request("missing_job_id", "query parameter job_id is required")
         return check_job_id(job_id)
@@ -186,6 +188,11 @@ def check_worker_id(worker_id: object) -> str:
     if not isinstance(worker_id, str) or not WORKER_ID.fullmatch(worker_id):
         raise errors.bad_request("invalid_worker_id", "worker id must be 1-128 characters of A-Z a-z 0-9 . _ : @ -")
     return worker_id
+
+
+def is_number(value: object, low: float, high: float) -> bool:
+    """A JSON number (not a boolean) within [low, high]: NaN, infinities and huge integers are not."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and low <= value <= high
 
 
 def _refuse_constant(name: str) -> None:

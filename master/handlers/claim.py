@@ -7,10 +7,11 @@ import tornado.ioloop
 
 from master import errors
 from master.auth import Access
-from master.handlers.base import BaseHandler, check_worker_id
+from master.handlers.base import BaseHandler, check_worker_id, is_number
 
 # Waiters re-check at least this often: a job whose retry delay ends wakes nobody by itself.
 RECHECK_SECONDS = 1.0
+MAX_WAIT = 86400  # what a worker may ask for; the wait is capped at jobs.max_claim_wait anyway
 
 
 class ClaimHandler(BaseHandler):
@@ -27,10 +28,10 @@ class ClaimHandler(BaseHandler):
         body = self.json_body()
         worker_id = check_worker_id(body.get("worker_id"))
         wait = body.get("wait", 0)
-        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
-            raise errors.bad_request("invalid_field", "wait must be a number of seconds >= 0")
+        if not is_number(wait, 0, MAX_WAIT):
+            raise errors.bad_request("invalid_field", f"wait must be a number of seconds 0..{MAX_WAIT}")
         room = body.get("cache_free_bytes")
-        if room is not None and (isinstance(room, bool) or not isinstance(room, int) or not 0 <= room < 2**62):
+        if room is not None and not (isinstance(room, int) and is_number(room, 0, 2**62)):
             raise errors.bad_request("invalid_field", "cache_free_bytes must be an integer 0..2^62")
         loop = tornado.ioloop.IOLoop.current()
         deadline = loop.time() + min(float(wait), self.config.jobs.max_claim_wait)

@@ -46,6 +46,10 @@ class TextField(SinglePart):
             raise ValueError(f"field {self.name!r} is longer than {FIELD_LIMIT} bytes")
 
     @property
+    def size(self) -> int:
+        return len(self._data)
+
+    @property
     def value(self) -> str | None:
         if not self._started:
             return None
@@ -113,6 +117,9 @@ class JobsUploadHandler(MultipartReceiver, JobsHandler):
                          sha256=digest)
         self._temp_path = None
         self.announce_created(job)
+
+    def field_bytes(self) -> int:
+        return sum(field.size for field in self._fields.values())
 
     def _checked_fields(self) -> tuple[str | None, str, str | None]:
         values = {name: field.value for name, field in self._fields.items()}

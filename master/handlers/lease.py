@@ -6,7 +6,7 @@ import logging
 
 from master import errors
 from master.auth import Access
-from master.handlers.base import BaseHandler, check_worker_id
+from master.handlers.base import BaseHandler, check_worker_id, is_number
 
 
 log = logging.getLogger("converter.master")
@@ -28,8 +28,7 @@ class HeartbeatHandler(_LeaseHandler):
     def post(self) -> None:
         job_id, worker_id, body = self.lease_request()
         progress = body.get("progress")
-        if progress is not None and (isinstance(progress, bool) or not isinstance(progress, (int, float))
-                                     or not 0 <= progress <= 100):
+        if progress is not None and not is_number(progress, 0, 100):
             raise errors.bad_request("invalid_field", "progress must be a number 0..100")
         job = self.store.heartbeat(job_id, worker_id=worker_id, progress=progress,
                                    lease_seconds=self.config.jobs.lease_seconds,
@@ -45,8 +44,8 @@ def conversion_fields(value: object) -> dict | None:
         raise errors.bad_request("invalid_field", f"conversion must be an object with {sorted(CONVERSION_FIELDS)}")
     for name in ("conversion_seconds", "speed"):
         number = value.get(name)
-        if number is not None and (isinstance(number, bool) or not isinstance(number, (int, float)) or number < 0):
-            raise errors.bad_request("invalid_field", f"conversion.{name} must be a number >= 0")
+        if number is not None and not is_number(number, 0, 1e12):
+            raise errors.bad_request("invalid_field", f"conversion.{name} must be a number 0..1e12")
     if value.get("accel") not in (None, "cpu", "vulkan"):
         raise errors.bad_request("invalid_field", "conversion.accel must be cpu or vulkan")
     fallback = value.get("vulkan_fallback")

@@ -34,6 +34,9 @@ TEMP_PREFIX = ".converter-upload-"
 TEMP_SUFFIX = ".part"
 BATCH_BYTES = 1 * MiB  # BatchFileSink: the writer thread gets 1 MiB batches
 IN_FLIGHT_BYTES = 2 * MiB  # at most two batches wait for the thread
+# What a multipart body may hold besides its file part: boundaries, part headers, small fields. The parser
+# keeps a part's headers in memory, so a body of endless headers is refused instead of held.
+OVERHEAD_LIMIT = 1 * MiB
 
 
 class SinglePart(BaseTarget):
@@ -52,6 +55,7 @@ class BatchFileSink(SinglePart):
     """
 
     name = UPLOAD_FIELD
+    received = 0  # bytes of the file part handed over so far
 
     def __init__(self, fd: int, *, direct: bool, writer: Callable[..., BatchWriter] = BatchWriter) -> None:
         super().__init__()
@@ -73,6 +77,7 @@ class BatchFileSink(SinglePart):
 
     def on_data_received(self, chunk: bytes) -> None:
         self.require_file()
+        self.received += len(chunk)
         self.writer.add(chunk)
 
     def require_file(self) -> None:
@@ -95,6 +100,7 @@ class MultipartReceiver(UploadSlotHolder):
     _parser: StreamingFormDataParser | None = None
     _sink: BatchFileSink | None = None
     _body_error: ApiError | None = None
+    _fed = 0
 
     def open_multipart(self, directory: Path) -> StreamingFormDataParser:
         self.take_upload_slot()  # released with the temp file, however the request ends
@@ -114,8 +120,12 @@ class MultipartReceiver(UploadSlotHolder):
         self.services.metrics.bytes_received.inc(len(chunk))
         if self._body_error is not None:
             return  # the rest of a rejected body is read and dropped so the client gets the answer
+        self._fed += len(chunk)
         try:
             self._parser.data_received(chunk)
+            if self._fed - self._sink.received - self.field_bytes() > OVERHEAD_LIMIT:
+                raise errors.bad_request("invalid_multipart", "the multipart body's headers and fields exceed"
+                                                              f" {OVERHEAD_LIMIT} bytes")
             await self._sink.writer.submit_ready()
         except OSError as exc:
             self._body_error = errors.insufficient_storage(exc.strerror)
@@ -123,6 +133,10 @@ class MultipartReceiver(UploadSlotHolder):
             self._body_error = exc
         except Exception as exc:  # ParseFailedException and friends: a malformed body is the client's fault
             self._body_error = errors.bad_request("invalid_multipart", f"malformed multipart body ({exc})")
+
+    def field_bytes(self) -> int:
+        """Bytes of small text fields kept so far (handlers with fields override this)."""
+        return 0
 
     async def finish_part(self) -> bytes:
         """Check the part arrived whole, wait for its last writes, close the file; its SHA-256."""

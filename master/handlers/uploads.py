@@ -127,7 +127,7 @@ class UploadsHandler(_TusHandler):
     def _create_source_upload(self, length: int, metadata: dict[str, bytes]) -> None:
         """A user's source, uploaded resumably: the job (id, profile, output) is created once it is complete."""
         self.authorize(Access.ADMIN)
-        text = {key: value.decode("utf-8", "replace") for key, value in metadata.items()}
+        text = metadata_text({key: value for key, value in metadata.items() if key != "sha256"})
         job_id = check_job_id(text["id"]) if text.get("id") else uuid.uuid4().hex[:16]
         if self.store.job_exists(job_id):
             raise errors.conflict("duplicate_job", f"a job with id {job_id!r} already exists")
@@ -427,9 +427,17 @@ def parse_metadata(header: str) -> dict[str, bytes]:
         key, _, value = pair.partition(" ")
         try:
             metadata[key] = base64.b64decode(value, validate=True) if value else b""
-        except binascii.Error:
+        except (binascii.Error, ValueError):
             raise errors.bad_request("invalid_metadata", f"Upload-Metadata value of {key!r} is not base64") from None
     return metadata
+
+
+def metadata_text(metadata: dict[str, bytes]) -> dict[str, str]:
+    """The metadata's values as text; a value that is not UTF-8 is refused, never turned into another name."""
+    try:
+        return {key: value.decode("utf-8") for key, value in metadata.items()}
+    except UnicodeDecodeError:
+        raise errors.bad_request("invalid_metadata", "Upload-Metadata values must be UTF-8 text") from None
 
 
 def _metadata_digest(value: bytes | None) -> bytes | None:

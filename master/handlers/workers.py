@@ -26,6 +26,9 @@ class WorkersHandler(BaseHandler):
         self.write_json({"workers": workers})
 
 
+MAX_CAPABILITY_DEPTH = 16  # what the worker probe reports nests a few levels; far deeper cannot be served back
+
+
 class WorkerRegisterHandler(BaseHandler):
     access = {"POST": Access.WORKER}
 
@@ -37,11 +40,20 @@ class WorkerRegisterHandler(BaseHandler):
         concurrency = body.get("concurrency", 1)
         if not isinstance(hostname, str) or len(hostname) > 255:
             raise errors.bad_request("invalid_field", "hostname must be a string of at most 255 characters")
-        if not isinstance(capabilities, dict):
-            raise errors.bad_request("invalid_field", "capabilities must be a JSON object")
+        if not isinstance(capabilities, dict) or _depth(capabilities) > MAX_CAPABILITY_DEPTH:
+            raise errors.bad_request("invalid_field", f"capabilities must be a JSON object nested at most"
+                                                      f" {MAX_CAPABILITY_DEPTH} levels deep")
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or not 1 <= concurrency <= 256:
             raise errors.bad_request("invalid_field", "concurrency must be an integer 1..256")
         worker = self.store.register_worker(worker_id=worker_id, hostname=hostname, capabilities=capabilities,
                                             concurrency=concurrency)
         self.write_json({"worker": worker.to_dict(), "lease_seconds": self.config.jobs.lease_seconds,
                          "max_claim_wait": self.config.jobs.max_claim_wait})
+
+
+def _depth(value: object, limit: int = 64) -> int:
+    """How deeply ``value`` nests lists and objects (counting stops past ``limit``)."""
+    if limit <= 0 or not isinstance(value, (dict, list)):
+        return 0
+    children = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(child, limit - 1) for child in children), default=0)
