@@ -1,0 +1,52 @@
+"""The wire protocol between the master and its clients (workers, converterctl): the one place that names it.
+
+Routes, header and field names, the tus version and the error codes a client acts on. The master's
+error catalogue (``master/errors.py``) declares every code with its status and message; the codes a
+client reacts to are named here so that both sides spell them the same way.
+"""
+
+from __future__ import annotations
+
+# -- routes -------------------------------------------------------------------------------------
+JOBS = "/api/jobs"
+UPLOADS = "/api/uploads"  # tus 1.0.0: POST creates, HEAD/PATCH/DELETE on UPLOADS/<id>
+WORKER_REGISTER = "/api/worker/register"
+WORKER_CLAIM = "/api/worker/claim"
+WORKER_HEARTBEAT = "/api/worker/heartbeat"
+WORKER_FAIL = "/api/worker/fail"
+WORKER_RELEASE = "/api/worker/release"
+WORKER_DOWNLOAD = "/api/worker/download-video"
+WORKER_UPLOAD = "/api/worker/upload-video"
+WORKER_COMPLETE = "/api/worker/complete"  # shared-storage mode
+
+
+def job_path(job_id: str, action: str = "") -> str:
+    """``/api/jobs/<id>`` or ``/api/jobs/<id>/<action>`` (cancel, retry, output)."""
+    return f"{JOBS}/{job_id}" + (f"/{action}" if action else "")
+
+
+# -- headers and fields -------------------------------------------------------------------------
+WORKER_ID_HEADER = "X-Worker-Id"
+JOB_ID_HEADER = "Converter-Job-Id"  # the job a source upload will create
+UPLOAD_FIELD = "video"  # the one file part of a multipart upload
+TUS_VERSION = "1.0.0"
+TUS_HEADERS = {"Tus-Resumable": TUS_VERSION}
+TUS_CONTENT_TYPE = "application/offset+octet-stream"
+
+# -- failure causes (POST /api/worker/fail) ---------------------------------------------------------
+CAUSE_SOURCE = "source"  # the job's input cannot be converted anywhere: not the worker's fault
+CAUSE_WORKER = "worker"  # the host failed (FFmpeg crashed, disk full, GPU gone): counts toward quarantine
+FAILURE_CAUSES = (CAUSE_SOURCE, CAUSE_WORKER)
+
+# -- error codes clients act on -------------------------------------------------------------------
+JOB_NOT_FOUND = "job_not_found"
+INVALID_JOB_STATE = "invalid_job_state"
+NOT_LEASE_OWNER = "not_lease_owner"
+JOB_GONE_CODES = frozenset({JOB_NOT_FOUND, INVALID_JOB_STATE, NOT_LEASE_OWNER})  # the job is no longer ours
+OFFSET_MISMATCH = "offset_mismatch"
+UPLOAD_BUSY = "upload_busy"
+TUS_RESUME_CODES = frozenset({OFFSET_MISMATCH, UPLOAD_BUSY})  # 409s after a cut PATCH: HEAD again, then resume
+DIGEST_MISMATCH = "digest_mismatch"
+DUPLICATE_JOB = "duplicate_job"
+DUPLICATE_UPLOAD = "duplicate_upload"
+UPLOAD_GONE_STATUSES = frozenset({404, 410})  # a tus upload the master no longer has (done, expired, removed)
