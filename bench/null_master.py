@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from converter_common.batchwrite import BatchWriter  # noqa: E402
+from converter_common.background_file_writer import BatchWriter  # noqa: E402
 from master.main import main  # noqa: E402
 
 

@@ -61,7 +61,7 @@ def parse_size(text: str) -> int:
 def multipart_body_class():
     """The worker's streamed multipart body (it moved from worker.multipart to worker.bodies)."""
     try:
-        from worker.bodies import MultipartFileBody
+        from converter_client.request_bodies import MultipartFileBody
     except ImportError:
         from worker.multipart import MultipartFileBody
     return MultipartFileBody
@@ -129,7 +129,7 @@ def worker_op(args: argparse.Namespace) -> int:
     elif args.worker_op == "upload-loop-tus":
         # the client's tus PATCH (same session, FileRangeBody) without the pre-hash / sha256 metadata
         import base64
-        from worker.bodies import FileRangeBody
+        from converter_client.request_bodies import FileRangeBody
         tus = {"Tus-Resumable": "1.0.0"}
         size = path.stat().st_size
         r = client.session.post(f"{args.url}/api/uploads", timeout=(10, 600), headers={

@@ -10,6 +10,7 @@ whole file and raises one ``ConfigError`` listing them, one ``config error: key:
 
 from __future__ import annotations
 
+import argparse
 import contextvars
 import dataclasses
 import re
@@ -252,3 +253,11 @@ def _join(prefix: str, name: str) -> str:
 def require_positive(key: str, value: float, *, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         report(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def parse_daemon_args(prog: str, description: str, argv: list[str] | None) -> argparse.Namespace:
+    """The command line both daemons share: ``--config PATH`` and ``--check-config``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", help="path to config.yaml (defaults apply when omitted)")
+    parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
+    return parser.parse_args(argv)

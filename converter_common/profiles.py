@@ -1,6 +1,6 @@
 """Named conversion profiles: what the output should be, not how FFmpeg is called.
 
-The master validates profile names against this table; the worker's ``worker.profiles_ffmpeg``
+The master validates profile names against this table; the worker's ``worker.ffmpeg_command``
 module turns a profile into an FFmpeg argument list (a Vulkan form and a CPU form). No raw FFmpeg
 arguments ever come from the API.
 

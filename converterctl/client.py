@@ -1,54 +1,55 @@
-"""The HTTP side: one requests session, errors turned into ``ApiError`` / ``Unreachable``."""
+"""The HTTP side: the shared ``converter_client`` transport, errors turned into ``ApiError`` / ``Unreachable``."""
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 from urllib.parse import quote
 
 import requests
-import requests.adapters
 
+from converter_client.download import UnexpectedRange
+from converter_client.errors import DigestMismatch, MasterAway, Refused, TransferError
+from converter_client.transport import MasterHttp
+from converter_common import protocol
 from converter_common.version import package_version
-from converterctl.errors import ApiError, Unreachable, UsageError
+from converterctl.errors import ApiError, CliError, Failed, Unreachable, UsageError
 
-CONNECT_TIMEOUT = 10.0
-BLOCK = 1 << 20  # urllib3 reads a streamed body 16 KiB at a time by default: CPU-bound for videos
 _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
 
 
-class LargeBlockAdapter(requests.adapters.HTTPAdapter):
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["blocksize"] = BLOCK
-        super().init_poolmanager(*args, **kwargs)
+class InvalidMasterUrl(TransferError):
+    """requests cannot make a URL of the master's address."""
 
 
-class Client:
-    """The master's API at ``base_url``; every call either returns a 2xx response or raises a ``CliError``."""
+class Client(MasterHttp):
+    """The master's API at ``base_url``; every call either returns a 2xx response or raises a ``CliError``.
+
+    ``send`` (the shared transport's) returns error answers too and raises ``converter_client`` errors,
+    for the shared tus and download clients; ``cli_errors`` turns those into converterctl's.
+    """
 
     def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0):
         if not re.match(r"^https?://[^/]+", base_url):
             raise UsageError(f"master URL must start with http:// or https://, got {base_url!r}")
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-        self.session = requests.Session()
-        adapter = LargeBlockAdapter()
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers["User-Agent"] = f"converterctl/{package_version()}"
+        headers = {"User-Agent": f"converterctl/{package_version()}"}
         if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
+            headers["Authorization"] = f"Bearer {token}"
+        super().__init__(base_url, headers, read_timeout=timeout)
+        self.timeout = timeout
+
+    def describe_failure(self, method: str, path: str, exc: requests.RequestException) -> TransferError | None:
+        if isinstance(exc, requests.exceptions.InvalidURL):
+            return InvalidMasterUrl(f"invalid master URL {self.base_url!r} ({exc})")
+        if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+            return MasterAway(f"cannot reach the master at {self.base_url}: {connection_reason(exc)}")
+        return None  # any other requests error is not one of converterctl's: raised as it is
 
     def request(self, method: str, path: str, *, read_timeout: float | None = None, **kwargs: Any
                 ) -> requests.Response:
-        url = f"{self.base_url}{path}"
-        timeout = (CONNECT_TIMEOUT, self.timeout if read_timeout is None else read_timeout)
-        try:
-            response = self.session.request(method, url, timeout=timeout, **kwargs)
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise Unreachable(f"cannot reach the master at {self.base_url}: {connection_reason(exc)}") from None
-        except requests.exceptions.InvalidURL as exc:
-            raise UsageError(f"invalid master URL {self.base_url!r} ({exc})") from None
+        with cli_errors():
+            response = self.send(method, path, read_timeout=read_timeout, **kwargs)
         if response.status_code >= 400:
             raise api_error(response)
         return response
@@ -61,7 +62,24 @@ class Client:
             raise ApiError(response.status_code, "invalid_response", "the master's answer is not JSON") from None
 
     def job(self, job_id: str) -> dict[str, Any]:
-        return self.json("GET", f"/api/jobs/{quote_id(job_id)}")
+        return self.json("GET", protocol.job_path(quote_id(job_id)))
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """Raise converterctl's error (and so its exit status) for what ``converter_client`` raised."""
+    try:
+        yield
+    except Refused as exc:
+        raise api_error(exc.response) from None
+    except InvalidMasterUrl as exc:
+        raise UsageError(str(exc)) from None
+    except UnexpectedRange as exc:
+        raise Failed(f"the master sent an unexpected range ({exc.content_range!r})") from None
+    except DigestMismatch as exc:
+        raise Failed(str(exc)) from None
+    except TransferError as exc:  # no answer, a cut transfer, offsets that disagree: worth another try
+        raise Unreachable(str(exc)) from None
 
 
 def api_error(response: requests.Response) -> ApiError:
@@ -89,3 +107,6 @@ def connection_reason(exc: Exception) -> str:
 def quote_id(job_id: str) -> str:
     """Job ids are ``[A-Za-z0-9._-]``; anything else is percent-encoded so it reaches the master as sent."""
     return quote(job_id, safe="")
+
+
+__all__ = ["Client", "CliError", "api_error", "cli_errors", "connection_reason", "quote_id"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import tornado.ioloop
@@ -13,29 +12,31 @@ import tornado.netutil
 import tornado.web
 from prometheus_client import CollectorRegistry
 
-from converter_common.batchwrite import BatchWriter
+from converter_common.background_file_writer import BatchWriter
+from converter_common import protocol
 from converter_common.ratelimit import TokenBucket
 from master.auth import Tokens
 from master.config import MasterConfig
-from master.dispatch import Dispatcher
 from master.http_server import JsonErrorHTTPServer
 from master.handlers.base import NotFoundHandler, Services
 from master.handlers.claim import ClaimHandler
-from master.handlers.download import DownloadVideoHandler
+from master.handlers.download_video import DownloadVideoHandler
 from master.handlers.health import HealthHandler
-from master.handlers.jobs import JobCancelHandler, JobHandler, JobRetryHandler
-from master.handlers.jobs_upload import JobsUploadHandler
+from master.handlers.job_output import JobOutputHandler
+from master.handlers.jobs import JobCancelHandler, JobHandler, JobRetryHandler, JobsHandler
+from master.handlers.lease import FailHandler, HeartbeatHandler, ReleaseHandler
 from master.handlers.metrics import MetricsHandler
 from master.handlers.openapi import OpenApiHandler
-from master.handlers.output import JobOutputHandler
 from master.handlers.profiles import ProfilesHandler
-from master.handlers.lease import FailHandler, HeartbeatHandler, ReleaseHandler
-from master.handlers.upload import TEMP_PREFIX, TEMP_SUFFIX, UploadVideoHandler
-from master.handlers.shared import SharedCompleteHandler
-from master.handlers.uploads import UploadHandler, UploadsHandler, remove_expired
+from master.handlers.tus import TusCreationHandler, TusUploadHandler
+from master.handlers.upload_video import UploadVideoHandler
+from master.handlers.worker_complete import WorkerCompleteHandler
 from master.handlers.workers import WorkerRegisterHandler, WorkersHandler
+from master.intake import JobIntake
 from master.metrics import MasterMetrics
 from master.store import JobStore
+from master.uploads import UploadRegistry
+from master.wakeup import WakeUpSignal
 from master.watch import InboxWatcher
 
 log = logging.getLogger("converter.master")
@@ -44,11 +45,13 @@ access_log = logging.getLogger("tornado.access")
 JOB = r"(?P<job_id>[^/]+)"
 
 
-def make_app(config: MasterConfig, store: JobStore, dispatcher: Dispatcher | None = None,
+def make_app(config: MasterConfig, store: JobStore, wakeup: WakeUpSignal | None = None,
              metrics: MasterMetrics | None = None, tokens: Tokens = Tokens(),
              receive_writer: Callable[..., BatchWriter] = BatchWriter) -> tornado.web.Application:
     metrics = metrics or new_metrics(config, store, CollectorRegistry())
-    services = Services(config=config, store=store, dispatcher=dispatcher or Dispatcher(), metrics=metrics,
+    wakeup = wakeup or WakeUpSignal()
+    services = Services(config=config, store=store, wakeup=wakeup, metrics=metrics,
+                        uploads=UploadRegistry(config, store), intake=JobIntake(config, store, metrics, wakeup),
                         tokens=tokens, outbound=outbound_bucket(config), receive_writer=receive_writer)
     deps = {"services": services}
     routes = [
@@ -56,22 +59,22 @@ def make_app(config: MasterConfig, store: JobStore, dispatcher: Dispatcher | Non
         (r"/metrics", MetricsHandler),
         (r"/api/openapi.json", OpenApiHandler),
         (r"/api/profiles", ProfilesHandler),
-        (r"/api/jobs", JobsUploadHandler),
-        (rf"/api/jobs/{JOB}", JobHandler),
-        (rf"/api/jobs/{JOB}/cancel", JobCancelHandler),
-        (rf"/api/jobs/{JOB}/retry", JobRetryHandler),
-        (rf"/api/jobs/{JOB}/output", JobOutputHandler),
+        (protocol.JOBS, JobsHandler),
+        (protocol.job_path(JOB), JobHandler),
+        (protocol.job_path(JOB, "cancel"), JobCancelHandler),
+        (protocol.job_path(JOB, "retry"), JobRetryHandler),
+        (protocol.job_path(JOB, "output"), JobOutputHandler),
         (r"/api/workers", WorkersHandler),
-        (r"/api/worker/register", WorkerRegisterHandler),
-        (r"/api/worker/claim", ClaimHandler),
-        (r"/api/worker/heartbeat", HeartbeatHandler),
-        (r"/api/worker/fail", FailHandler),
-        (r"/api/worker/release", ReleaseHandler),
-        (r"/api/worker/download-video", DownloadVideoHandler),
-        (r"/api/worker/upload-video", UploadVideoHandler),
-        (r"/api/worker/complete", SharedCompleteHandler),
-        (r"/api/uploads", UploadsHandler),
-        (r"/api/uploads/(?P<upload_id>[0-9a-f]{32})", UploadHandler),
+        (protocol.WORKER_REGISTER, WorkerRegisterHandler),
+        (protocol.WORKER_CLAIM, ClaimHandler),
+        (protocol.WORKER_HEARTBEAT, HeartbeatHandler),
+        (protocol.WORKER_FAIL, FailHandler),
+        (protocol.WORKER_RELEASE, ReleaseHandler),
+        (protocol.WORKER_DOWNLOAD, DownloadVideoHandler),
+        (protocol.WORKER_UPLOAD, UploadVideoHandler),
+        (protocol.WORKER_COMPLETE, WorkerCompleteHandler),
+        (protocol.UPLOADS, TusCreationHandler),
+        (protocol.UPLOADS + r"/(?P<upload_id>[0-9a-f]{32})", TusUploadHandler),
     ]
     return tornado.web.Application(
         [(pattern, handler, deps) for pattern, handler in routes],
@@ -96,8 +99,8 @@ def new_metrics(config: MasterConfig, store: JobStore, registry: CollectorRegist
 def _log_request(handler: tornado.web.RequestHandler, metrics: MasterMetrics) -> None:
     """Tornado's access log line, plus the request-duration histogram (labels bounded: class, method, code)."""
     seconds = handler.request.request_time()
-    metrics.http_duration.labels(type(handler).__name__, handler.request.method, str(handler.get_status())).observe(
-        seconds)
+    label = getattr(handler, "metric_label", None) or type(handler).__name__
+    metrics.http_duration.labels(label, handler.request.method, str(handler.get_status())).observe(seconds)
     status = handler.get_status()
     log_method = access_log.info if status < 400 else access_log.warning if status < 500 else access_log.error
     request = handler.request
@@ -110,7 +113,7 @@ class RunningMaster:
     reaper: tornado.ioloop.PeriodicCallback
     port: int
     metrics: MasterMetrics
-    dispatcher: Dispatcher
+    wakeup: WakeUpSignal
     watcher: InboxWatcher | None = None
 
     def stop(self) -> None:
@@ -123,9 +126,10 @@ class RunningMaster:
 def start_master(config: MasterConfig, store: JobStore, registry: CollectorRegistry | None = None,
                  tokens: Tokens = Tokens(), receive_writer: Callable[..., BatchWriter] = BatchWriter) -> RunningMaster:
     """Bind the HTTP server and start the lease reaper on the current IOLoop."""
-    dispatcher = Dispatcher()
+    wakeup = WakeUpSignal()
     metrics = new_metrics(config, store, registry or CollectorRegistry())
-    app = make_app(config, store, dispatcher, metrics, tokens, receive_writer)
+    app = make_app(config, store, wakeup, metrics, tokens, receive_writer)
+    services: Services = app.settings["services"]
     server = JsonErrorHTTPServer(
         app,
         max_body_size=config.server.max_upload_size,
@@ -147,27 +151,19 @@ def start_master(config: MasterConfig, store: JobStore, registry: CollectorRegis
             log.warning("lease of job %s expired: now %s (attempt %d/%d)", job.id, job.status.value,
                         job.attempts, job.max_attempts)
             metrics.job_failed_or_requeued(job, "lease_expired")
-        for upload in remove_expired(store, config.storage.root):
+        for upload in services.uploads.remove_expired():
             log.info("upload %s of job %s expired at offset %d of %d: removed", upload.id, upload.job_id,
                      upload.offset, upload.length)
             metrics.uploads_expired.labels(upload.kind).inc()
         store.explain_waiting(online_since=time.time() - config.jobs.lease_seconds - config.jobs.max_claim_wait)
-        dispatcher.notify()
+        wakeup.send()
 
     reaper = tornado.ioloop.PeriodicCallback(reap, max(config.jobs.lease_seconds / 4, 0.05) * 1000)
     reaper.start()
     watcher = None
     if config.watch.inbox is not None:
-        watcher = InboxWatcher(app.settings["services"])
+        watcher = InboxWatcher(services)
         watcher.start()
-    return RunningMaster(server=server, reaper=reaper, port=port, metrics=metrics, dispatcher=dispatcher,
+    return RunningMaster(server=server, reaper=reaper, port=port, metrics=metrics, wakeup=wakeup,
                          watcher=watcher)
 
-
-def remove_stale_uploads(root: Path) -> int:
-    """Delete temp files left by uploads that a previous master process did not finish."""
-    removed = 0
-    for path in root.rglob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
-        path.unlink(missing_ok=True)
-        removed += 1
-    return removed

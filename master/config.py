@@ -44,7 +44,7 @@ class ServerConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     root: Path = Path("/var/lib/converter/storage")
-    # uploads are written with O_DIRECT where the filesystem allows it (converter_common/batchwrite.py)
+    # uploads are written with O_DIRECT where the filesystem allows it (converter_common/background_file_writer.py)
     direct_io: bool = True
 
 

@@ -2,38 +2,29 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import signal
 import sys
-
 from typing import Callable
 
 import tornado.ioloop
 
-from converter_common.batchwrite import BatchWriter
-from converter_common.config_loader import ConfigError
+from converter_common.background_file_writer import BatchWriter
+from converter_common.config_loader import ConfigError, parse_daemon_args
 from converter_common.runtime_metrics import production_registry
 from converter_common.systemd import Notifier
-from master.app import remove_stale_uploads, start_master
+from master.app import start_master
 from master.auth import load_tokens, refuse_open_exposure
 from master.config import load_config
-from master.handlers.uploads import remove_orphans
 from master.store import JobStore
+from master.uploads import UploadRegistry
 
 log = logging.getLogger("converter.master")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="converter-master", description="Run the converter master.")
-    parser.add_argument("--config", help="path to config.yaml (defaults apply when omitted)")
-    parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None, receive_writer: Callable[..., BatchWriter] = BatchWriter) -> int:
-    args = parse_args(argv)
+    args = parse_daemon_args("converter-master", "Run the converter master.", argv)
     try:
         config = load_config(args.config)
         tokens = load_tokens(config.auth.admin_token_file, config.auth.worker_token_file)
@@ -46,13 +37,10 @@ def main(argv: list[str] | None = None, receive_writer: Callable[..., BatchWrite
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config.storage.root.mkdir(parents=True, exist_ok=True)
-    removed = remove_stale_uploads(config.storage.root)
-    if removed:
-        log.info("removed %d unfinished upload(s) left by a previous run", removed)
     store = JobStore(config.database.path)
-    removed = remove_orphans(store, config.storage.root)
+    removed = UploadRegistry(config, store).clean_at_start()
     if removed:
-        log.info("removed %d resumable upload file(s) that no upload refers to", removed)
+        log.info("removed %d unfinished upload file(s) left by a previous run", removed)
     try:
         asyncio.run(_serve(config, store, tokens, receive_writer))
     except OSError as exc:

@@ -12,7 +12,7 @@ import os
 import stat
 from pathlib import Path, PurePosixPath
 
-from master.errors import ApiError, bad_request
+from master.errors import INVALID_PATH, SOURCE_NOT_FOUND, ApiError
 
 NAME_MAX = 255  # bytes in one path component (Linux, and every filesystem the master runs on)
 PATH_MAX = 4096  # bytes in a whole path, as Linux counts them
@@ -36,39 +36,39 @@ def resolve_in_root(root: Path, relative: object, field: str) -> Path:
     whose resolved form (following symlinks) is outside the root or is the root itself.
     """
     if not isinstance(relative, str) or not relative.strip():
-        raise bad_request("invalid_path", f"{field} must be a non-empty relative path")
+        raise INVALID_PATH.error(f"{field} must be a non-empty relative path")
     if "\x00" in relative:
-        raise bad_request("invalid_path", f"{field} contains a NUL byte")
+        raise INVALID_PATH.error(f"{field} contains a NUL byte")
     if any(ch in _CONTROL for ch in relative):
-        raise bad_request("invalid_path", f"{field} contains a control character")
+        raise INVALID_PATH.error(f"{field} contains a control character")
     try:
         encoded = relative.encode("utf-8")
     except UnicodeEncodeError:
-        raise bad_request("invalid_path", f"{field} is not valid Unicode (lone surrogate)") from None
+        raise INVALID_PATH.error(f"{field} is not valid Unicode (lone surrogate)") from None
     if len(encoded) > PATH_MAX:
-        raise bad_request("invalid_path", f"{field} is longer than {PATH_MAX} bytes")
+        raise INVALID_PATH.error(f"{field} is longer than {PATH_MAX} bytes")
     if "\\" in relative:
-        raise bad_request("invalid_path", f"{field} must use '/' between folders, not '\\'")
+        raise INVALID_PATH.error(f"{field} must use '/' between folders, not '\\'")
     pure = PurePosixPath(relative)
     if pure.is_absolute() or relative.startswith("~"):
-        raise bad_request("invalid_path", f"{field} must be relative to the storage root")
+        raise INVALID_PATH.error(f"{field} must be relative to the storage root")
     if ".." in pure.parts:
-        raise bad_request("invalid_path", f"{field} must not contain '..'")
+        raise INVALID_PATH.error(f"{field} must not contain '..'")
     if any(len(part.encode("utf-8")) > NAME_MAX for part in pure.parts):
-        raise bad_request("invalid_path", f"{field} has a file or folder name longer than {NAME_MAX} bytes")
+        raise INVALID_PATH.error(f"{field} has a file or folder name longer than {NAME_MAX} bytes")
     real_root = root.resolve()
     try:
         candidate = (real_root / pure).resolve()
     except RuntimeError:  # Python < 3.13: "Symlink loop from ..."
-        raise bad_request("invalid_path", f"{field} goes through a symbolic link loop") from None
+        raise INVALID_PATH.error(f"{field} goes through a symbolic link loop") from None
     except OSError as exc:
         raise _refused(exc, field) from None
     if candidate != real_root and real_root not in candidate.parents:
-        raise bad_request("invalid_path", f"{field} leaves the storage root (through a symlink)")
+        raise INVALID_PATH.error(f"{field} leaves the storage root (through a symlink)")
     if candidate == real_root:
-        raise bad_request("invalid_path", f"{field} must name a file, not the storage root")
+        raise INVALID_PATH.error(f"{field} must name a file, not the storage root")
     if len(os.fsencode(candidate)) > PATH_MAX:  # a short name whose symlinks expand past the limit
-        raise bad_request("invalid_path", f"{field} is too long once its symbolic links are followed")
+        raise INVALID_PATH.error(f"{field} is too long once its symbolic links are followed")
     return candidate
 
 
@@ -81,11 +81,11 @@ def require_file(path: Path, field: str) -> int:
     try:
         st = path.stat()
     except (FileNotFoundError, NotADirectoryError):
-        raise bad_request("source_not_found", f"{field} does not exist in storage") from None
+        raise SOURCE_NOT_FOUND.error(f"{field} does not exist in storage") from None
     except OSError as exc:
         raise _refused(exc, field) from None
     if not stat.S_ISREG(st.st_mode):
-        raise bad_request("invalid_path", f"{field} is not a regular file")
+        raise INVALID_PATH.error(f"{field} is not a regular file")
     return st.st_size
 
 
@@ -110,12 +110,12 @@ def check_output_parent(path: Path, field: str = "output_path", root: Path | Non
         if stat.S_ISDIR(st.st_mode):
             return  # the nearest existing ancestor is a folder, so every one above it is too
         where = ancestor.name if stop is None else storage_relative(stop, ancestor)
-        raise bad_request("invalid_path", f"{field} cannot be created: {where!r} is a file, not a folder")
+        raise INVALID_PATH.error(f"{field} cannot be created: {where!r} is a file, not a folder")
 
 
 def _refused(exc: OSError, field: str) -> ApiError:
     reason = _REFUSED.get(exc.errno, f"cannot be used ({exc.strerror or exc.__class__.__name__})")
-    return bad_request("invalid_path", f"{field} {reason}")
+    return INVALID_PATH.error(f"{field} {reason}")
 
 
 def free_bytes(path: Path) -> int:

@@ -10,9 +10,10 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from master.states import ACTIVE, JobStatus, Transition
 
@@ -258,13 +259,29 @@ class JobStore:
         with self._lock:
             self._db.close()
 
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One SQLite transaction (the connection autocommits otherwise); nested uses join the outer one."""
+        with self._lock:
+            if self._db.in_transaction:
+                yield
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
     # -- jobs ---------------------------------------------------------------------------------
 
     def create_job(self, *, job_id: str, source_path: str, output_path: str, profile: str,
                    source_size: int, source_sha256: str, source_mtime_ns: int, max_attempts: int,
-                   now: float | None = None) -> Job:
+                   consumed_upload: str | None = None, now: float | None = None) -> Job:
+        """A new pending job; a source upload it was made from (``consumed_upload``) is forgotten with it."""
         now = time.time() if now is None else now
-        with self._lock, self._db:
+        with self._transaction():
             busy = self._db.execute(
                 f"SELECT id FROM jobs WHERE output_path = ? AND status IN ({_marks(ACTIVE)})",
                 (output_path, *_values(ACTIVE)),
@@ -283,6 +300,8 @@ class JobStore:
                 if _is_output_owner_violation(exc):
                     raise self._output_busy(output_path) from exc
                 raise DuplicateJob(job_id) from exc
+            if consumed_upload is not None:
+                self._db.execute("DELETE FROM uploads WHERE id = ?", (consumed_upload,))
         return Job.from_row(row)
 
     def _output_busy(self, output_path: str) -> OutputBusy:
@@ -369,6 +388,18 @@ class JobStore:
                     " progress = 100, error = NULL",
             size=output_size, sha=output_sha256,
         )
+
+    def complete_job(self, job_id: str, output_size: int, output_sha256: str, *, worker_id: str | None = None,
+                     upload_id: str | None = None, now: float | None = None) -> Job:
+        """In one transaction: the job completed, its worker's run of failures ended, the upload that
+        brought the output (``upload_id``) forgotten. Either all of it happens or none."""
+        with self._transaction():
+            job = self.complete(job_id, output_size, output_sha256, worker_id=worker_id, now=now)
+            if job.worker_id is not None:
+                self._db.execute("UPDATE workers SET consecutive_failures = 0 WHERE id = ?", (job.worker_id,))
+            if upload_id is not None:
+                self._db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+        return job
 
     def update_source_digest(self, job_id: str, *, size: int, sha256: str, mtime_ns: int) -> None:
         """Remember the digest of a source that changed on disk since it was last hashed."""
@@ -488,7 +519,7 @@ class JobStore:
         will write is ``OutputBusy``.
         """
         now = time.time() if now is None else now
-        with self._lock, self._db:
+        with self._transaction():
             live = self._db.execute("SELECT * FROM uploads WHERE job_id = ? AND (kind = 'source' OR attempt IS ?)",
                                     (job_id, attempt)).fetchone()
             if live is not None:

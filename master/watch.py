@@ -17,9 +17,9 @@ from pathlib import Path
 import tornado.ioloop
 
 from master.errors import ApiError
+from master.intake import default_outputs
 from master.paths import storage_relative
 from master.store import DuplicateJob, StoreError
-from master.submission import default_outputs, insert_job, source_digest
 
 log = logging.getLogger("converter.master")
 
@@ -93,10 +93,9 @@ class InboxWatcher:
         job_id = "watch-" + hashlib.sha256(relative.encode()).hexdigest()[:16]
         profile = self.config.watch.profile
         try:
-            digest = await source_digest(source)
-            job = insert_job(self.services.store, self.config, job_id=job_id, source=source,
-                             outputs=default_outputs(self.root, source.name, profile, job_id), profile=profile,
-                             sha256=digest)
+            job = await self.services.intake.from_stored_file(
+                job_id=job_id, source=source, outputs=default_outputs(self.root, source.name, profile, job_id),
+                profile=profile)
         except DuplicateJob:
             if not quiet_if_known:
                 log.warning("watch folder: %s already has job %s", relative, job_id)
@@ -104,6 +103,4 @@ class InboxWatcher:
         except (ApiError, StoreError, OSError) as exc:
             log.error("watch folder: no job for %s: %s", relative, exc)
             return
-        self.services.metrics.jobs_submitted.inc()
-        self.services.dispatcher.notify()
         log.info("watch folder: %s became job %s -> %s", relative, job.id, job.output_path)

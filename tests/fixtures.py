@@ -86,6 +86,12 @@ class ThreadedMaster:
     def metrics(self):
         return self._running.metrics
 
+    @property
+    def wakeup(self):
+        """What long-polling claims wait on and a new pending job signals (tests wrap its ``wait`` to see a
+        claim parked). Named ``dispatcher`` on RunningMaster until the master/ restructuring renames it."""
+        return getattr(self._running, "wakeup", None) or self._running.dispatcher
+
     # conveniences for tests
     def submit(self, source: str, output: str, job_id: str | None = None, profile: str = "h264-720p") -> requests.Response:
         body = {"source_path": source, "output_path": output, "profile": profile}

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from converter_common.profiles import BUILTIN_PROFILES, Profile
-from worker.ffmpeg import _die_with_parent, _kill_group
-from worker.profiles_ffmpeg import VULKAN_DECODE_CODECS, VULKAN_ENCODERS, VULKAN_FILTERS, encoder_args
+from worker.ffmpeg import die_with_parent, kill_group
+from worker.ffmpeg_command import VULKAN_DECODE_CODECS, VULKAN_ENCODERS, VULKAN_FILTERS, encoder_args
 
 log = logging.getLogger("converter.worker")
 
@@ -189,7 +189,7 @@ def _run(command: list[str], cancel: threading.Event | None, timeout: float = PR
     try:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True,
-                                   preexec_fn=_die_with_parent)
+                                   preexec_fn=die_with_parent)
     except OSError as exc:
         return subprocess.CompletedProcess(command, 127, "", str(exc))
     deadline = time.monotonic() + timeout
@@ -199,7 +199,7 @@ def _run(command: list[str], cancel: threading.Event | None, timeout: float = PR
             return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
         except subprocess.TimeoutExpired:
             if time.monotonic() >= deadline or (cancel is not None and cancel.is_set()):
-                _kill_group(process, 1.0)
+                kill_group(process, 1.0)
                 stdout, stderr = process.communicate()
                 why = "cancelled" if cancel is not None and cancel.is_set() else f"no answer in {timeout:.0f} s"
                 return subprocess.CompletedProcess(command, -9, stdout, (stderr or "") + f"\n{why}")

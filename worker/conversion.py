@@ -20,8 +20,9 @@ from converter_common.profiles import BUILTIN_PROFILES, Profile
 from worker import capabilities, ffmpeg
 from worker.config import FfmpegSection
 from worker.errors import FatalError, RetryableError
+from worker.ffmpeg_command import VULKAN_ENCODERS, Plan, build_command, cpu_encoder
+from worker.media import MediaInfo
 from worker.metrics import WorkerMetrics
-from worker.profiles_ffmpeg import VULKAN_ENCODERS, Plan, cpu_encoder
 
 log = logging.getLogger("converter.worker")
 
@@ -89,7 +90,7 @@ class Converter:
             announce, self._announce = self._announce, False
             return announce
 
-    def probe(self, path: Path) -> ffmpeg.MediaInfo:
+    def probe(self, path: Path) -> MediaInfo:
         """ffprobe, or FFmpeg's own stream summary where there is no ffprobe (imageio-ffmpeg ships none)."""
         if shutil.which(self.settings.ffprobe) is None:
             return ffmpeg.probe_with_ffmpeg(self.caps.ffmpeg, path)
@@ -97,7 +98,7 @@ class Converter:
 
     # -- choosing -------------------------------------------------------------------------------
 
-    def plan(self, profile: Profile, source: ffmpeg.MediaInfo) -> Plan:
+    def plan(self, profile: Profile, source: MediaInfo) -> Plan:
         """Vulkan when usable, its filters ran here, and it pays (a filter or a Vulkan encoder) or accel=vulkan."""
         cpu = Plan("cpu", cpu_encoder(profile, self.caps.encoders or None))
         if not self.vulkan_usable or "vulkan" not in capabilities.profile_forms(profile, self.caps):
@@ -133,10 +134,10 @@ class Converter:
         self._vulkan_outcome(reason)
         return dataclasses.replace(result, fallback=reason)
 
-    def _run(self, plan: Plan, profile: Profile, info: ffmpeg.MediaInfo, source: Path, output: Path,
+    def _run(self, plan: Plan, profile: Profile, info: MediaInfo, source: Path, output: Path,
              cancel: threading.Event, on_progress: Callable[[float], None] | None) -> ConversionResult:
         output.unlink(missing_ok=True)
-        command = ffmpeg.build_command(self.caps.ffmpeg, profile, source, output, info=info, plan=plan)
+        command = build_command(self.caps.ffmpeg, profile, source, output, info=info, plan=plan)
         seconds = ffmpeg.run(command, duration=info.duration, timeout=self.settings.timeout, cancel=cancel,
                              on_progress=on_progress, stall_timeout=self.settings.stall_timeout,
                              kill_grace=self.settings.kill_grace)
@@ -169,14 +170,10 @@ class Converter:
                  self.settings.accel, "vulkan+cpu" if self.vulkan_usable else "cpu", caps.probe_seconds)
 
 
-_START_LOCK = threading.Lock()
+ConverterFactory = Callable[[threading.Event], Converter]
+"""Makes the worker's Converter on first use (the first registration), given the event that cuts its probe short."""
 
 
-def for_worker(worker: Any) -> Converter:
-    """The worker's Converter, probed on first use (at registration) and kept for the process's life."""
-    with _START_LOCK:
-        converter = getattr(worker, "converter", None)
-        if converter is None:
-            converter = Converter.start(worker.config.ffmpeg, worker.metrics, cancel=worker._stopping)
-            worker.converter = converter
-        return converter
+def probing_factory(settings: FfmpegSection, metrics: WorkerMetrics) -> ConverterFactory:
+    """The production factory: select and probe the configured FFmpeg (``Converter.start``)."""
+    return lambda cancel: Converter.start(settings, metrics, cancel=cancel)

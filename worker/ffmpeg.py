@@ -1,6 +1,7 @@
 """Calling FFmpeg: running it under a watchdog, probing media, checking the output.
 
-The argument lists come from ``worker.profiles_ffmpeg`` (re-exported here as ``build_command``).
+The argument lists come from ``worker.ffmpeg_command``; what a probe returns (``MediaInfo``) is defined
+in ``worker.media``. Neither of those imports this module.
 
 The FFmpeg child runs in its own process group (so a kill reaches its helpers) and is told by
 the kernel to die with the worker thread that started it (PR_SET_PDEATHSIG), even on SIGKILL.
@@ -18,13 +19,13 @@ import subprocess
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from converter_common.profiles import BUILTIN_PROFILES, Profile
 from worker.errors import FatalError, JobError, RetryableError, Shutdown
-from worker.profiles_ffmpeg import build_command, output_size  # noqa: F401  (build_command is re-exported)
+from worker.ffmpeg_command import output_size
+from worker.media import MediaInfo
 
 log = logging.getLogger("converter.worker")
 
@@ -70,25 +71,6 @@ def classify_failure(what: str, stderr: str) -> JobError:
     if host_line is not None:
         return FfmpegHostFailure(f"{what}: {host_line}")
     return FfmpegRejectedInput(f"{what}: {_last_line(stderr)}")
-
-
-@dataclass(frozen=True)
-class MediaInfo:
-    duration: float
-    video_codec: str | None
-    width: int | None
-    height: int | None
-    audio_codec: str | None
-    audio_streams: int = 0
-    subtitle_codecs: tuple[str, ...] = ()
-    pix_fmt: str | None = None
-    sample_aspect: float = 1.0
-    rotation: int = 0  # degrees from the display matrix; 90/270 swap the displayed width and height
-
-    def display_size(self) -> tuple[int, int]:
-        """(width, height) as shown: pixel aspect applied, rotation applied."""
-        width, height = round((self.width or 0) * self.sample_aspect), self.height or 0
-        return (height, width) if self.rotation % 180 == 90 else (width, height)
 
 
 def probe(ffprobe: str, path: Path) -> MediaInfo:
@@ -191,7 +173,7 @@ def run(command: list[str], *, duration: float, timeout: float, cancel: threadin
     """
     started = time.monotonic()
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               start_new_session=True, preexec_fn=_die_with_parent, text=True, bufsize=1)
+                               start_new_session=True, preexec_fn=die_with_parent, text=True, bufsize=1)
     stderr_tail: deque[str] = deque(maxlen=20)
     drain = threading.Thread(target=lambda: stderr_tail.extend(process.stderr), daemon=True)
     drain.start()
@@ -203,7 +185,7 @@ def run(command: list[str], *, duration: float, timeout: float, cancel: threadin
     finally:
         killer.stop()
         if process.poll() is None:
-            _kill_group(process, kill_grace)
+            kill_group(process, kill_grace)
         drain.join(timeout=5)
     elapsed = time.monotonic() - started
     if cancel.is_set():
@@ -255,13 +237,13 @@ class _Watchdog(threading.Thread):
         while not self._done.is_set():
             now = time.monotonic()
             if self._cancel.is_set():
-                _kill_group(self._process, self._kill_grace)
+                kill_group(self._process, self._kill_grace)
                 return
             if now >= self._deadline or (self._stall_timeout and now - self._last_progress >= self._stall_timeout):
                 self.fired = "timeout" if now >= self._deadline else "stall"
                 log.warning("ffmpeg (pid %d): %s; killing its process group", self._process.pid,
                             "hard timeout" if self.fired == "timeout" else "no progress")
-                _kill_group(self._process, self._kill_grace)
+                kill_group(self._process, self._kill_grace)
                 return
             self._done.wait(0.2)
 
@@ -270,7 +252,7 @@ class _Watchdog(threading.Thread):
         self.join(timeout=self._kill_grace + 1)
 
 
-def _kill_group(process: subprocess.Popen, grace: float = KILL_GRACE) -> None:
+def kill_group(process: subprocess.Popen, grace: float = KILL_GRACE) -> None:
     """SIGTERM the process group, SIGKILL it if it is still there after the grace period."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
         try:
@@ -284,7 +266,7 @@ def _kill_group(process: subprocess.Popen, grace: float = KILL_GRACE) -> None:
             continue
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 

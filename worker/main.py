@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
@@ -10,22 +9,15 @@ import sys
 from prometheus_client import start_http_server
 
 from converter_common.runtime_metrics import production_registry
-from converter_common.config_loader import ConfigError
+from converter_common.config_loader import ConfigError, parse_daemon_args
 from worker.config import load_config
 from worker.worker import Worker
 
 log = logging.getLogger("converter.worker")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="converter-worker", description="Run a converter worker.")
-    parser.add_argument("--config", help="path to config.yaml (defaults apply when omitted)")
-    parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_daemon_args("converter-worker", "Run a converter worker.", argv)
     try:
         config = load_config(args.config)
         config.master.token()  # an unreadable token file is a config error, reported before start-up

@@ -1,4 +1,10 @@
-"""The worker's loop: claim → download → convert → upload → clean up, one testable step at a time."""
+"""The worker's loop: claim → download → convert → upload → clean up, one testable step at a time.
+
+``Worker`` is built from its parts: the master client, how files move (a storage mode), how to make the
+FFmpeg converter (probed once, on first use), and a clock for its waits. ``Worker.from_config`` wires the
+production ones; a test injects its own. ``run_once`` is one step of a claim loop: claim a job and take it
+to one of the outcomes in ``worker.metrics.OUTCOMES``.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +14,20 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry
 
 from converter_common.profiles import BUILTIN_PROFILES
 from converter_common.systemd import Notifier
-from worker import conversion, ffmpeg
+from worker import ffmpeg
 from worker.client import MasterClient
 from worker.config import WorkerConfig
+from worker.conversion import Converter, ConverterFactory, probing_factory
 from worker.errors import ApiRejected, Cause, FatalError, JobLost, RetryableError, Shutdown
 from worker.metrics import WorkerMetrics, free_bytes
 from worker.retry import RetryPolicy
-from worker.storage_modes import storage_mode
+from worker.storage_modes import StorageMode, storage_mode
 
 log = logging.getLogger("converter.worker")
 
@@ -37,14 +44,34 @@ class ActiveJob:
     stage: str = "download"
 
 
+class Clock:
+    """How the worker waits: on an event with a timeout (claim backoff, heartbeats) and for a delayed call
+    (the drain deadline). Real time here; a test may inject a clock of its own."""
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        """Wait until ``event`` is set or ``seconds`` pass; True when the event was set."""
+        return event.wait(seconds)
+
+    def call_later(self, seconds: float, action: Callable[[], None]) -> None:
+        timer = threading.Timer(seconds, action)
+        timer.daemon = True
+        timer.start()
+
+
 class Worker:
-    def __init__(self, config: WorkerConfig, client: MasterClient, notifier: Notifier | None = None):
+    def __init__(self, config: WorkerConfig, client: MasterClient, *, storage: StorageMode,
+                 converter_factory: ConverterFactory, metrics: WorkerMetrics | None = None,
+                 clock: Clock | None = None, notifier: Notifier | None = None):
         self.config = config
         self.client = client
-        self.metrics = client.metrics
-        self.storage = storage_mode(config, client)
+        self.storage = storage
+        self.metrics = metrics or WorkerMetrics(CollectorRegistry())
+        self.clock = clock or Clock()
         self.notifier = notifier or Notifier()
         self.cache = config.storage.cache_path
+        self._converter_factory = converter_factory
+        self._converter: Converter | None = None
+        self._converter_lock = threading.Lock()
         self._stopping = threading.Event()
         self._active: dict[str, ActiveJob] = {}
         self._lock = threading.Lock()
@@ -52,6 +79,8 @@ class Worker:
 
     @classmethod
     def from_config(cls, config: WorkerConfig, registry: CollectorRegistry | None = None) -> "Worker":
+        """The production worker: metrics on ``registry``, a client of the configured master, the configured
+        storage mode, and the configured FFmpeg, probed at the first registration."""
         retry = RetryPolicy(config.retry.attempts, config.retry.base_delay, config.retry.factor, config.retry.cap)
         metrics = WorkerMetrics(registry or CollectorRegistry())
         metrics.watch_cache(config.storage.cache_path)
@@ -65,12 +94,20 @@ class Worker:
                               upload_limit=config.transfer.upload_limit,
                               direct_io=config.storage.direct_io, token=config.master.token(),
                               upload_window=config.retry.upload_window)
-        return cls(config, client)
+        return cls(config, client, storage=storage_mode(config, client),
+                   converter_factory=probing_factory(config.ffmpeg, metrics), metrics=metrics)
+
+    def converter(self) -> Converter:
+        """The worker's Converter, made on first use (at registration) and kept for the process's life."""
+        with self._converter_lock:
+            if self._converter is None:
+                self._converter = self._converter_factory(self._stopping)
+            return self._converter
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def register(self) -> dict[str, Any]:
-        capabilities = conversion.for_worker(self).capabilities()  # probed once, at the first registration
+        capabilities = self.converter().capabilities()  # probed once, at the first registration
         return self.client.register(capabilities, self.config.worker.concurrency, socket.gethostname())
 
     def run(self) -> None:
@@ -113,9 +150,7 @@ class Worker:
         drain = self.config.worker.drain_timeout
         if drain > 0:
             log.info("draining: running jobs have %.0f s to finish", drain)
-            timer = threading.Timer(drain, self._abort_all)
-            timer.daemon = True
-            timer.start()
+            self.clock.call_later(drain, self._abort_all)
         else:
             self._abort_all()
 
@@ -142,7 +177,7 @@ class Worker:
                 failures += 1
                 delay = self._idle_backoff.delay(failures)
                 log.warning("cannot %s: %s (next try in %.0f s)", what, exc, delay)
-                self._stopping.wait(delay)
+                self.clock.wait(self._stopping, delay)
 
     # -- one step -------------------------------------------------------------------------------
 
@@ -201,7 +236,7 @@ class Worker:
         source = self.storage.source(job, active.directory, active.abort)
         output = self.storage.output(job, active.directory)
         active.stage = "convert"
-        converter = conversion.for_worker(self)
+        converter = self.converter()
         result = converter.convert(profile, source, output, active.abort, label=f"job {active.job_id}",
                                    on_progress=lambda pct: setattr(active, "progress", pct))
         log.info("job %s: converted %.1f s of media in %.1f s (%s, %s, speed %.2fx)%s", active.job_id,
@@ -249,7 +284,7 @@ class Worker:
 
     def _heartbeat_loop(self, active: ActiveJob) -> None:
         interval = self.config.worker.heartbeat_interval
-        while not active.abort.wait(interval):
+        while not self.clock.wait(active.abort, interval):
             try:
                 self.client.heartbeat(active.job_id, round(active.progress, 1))
             except JobLost as exc:

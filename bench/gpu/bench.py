@@ -1,7 +1,7 @@
 """GPU benchmark: denoise-1080p Vulkan vs CPU (bare FFmpeg), and the worker's conversion step vs bare FFmpeg.
 
 Run through bench/gpu/run.sh on the GPU host (docs/gpu.md). Every FFmpeg run is bounded (``timeout -k``).
-Bare runs use the exact argument lists the worker builds (worker.profiles_ffmpeg), so the only
+Bare runs use the exact argument lists the worker builds (worker.ffmpeg_command), so the only
 difference in the overhead comparison is the worker's own work: probing the source, the watchdog
 and progress parsing, and the output check.
 """
@@ -25,7 +25,7 @@ from worker.config import FfmpegSection
 from worker.conversion import Converter
 from worker.ffmpeg import probe_with_ffmpeg
 from worker.metrics import WorkerMetrics
-from worker.profiles_ffmpeg import Plan, build_command
+from worker.ffmpeg_command import Plan, build_command
 
 
 def make_clip(ffmpeg: str, path: Path, seconds: float, size: str, noise: bool) -> Path:

@@ -29,10 +29,10 @@ class ClaimHandler(BaseHandler):
         worker_id = check_worker_id(body.get("worker_id"))
         wait = body.get("wait", 0)
         if not is_number(wait, 0, MAX_WAIT):
-            raise errors.bad_request("invalid_field", f"wait must be a number of seconds 0..{MAX_WAIT}")
+            raise errors.INVALID_FIELD.error(f"wait must be a number of seconds 0..{MAX_WAIT}")
         room = body.get("cache_free_bytes")
         if room is not None and not (isinstance(room, int) and is_number(room, 0, 2**62)):
-            raise errors.bad_request("invalid_field", "cache_free_bytes must be an integer 0..2^62")
+            raise errors.INVALID_FIELD.error("cache_free_bytes must be an integer 0..2^62")
         loop = tornado.ioloop.IOLoop.current()
         deadline = loop.time() + min(float(wait), self.config.jobs.max_claim_wait)
         quarantined = self.store.quarantined_until(worker_id)
@@ -53,7 +53,7 @@ class ClaimHandler(BaseHandler):
             if remaining <= 0:
                 break
             try:
-                await self.services.dispatcher.wait(min(remaining, RECHECK_SECONDS))
+                await self.services.wakeup.wait(min(remaining, RECHECK_SECONDS))
             except TimeoutError:
                 pass
         self._no_job()

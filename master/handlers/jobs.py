@@ -1,58 +1,103 @@
-"""/api/jobs: submit, list, show, cancel and retry jobs."""
+"""/api/jobs: submit, list, show, cancel and retry jobs.
+
+A job is submitted as JSON naming a file already in storage, or by uploading its source as multipart:
+``curl -F video=@movie.mkv -F profile=h264-720p [-F output_path=out/x.mp4] [-F id=abc] .../api/jobs``.
+A multipart body streams to a temp file (``multipart.MultipartReceiver``); its fields may come in any
+order, so they are checked once the body is complete. Either way ``master.intake`` makes the job.
+"""
 
 from __future__ import annotations
 
-import uuid
+import tornado.web
 
+from converter_common.protocol import job_path
 from master import errors
 from master.auth import Access
-from master.handlers.base import BaseHandler, check_job_id
+from master.handlers.base import CONTROL_BODY_LIMIT, BaseHandler, check_job_id
+from master.handlers.multipart import MultipartReceiver, TextField, form_filename
+from master.intake import new_job_id
 from master.paths import require_file, resolve_in_root
-from master.submission import check_output, insert_job, source_digest
 from master.states import JobStatus
+from master.store import Job
 
 MAX_PAGE = 1000
+JSON_FIELDS = {"id", "source_path", "output_path", "profile"}
+TEXT_FIELDS = ("profile", "output_path", "id")  # of a multipart submission, besides the video
 
 
-class JobsHandler(BaseHandler):
+@tornado.web.stream_request_body
+class JobsHandler(MultipartReceiver, BaseHandler):
+    metric_label = "JobsUploadHandler"
     access = {"GET": Access.READ, "POST": Access.ADMIN}
+    receives_files = True
+
+    def initialize(self, services) -> None:  # type: ignore[override]
+        super().initialize(services)
+        self._multipart = False
+        self._fields: dict[str, TextField] = {}
+
+    def prepare(self) -> None:
+        super().prepare()  # authentication, before the body is read (the limit of a GET's stays the small one)
+        if self.request.method != "POST":
+            return
+        self._multipart = self.request.headers.get("Content-Type", "").lower().startswith("multipart/form-data")
+        if not self._multipart:
+            self.accept_body(CONTROL_BODY_LIMIT)
+            return
+        incoming = self.services.intake.incoming_dir()
+        self.accept_upload(incoming)
+        parser = self.open_multipart(incoming)
+        for name in TEXT_FIELDS:
+            self._fields[name] = TextField(name)
+            parser.register(name, self._fields[name])
+
+    async def data_received(self, chunk: bytes) -> None:
+        if self._multipart:
+            await self.feed(chunk)
+        else:
+            super().data_received(chunk)
 
     async def post(self) -> None:
+        job = await (self._submit_upload() if self._multipart else self._submit_json())
+        self.set_header("Location", job_path(job.id))
+        self.write_json(job.to_dict(), 201)
+
+    async def _submit_json(self) -> Job:
         body = self.json_body()
-        unknown = set(body) - {"id", "source_path", "output_path", "profile"}
+        unknown = set(body) - JSON_FIELDS
         if unknown:
-            raise errors.bad_request("unknown_field", f"unknown field(s): {', '.join(sorted(unknown))}")
-        job_id = check_job_id(body["id"]) if body.get("id") is not None else uuid.uuid4().hex[:16]
-        profile = self._profile(body.get("profile"))
+            raise errors.UNKNOWN_FIELD.error(f"unknown field(s): {', '.join(sorted(unknown))}")
+        job_id = check_job_id(body["id"]) if body.get("id") is not None else new_job_id()
+        profile = self.services.intake.profile(body.get("profile"))
         root = self.config.storage.root
         source = resolve_in_root(root, body.get("source_path"), "source_path")
         output = resolve_in_root(root, body.get("output_path"), "output_path")
         require_file(source, "source_path")
-        check_output(output, source, profile)
-        digest = await source_digest(source)
-        job = insert_job(self.store, self.config, job_id=job_id, source=source, outputs=[output], profile=profile,
-                         sha256=digest)
-        self.announce_created(job)
+        return await self.services.intake.from_stored_file(job_id=job_id, source=source, outputs=[output],
+                                                           profile=profile)
 
-    def announce_created(self, job) -> None:
-        self.services.metrics.jobs_submitted.inc()
-        self.services.dispatcher.notify()
-        self.set_header("Location", f"/api/jobs/{job.id}")
-        self.write_json(job.to_dict(), 201)
+    async def _submit_upload(self) -> Job:
+        digest = await self.finish_part()
+        values = {name: field.value for name, field in self._fields.items()}
+        profile = self.services.intake.profile(values["profile"])
+        job_id = check_job_id(values["id"]) if values["id"] else new_job_id()
+        job = await self.services.intake.from_received_file(
+            job_id=job_id, received=self._temp_path, client_name=form_filename(self._sink.multipart_filename or ""),
+            output_path=values["output_path"] or None, profile=profile, sha256=digest)
+        self._temp_path = None
+        return job
+
+    def field_bytes(self) -> int:
+        return sum(field.size for field in self._fields.values())
 
     def get(self) -> None:
         status = self.get_query_argument("status", None)
         if status is not None and status not in {s.value for s in JobStatus}:
-            raise errors.bad_request("invalid_status", f"status must be one of {', '.join(s.value for s in JobStatus)}")
+            raise errors.INVALID_STATUS.error(f"status must be one of {', '.join(s.value for s in JobStatus)}")
         limit = self._int_argument("limit", 100, 1, MAX_PAGE)
         offset = self._int_argument("offset", 0, 0, 2**62)
         jobs, total = self.store.list_jobs(status=JobStatus(status) if status else None, limit=limit, offset=offset)
         self.write_json({"jobs": [j.to_dict() for j in jobs], "total": total, "limit": limit, "offset": offset})
-
-    def _profile(self, name: object) -> str:
-        if not isinstance(name, str) or name not in self.config.profiles:
-            raise errors.bad_request("unknown_profile", f"profile must be one of: {', '.join(self.config.profiles)}")
-        return name
 
     def _int_argument(self, name: str, default: int, low: int, high: int) -> int:
         raw = self.get_query_argument(name, None)
@@ -61,9 +106,9 @@ class JobsHandler(BaseHandler):
         try:
             value = int(raw)
         except ValueError:
-            raise errors.bad_request("invalid_parameter", f"{name} must be an integer") from None
+            raise errors.INVALID_PARAMETER.error(f"{name} must be an integer") from None
         if not low <= value <= high:
-            raise errors.bad_request("invalid_parameter", f"{name} must be between {low} and {high}")
+            raise errors.INVALID_PARAMETER.error(f"{name} must be between {low} and {high}")
         return value
 
 
@@ -88,8 +133,8 @@ class JobRetryHandler(BaseHandler):
         job = self.store.get_job(check_job_id(job_id))
         output = resolve_in_root(self.config.storage.root, job.output_path, "output_path")
         if output.exists():  # another job's output, or the user's own file: a retry may not overwrite it
-            raise errors.conflict("output_exists", f"output_path {job.output_path!r} exists now; a retry would"
-                                                   " overwrite it: remove it or submit a new job")
+            raise errors.OUTPUT_EXISTS.error(f"output_path {job.output_path!r} exists now; a retry would"
+                                             " overwrite it: remove it or submit a new job")
         job = self.store.retry(job.id)
-        self.services.dispatcher.notify()
+        self.services.wakeup.send()
         self.write_json(job.to_dict())

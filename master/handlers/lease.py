@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 
+from converter_common.protocol import CAUSE_WORKER, FAILURE_CAUSES
 from master import errors
 from master.auth import Access
 from master.handlers.base import BaseHandler, check_worker_id, is_number
 
 
 log = logging.getLogger("converter.master")
-WORKER_CAUSE = "worker"  # the host failed (FFmpeg crashed, disk full, GPU gone): counts toward quarantine
-FAILURE_CAUSES = ("source", WORKER_CAUSE)  # source: the job's input cannot be converted anywhere
 CONVERSION_FIELDS = {"conversion_seconds", "accel", "speed", "vulkan_fallback"}
 
 
@@ -29,7 +28,7 @@ class HeartbeatHandler(_LeaseHandler):
         job_id, worker_id, body = self.lease_request()
         progress = body.get("progress")
         if progress is not None and not is_number(progress, 0, 100):
-            raise errors.bad_request("invalid_field", "progress must be a number 0..100")
+            raise errors.INVALID_FIELD.error("progress must be a number 0..100")
         job = self.store.heartbeat(job_id, worker_id=worker_id, progress=progress,
                                    lease_seconds=self.config.jobs.lease_seconds,
                                    conversion=conversion_fields(body.get("conversion")))
@@ -41,16 +40,16 @@ def conversion_fields(value: object) -> dict | None:
     if value is None:
         return None
     if not isinstance(value, dict) or set(value) - CONVERSION_FIELDS:
-        raise errors.bad_request("invalid_field", f"conversion must be an object with {sorted(CONVERSION_FIELDS)}")
+        raise errors.INVALID_FIELD.error(f"conversion must be an object with {sorted(CONVERSION_FIELDS)}")
     for name in ("conversion_seconds", "speed"):
         number = value.get(name)
         if number is not None and not is_number(number, 0, 1e12):
-            raise errors.bad_request("invalid_field", f"conversion.{name} must be a number 0..1e12")
+            raise errors.INVALID_FIELD.error(f"conversion.{name} must be a number 0..1e12")
     if value.get("accel") not in (None, "cpu", "vulkan"):
-        raise errors.bad_request("invalid_field", "conversion.accel must be cpu or vulkan")
+        raise errors.INVALID_FIELD.error("conversion.accel must be cpu or vulkan")
     fallback = value.get("vulkan_fallback")
     if fallback is not None and not isinstance(fallback, str):
-        raise errors.bad_request("invalid_field", "conversion.vulkan_fallback must be a string")
+        raise errors.INVALID_FIELD.error("conversion.vulkan_fallback must be a string")
     return {**value, "vulkan_fallback": fallback[:500] if fallback else None}
 
 
@@ -60,18 +59,18 @@ class FailHandler(_LeaseHandler):
         error = body.get("error")
         retryable = body.get("retryable", True)
         if not isinstance(error, str) or not error:
-            raise errors.bad_request("invalid_field", "error must be a non-empty string")
+            raise errors.INVALID_FIELD.error("error must be a non-empty string")
         if not isinstance(retryable, bool):
-            raise errors.bad_request("invalid_field", "retryable must be true or false")
-        cause = body.get("cause", WORKER_CAUSE)
+            raise errors.INVALID_FIELD.error("retryable must be true or false")
+        cause = body.get("cause", CAUSE_WORKER)
         if cause not in FAILURE_CAUSES:
-            raise errors.bad_request("invalid_field", f"cause must be one of {', '.join(FAILURE_CAUSES)}")
+            raise errors.INVALID_FIELD.error(f"cause must be one of {', '.join(FAILURE_CAUSES)}")
         job = self.store.fail(job_id, worker_id=worker_id, error=error[:2000], retryable=retryable,
                               retry_delay=self.config.jobs.retry_delay)
-        if cause == WORKER_CAUSE:  # a bad source says nothing about the worker: only its own failures count
+        if cause == CAUSE_WORKER:  # a bad source says nothing about the worker: only its own failures count
             self._count_worker_failure(worker_id, job)
         self.services.metrics.job_failed_or_requeued(job, "retryable_failure")
-        self.services.dispatcher.notify()
+        self.services.wakeup.send()
         self.write_json(job.to_dict())
 
     def _count_worker_failure(self, worker_id: str, job) -> None:
@@ -87,8 +86,8 @@ class ReleaseHandler(_LeaseHandler):
         job_id, worker_id, body = self.lease_request()
         reason = body.get("reason", "released by worker")
         if not isinstance(reason, str):
-            raise errors.bad_request("invalid_field", "reason must be a string")
+            raise errors.INVALID_FIELD.error("reason must be a string")
         job = self.store.release(job_id, worker_id=worker_id, reason=reason[:2000])
         self.services.metrics.job_failed_or_requeued(job, "released")
-        self.services.dispatcher.notify()
+        self.services.wakeup.send()
         self.write_json(job.to_dict())

@@ -36,6 +36,6 @@ class OpenApiHandler(BaseHandler):
 
     def get(self) -> None:
         if SPEC_JSON is None:
-            raise errors.not_found("openapi_unavailable", "this installation does not include docs/openapi.yaml")
+            raise errors.OPENAPI_UNAVAILABLE.error()
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(SPEC_JSON)

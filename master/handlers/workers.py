@@ -39,12 +39,12 @@ class WorkerRegisterHandler(BaseHandler):
         capabilities = body.get("capabilities", {})
         concurrency = body.get("concurrency", 1)
         if not isinstance(hostname, str) or len(hostname) > 255:
-            raise errors.bad_request("invalid_field", "hostname must be a string of at most 255 characters")
+            raise errors.INVALID_FIELD.error("hostname must be a string of at most 255 characters")
         if not isinstance(capabilities, dict) or _depth(capabilities) > MAX_CAPABILITY_DEPTH:
-            raise errors.bad_request("invalid_field", f"capabilities must be a JSON object nested at most"
+            raise errors.INVALID_FIELD.error(f"capabilities must be a JSON object nested at most"
                                                       f" {MAX_CAPABILITY_DEPTH} levels deep")
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or not 1 <= concurrency <= 256:
-            raise errors.bad_request("invalid_field", "concurrency must be an integer 1..256")
+            raise errors.INVALID_FIELD.error("concurrency must be an integer 1..256")
         worker = self.store.register_worker(worker_id=worker_id, hostname=hostname, capabilities=capabilities,
                                             concurrency=concurrency)
         self.write_json({"worker": worker.to_dict(), "lease_seconds": self.config.jobs.lease_seconds,

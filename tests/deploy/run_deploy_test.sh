@@ -305,8 +305,8 @@ else
   grep -E 'fatal:|FAILED|ERROR' "$WORK/playbook1.log" | tail -20
   fail "ansible-playbook deploy.yml exited $rc (log: $WORK/playbook1.log)"
   for name in "${CONTAINERS[@]}"; do
-    on "$name" 'journalctl -u converter-master -u converter-worker -u prometheus --no-pager -n 30' 2>/dev/null \
-      | sed "s/^/[$name] /"
+    on "$name" 'journalctl -u converter-master -u converter-worker -u prometheus --no-pager' >"$WORK/$name.journal.log" 2>/dev/null
+    grep -v -E ' (systemd|sshd)\[' "$WORK/$name.journal.log" | tail -n 30 | sed "s/^/[$name] /"
   done
   exit 1
 fi
@@ -332,6 +332,20 @@ check_unit() { # check_unit HOST UNIT
   if [[ "$props" == *"User=converter"* ]]; then pass "$host: $unit runs as converter"; else fail "$host: $unit user ($props)"; fi
 }
 check_unit master converter-master.service
+# The master has no ExecReload (it cannot reload in place): `systemctl reload` is refused and leaves it running.
+pid=$(on master systemctl show -p MainPID --value converter-master.service)
+if reload_out=$(on master systemctl reload converter-master.service 2>&1); then
+  fail "master: systemctl reload converter-master was accepted; the unit should have no ExecReload"
+else
+  pass "master: systemctl reload converter-master refused ($reload_out)"
+fi
+state=$(on master systemctl is-active converter-master.service 2>/dev/null)
+pid_after=$(on master systemctl show -p MainPID --value converter-master.service)
+if [[ $state == active && $pid != 0 && $pid_after == "$pid" ]] && api -f -o /dev/null "http://127.0.0.1:$MASTER_PORT/healthz"; then
+  pass "master: still running after systemctl reload (same MainPID $pid, /healthz answers)"
+else
+  fail "master: after systemctl reload converter-master is $state, MainPID $pid -> $pid_after"
+fi
 state=$(on master systemctl is-active prometheus.service 2>/dev/null)
 if [[ "$state" == active ]]; then pass "master: prometheus.service is active"; else fail "master: prometheus.service is $state"; fi
 for w in "${WORKERS[@]}"; do check_unit "$w" converter-worker.service; done

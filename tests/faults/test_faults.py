@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.faults.proxy import Fault, FaultProxy
 from tests.fixtures import Cluster, ffprobe, make_clip, process_alive, stub_ffmpeg, wait_for
@@ -41,6 +42,14 @@ def assert_nothing_left(cluster: Cluster) -> None:
     assert not temp, temp
     caches = [p for p in cluster.tmp.glob("cache-*/job_*")]
     assert not caches, caches
+
+
+def claims_answered_without_a_job(cluster: Cluster) -> float:
+    """POST /api/worker/claim answered 204, from the master's request-duration histogram."""
+    text = requests.get(f"{cluster.url}/metrics", timeout=10).text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "converter_master_http_request_duration_seconds_count"
+               and s.labels.get("handler") == "ClaimHandler" and s.labels.get("code") == "204")
 
 
 def proxied(cluster: Cluster) -> FaultProxy:
@@ -189,8 +198,10 @@ def test_worker_without_cache_room_leaves_the_job_to_one_with_room(cluster, tmpf
     cluster.submit(src, "out/a.mp4", "c1")
     wait_for(lambda: "small" in {w["id"] for w in requests.get(f"{cluster.url}/api/workers", timeout=5).json()
                                  ["workers"]}, 20, what="small worker to register")
-    import time
-    time.sleep(3)
+    # A long poll answered "no job" after the job was pending: the small worker asked and was passed over.
+    refused = claims_answered_without_a_job(cluster)
+    wait_for(lambda: claims_answered_without_a_job(cluster) > refused, 20, 0.2,
+             what="a claim by the small worker to be answered without the job")
     assert cluster.job("c1")["status"] == "pending"
     cluster.add_worker("big")
     job = cluster.wait_status("c1", "completed", "failed", timeout=60)

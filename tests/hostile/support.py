@@ -183,12 +183,26 @@ def leftovers(master) -> list[str]:
     return sorted(str(p.relative_to(master.root)) for p in Path(master.root).rglob(".converter-*"))
 
 
-def check_unchanged(master, before: Snapshot, token: str | None = None, settle: float = 0.0,
+SETTLE_TIMEOUT = 10.0
+
+
+def check_unchanged(master, before: Snapshot, token: str | None = None, settle: bool = False,
                     ignore_mtime: bool = False) -> None:
     """No job changed, no upload changed, no file appeared, vanished or changed under the storage root
-    (``ignore_mtime``: a file rewritten to the same size counts as unchanged, e.g. a PATCH rolled back)."""
-    if settle:
-        time.sleep(settle)  # let a handler that is still cleaning up after a cut connection finish
+    (``ignore_mtime``: a file rewritten to the same size counts as unchanged, e.g. a PATCH rolled back).
+
+    ``settle``: a handler may still be cleaning up after a cut or refused connection (a temp file, a PATCH
+    rolled back): look again until everything is back as before, for up to ``SETTLE_TIMEOUT`` seconds."""
+    deadline = time.monotonic() + (SETTLE_TIMEOUT if settle else 0.0)
+    while True:
+        problems = _changes(master, before, token, ignore_mtime)
+        if not problems or time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
+    assert not problems, "; ".join(problems)
+
+
+def _changes(master, before: Snapshot, token: str | None, ignore_mtime: bool) -> list[str]:
     after = snapshot(master, token)
     problems = []
     old_jobs = {j["id"]: j for j in before.jobs}
@@ -217,7 +231,7 @@ def check_unchanged(master, before: Snapshot, token: str | None = None, settle: 
             + (", mtime changed)" if before.files[p][2] != after.files[p][2] else ")") for p in modified))
     if after.uploads != before.uploads:
         problems.append(f"tus uploads changed: {before.uploads} -> {after.uploads}")
-    assert not problems, "; ".join(problems)
+    return problems
 
 
 def check_refusal(answer: Answer, status: int | tuple[int, ...], code: str | tuple[str, ...] | None = None) -> dict:

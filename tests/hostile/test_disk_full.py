@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from converter_common.batchwrite import BatchWriter
+from converter_common.background_file_writer import BatchWriter
 from master.app import start_master
 from tests.fixtures import ThreadedMaster, master_config
 from tests.hostile.conftest import SOURCE, claim, submit
@@ -122,7 +122,7 @@ def test_disk_filling_during_a_multipart_upload_is_507(full, target):
     answer = exchange(full.url, request_head("POST", path, {"Content-Type": content_type,
                                                              "Content-Length": str(len(body))}), [body])
     check_refusal(answer, 507, "insufficient_storage")
-    check_unchanged(full, before, settle=0.2)
+    check_unchanged(full, before, settle=True)
 
 
 def test_disk_filling_during_a_tus_patch_is_507_and_the_offset_stays(full):
@@ -134,4 +134,4 @@ def test_disk_filling_during_a_tus_patch_is_507_and_the_offset_stays(full):
         "Tus-Resumable": "1.0.0", "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream",
         "Content-Length": str(len(DATA))}), [DATA])
     check_refusal(answer, 507, "insufficient_storage")
-    check_unchanged(full, before, settle=0.2, ignore_mtime=True)
+    check_unchanged(full, before, settle=True, ignore_mtime=True)

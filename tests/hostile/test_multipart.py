@@ -9,7 +9,6 @@ client leaves nothing behind either.
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
@@ -122,12 +121,14 @@ def test_cut_multipart_body_leaves_nothing(master, processing, target, cut_at):
     fields = [] if target == "upload-video" else SUBMIT_FIELDS
     body, content_type = multipart(fields + [("video", "a.mp4", DATA)])
     path = f"/api/worker/upload-video?job_id={processing}" if target == "upload-video" else "/api/jobs"
-    from tests.fixtures import start_request
+    from tests.fixtures import start_request, wait_for
 
+    received = master.metrics.bytes_received._value.get()
     with start_request(master.url, "POST", path, {"Content-Type": content_type, "Content-Length": str(len(body))},
-                       body[:cut_at]):
-        time.sleep(0.3)
-    check_unchanged(master, before, settle=0.5)
+                       body[:cut_at]):  # cut once the master has read what was sent: the cut happens mid-body
+        wait_for(lambda: master.metrics.bytes_received._value.get() - received >= cut_at, 10, 0.01,
+                 f"the master to read the first {cut_at} bytes")
+    check_unchanged(master, before, settle=True)
 
 
 def test_a_good_upload_still_works_after_the_hostile_ones(master, processing):
@@ -166,4 +167,4 @@ def test_upload_over_max_upload_size_is_413(small_limit, target, framing):
         head = request_head("POST", path, {"Content-Type": content_type, "Content-Length": str(len(body))})
         answer = exchange(master.url, head, [body[:1000]], timeout=PROMPT)  # refused on the declared length
     check_refusal(answer, 413, "body_too_large")
-    check_unchanged(master, before, settle=0.2)
+    check_unchanged(master, before, settle=True)

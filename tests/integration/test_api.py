@@ -8,6 +8,8 @@ import subprocess
 import pytest
 import requests
 
+from tests.fixtures import wait_for
+
 pytestmark = pytest.mark.integration
 
 
@@ -119,23 +121,36 @@ class TestWorkerProtocol:
     def test_claim_with_nothing_pending_is_204(self, master):
         assert requests.post(f"{master.url}/api/worker/claim", json={"worker_id": "w1"}, timeout=5).status_code == 204
 
-    def test_long_poll_claim_wakes_on_submit(self, master, source):
+    def test_long_poll_claim_wakes_on_submit(self, master, source, monkeypatch):
         import threading
         import time
 
+        signal = master.wakeup
+        parked, woken = threading.Event(), []
+        original_wait = signal.wait
+
+        async def watched_wait(seconds):  # runs on the master's IOLoop
+            parked.set()
+            started = time.monotonic()
+            await original_wait(seconds)  # returns when signalled, or after ``seconds`` (the periodic re-check)
+            if time.monotonic() - started < seconds - 0.01:
+                woken.append(time.monotonic())
+
+        monkeypatch.setattr(signal, "wait", watched_wait)
         result = {}
 
         def claim():
-            started = time.monotonic()
             r = requests.post(f"{master.url}/api/worker/claim", json={"worker_id": "w1", "wait": 4}, timeout=10)
-            result.update(status=r.status_code, seconds=time.monotonic() - started, body=r.json())
+            result.update(status=r.status_code, body=r.json())
 
         t = threading.Thread(target=claim)
         t.start()
-        time.sleep(0.3)
+        wait_for(parked.is_set, 10, 0.01, "the claim to be parked in its long poll")
+        submitted = time.monotonic()
         master.submit(source, "out/a.mp4", job_id="lp")
         t.join()
-        assert result["status"] == 200 and result["body"]["id"] == "lp" and result["seconds"] < 2
+        assert result["status"] == 200 and result["body"]["id"] == "lp"
+        assert any(at >= submitted for at in woken), "the claim found the job by re-checking, not by being woken"
 
     def test_bad_worker_id_is_400(self, master):
         api_error(requests.post(f"{master.url}/api/worker/claim", json={"worker_id": "bad id!"}, timeout=5), 400,

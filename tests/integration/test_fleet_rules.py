@@ -1,12 +1,11 @@
 """Quarantine (circuit breaker), disk-room-aware claims, upload limits and a full master disk."""
 
 import dataclasses
-import time
 
 import pytest
 import requests
 
-from tests.fixtures import ThreadedMaster, master_config, start_request
+from tests.fixtures import ThreadedMaster, master_config, start_request, wait_for
 
 MULTIPART = {"Content-Type": "multipart/form-data; boundary=b"}
 
@@ -15,6 +14,11 @@ def with_server(config, **server):
     return dataclasses.replace(config, server=dataclasses.replace(config.server, **server))
 
 pytestmark = pytest.mark.integration
+
+
+def upload_temps(master):
+    """The temp files of multipart uploads in flight: one exists exactly while its upload holds a slot."""
+    return list(master.root.rglob(".converter-upload-*"))
 
 
 def seed(master, name="a.mp4", size=1000):
@@ -105,11 +109,11 @@ def test_concurrent_upload_limit_answers_503(tmp_path):
             running.claim("w")
         slow = start_request(running.url, "POST", "/api/worker/upload-video?job_id=c1",
                              {**MULTIPART, "Content-Length": "100000"}, b"--b\r\n")
-        time.sleep(0.3)
+        wait_for(lambda: upload_temps(running), 10, what="the slow upload to hold the slot")  # taken before the file
         second = requests.post(f"{running.url}/api/worker/upload-video?job_id=c2", files={"video": b"x"}, timeout=5)
         assert second.status_code == 503 and second.headers["Retry-After"] == "5"
         slow.close()  # the cut upload frees its slot and leaves no temp file
-        time.sleep(0.3)
+        wait_for(lambda: not upload_temps(running), 10, what="the cut upload to be cleaned up")  # slot freed first
         third = requests.post(f"{running.url}/api/worker/upload-video?job_id=c2", files={"video": b"x"}, timeout=5)
         assert third.status_code == 200
         assert not [p for p in running.root.rglob(".converter-upload-*")]
@@ -122,12 +126,12 @@ def test_users_multipart_source_uploads_share_the_upload_limit(tmp_path):
     running = ThreadedMaster(with_server(master_config(tmp_path), max_concurrent_uploads=1))
     try:
         slow = start_request(running.url, "POST", "/api/jobs", {**MULTIPART, "Content-Length": "100000"}, b"--b\r\n")
-        time.sleep(0.3)
+        wait_for(lambda: upload_temps(running), 10, what="the slow upload to hold the slot")  # taken before the file
         form = {"profile": (None, "h264-720p")}
         second = requests.post(f"{running.url}/api/jobs", files={**form, "video": ("a.mp4", b"x")}, timeout=5)
         assert second.status_code == 503 and second.json()["error"] == "too_many_uploads"
         slow.close()  # the cut upload frees its slot and leaves no temp file
-        time.sleep(0.3)
+        wait_for(lambda: not upload_temps(running), 10, what="the cut upload to be cleaned up")  # slot freed first
         third = requests.post(f"{running.url}/api/jobs", files={**form, "video": ("a.mp4", b"x")}, timeout=5)
         assert third.status_code == 201, third.text
         assert not [p for p in running.root.rglob(".converter-upload-*")]

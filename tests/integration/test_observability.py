@@ -378,6 +378,10 @@ class Prometheus:
     def query(self, expr: str) -> list[dict]:
         return self.api("query", query=expr)["result"]
 
+    def scrape_counts(self) -> dict[str, int]:
+        """Scrapes so far, by target (retention is 1 h, longer than any test)."""
+        return {r["metric"]["instance"]: int(r["value"][1]) for r in self.query("count_over_time(up[1h])")}
+
     def value(self, expr: str) -> float:
         result = self.query(expr)
         assert len(result) == 1, f"{expr}: {result}"
@@ -444,7 +448,10 @@ def test_every_dashboard_query_returns_series_from_a_live_cluster(prometheus_clu
     wait_for(lambda: prom.query("sum(converter_worker_jobs_finished_total) == 3")
              and prom.query('sum(converter_master_jobs{status=~"completed|failed"}) == 3'), 20, 0.5,
              "prometheus to scrape the final counters")
-    time.sleep(2)  # at least two more scrapes, so every rate() has a recent sample pair
+    # Two more scrapes of every target, so every rate() has a sample pair with the final values.
+    scrapes = prom.scrape_counts()
+    wait_for(lambda: all(n >= scrapes[target] + 2 for target, n in prom.scrape_counts().items()), 20, 0.2,
+             "two more scrapes of every target")
 
     # Every variable and every panel query, with the variables substituted, returns series; none leaks past
     # a job or instance filter that matches nothing.

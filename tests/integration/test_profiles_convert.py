@@ -18,7 +18,7 @@ from worker import capabilities
 from worker.config import FfmpegSection
 from worker.conversion import Converter
 from worker.metrics import WorkerMetrics
-from worker.profiles_ffmpeg import output_size
+from worker.ffmpeg_command import output_size
 
 pytestmark = pytest.mark.integration
 

@@ -3,13 +3,12 @@
 import base64
 import hashlib
 import os
-import time
 
 import pytest
 import requests
 from tusclient import client as tus_client
 
-from tests.fixtures import start_request
+from tests.fixtures import start_request, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +44,15 @@ def start_patch(master, location, data, *, sent):
     return start_request(master.url, "PATCH", location, {
         **TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream",
         "Content-Length": str(len(data))}, data[:sent])
+
+
+def received_bytes(master):
+    return master.metrics.bytes_received._value.get()
+
+
+def wait_received(master, before, count):
+    """Until the master has read ``count`` more body bytes (so a PATCH is receiving, not just connected)."""
+    wait_for(lambda: received_bytes(master) - before >= count, 10, 0.01, f"the master to receive {count} bytes")
 
 
 def head_offset(master, location):
@@ -118,11 +126,11 @@ def test_termination_removes_the_upload(master, job):
 def test_cut_patch_keeps_its_bytes_and_resumes(master, job):
     data = os.urandom(2_000_000)
     location = create(master, len(data), sha=hashlib.sha256(data).digest()).headers["Location"]
+    received = received_bytes(master)
     with start_patch(master, location, data, sent=700_000):
-        time.sleep(0.3)
-    time.sleep(0.3)
-    offset = head_offset(master, location)
-    assert 0 < offset <= 700_000
+        wait_received(master, received, 700_000)
+    offset = wait_for(lambda: head_offset(master, location), 10, what="the cut PATCH to be settled")
+    assert offset == 700_000
     assert patch(master, location, offset, data[offset:]).status_code == 204
     assert (master.root / "out" / "result.mp4").read_bytes() == data
 
@@ -186,11 +194,12 @@ def test_final_patch_digest_is_checked(master, job):
 def test_a_second_patch_while_one_is_receiving_is_409_busy(master, job):
     data = os.urandom(1_000_000)
     location = create(master, len(data)).headers["Location"]
+    received = received_bytes(master)
     with start_patch(master, location, data, sent=100_000):
-        time.sleep(0.3)
+        wait_received(master, received, 100_000)
         second = patch(master, location, 0, data)
         assert second.status_code == 409 and second.json()["error"] == "upload_busy"
-    time.sleep(0.3)
-    offset = head_offset(master, location)
+    offset = wait_for(lambda: head_offset(master, location), 10, what="the cut PATCH to be settled")
+    assert offset == 100_000
     assert patch(master, location, offset, data[offset:]).status_code == 204
     assert (master.root / "out" / "result.mp4").read_bytes() == data

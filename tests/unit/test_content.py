@@ -1,6 +1,6 @@
 import urllib.parse
 
-from master.content import attachment_disposition, content_type_for
+from master.file_headers import attachment_disposition, content_type_for
 
 
 def test_plain_ascii_name():

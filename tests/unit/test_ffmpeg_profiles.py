@@ -10,9 +10,9 @@ from worker import capabilities
 from worker.capabilities import Capabilities, VulkanInfo
 from worker.config import FfmpegSection
 from worker.conversion import Converter
-from worker.ffmpeg import MediaInfo
+from worker.ffmpeg_command import Plan, build_command, output_size
+from worker.media import MediaInfo
 from worker.metrics import WorkerMetrics
-from worker.profiles_ffmpeg import Plan, build_command, output_size
 
 HD = MediaInfo(duration=2.0, video_codec="h264", width=1920, height=1080, audio_codec="aac", audio_streams=1)
 VK = Plan("vulkan", "libx264")

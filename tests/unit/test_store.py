@@ -187,3 +187,46 @@ def test_a_database_from_an_earlier_build_gets_the_columns_added_since(tmp_path)
                 if column not in {row[1] for row in store._db.execute("PRAGMA table_info(uploads)")}] == []
     finally:
         store.close()
+
+
+class TestCompleteJob:
+    """Completing a job, ending its worker's run of failures and forgetting its upload: one transaction."""
+
+    def leased_with_upload(self, store):
+        add(store)
+        store.register_worker(worker_id="w1", hostname="h", capabilities={}, concurrency=1)
+        store.record_worker_outcome("w1", failed=True, threshold=5, quarantine_seconds=60)
+        job = store.claim_next("w1", 30)
+        upload, _ = store.create_upload(upload_id="u" * 32, job_id=job.id, worker_id="w1", length=3,
+                                        temp_path="out/.converter-tus-u.part", sha256=None, expires_at=1e12,
+                                        attempt=job.attempts)
+        return job, upload
+
+    def test_all_three_happen(self, store):
+        job, upload = self.leased_with_upload(store)
+        done = store.complete_job(job.id, 3, "ab" * 32, worker_id="w1", upload_id=upload.id)
+        assert done.status is JobStatus.COMPLETED and done.output_sha256 == "ab" * 32
+        assert store.list_workers()[0].consecutive_failures == 0
+        assert store.list_uploads() == []
+
+    def test_none_happens_when_the_job_is_no_longer_the_workers(self, store):
+        job, upload = self.leased_with_upload(store)
+        store.cancel(job.id)
+        with pytest.raises(InvalidTransition):
+            store.complete_job(job.id, 3, "ab" * 32, worker_id="w1", upload_id=upload.id)
+        assert store.list_workers()[0].consecutive_failures == 1
+        assert [u.id for u in store.list_uploads()] == [upload.id]
+
+    def test_a_job_created_from_a_source_upload_forgets_the_upload_with_it(self, store):
+        store.create_upload(upload_id="s" * 32, job_id="j1", worker_id=None, length=3, temp_path="incoming/x",
+                            sha256=None, expires_at=1e12, kind="source", profile="h264-720p")
+        add(store, consumed_upload="s" * 32)
+        assert store.list_uploads() == []
+
+    def test_a_refused_job_keeps_the_source_upload(self, store):
+        add(store, job_id="j0")
+        store.create_upload(upload_id="s" * 32, job_id="j1", worker_id=None, length=3, temp_path="incoming/x",
+                            sha256=None, expires_at=1e12, kind="source", profile="h264-720p")
+        with pytest.raises(OutputBusy):  # j0 writes out/j1.mp4 already
+            add(store, consumed_upload="s" * 32)
+        assert [u.id for u in store.list_uploads()] == ["s" * 32]

@@ -75,6 +75,9 @@ def test_required_directives(name: str) -> None:
     assert d["NotifyAccess"] == ["main"]
     assert d.get("WatchdogSec"), "WatchdogSec missing"
     assert d["Restart"] == ["on-failure"]
+    # Neither daemon handles SIGHUP: an ExecReload sending it would stop the service (a "clean" signal, so
+    # Restart=on-failure leaves it down). Without ExecReload, `systemctl reload` is refused and nothing stops.
+    assert "ExecReload" not in d, "no ExecReload until the daemon really reloads on SIGHUP"
     assert d.get("StartLimitIntervalSec") and d.get("StartLimitBurst")
     assert d["User"] == ["converter"] and d["DynamicUser"] == ["no"]
     assert d["ConfigurationDirectory"] == ["converter"]

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from converter_common.profiles import Profile
-
-if TYPE_CHECKING:
-    from worker.ffmpeg import MediaInfo
+from worker.media import MediaInfo
 
 VULKAN_ENCODERS = {"h264": "h264_vulkan", "hevc": "hevc_vulkan", "av1": "av1_vulkan"}
 VULKAN_FILTERS = {"": "", "denoise": "nlmeans_vulkan", "deinterlace": "bwdif_vulkan"}
@@ -39,7 +36,7 @@ class Plan:
     vulkan_device: str = "0"
 
 
-def output_size(profile: Profile, info: "MediaInfo | None") -> tuple[int, int] | None:
+def output_size(profile: Profile, info: MediaInfo | None) -> tuple[int, int] | None:
     """Even (width, height) at the profile's height (at most, without ``upscale``), keeping the display aspect."""
     if info is None or not info.width or not info.height:
         return None
@@ -50,7 +47,7 @@ def output_size(profile: Profile, info: "MediaInfo | None") -> tuple[int, int] |
     return max(out_w, 2), max(out_h, 2)
 
 
-def filter_chain(profile: Profile, info: "MediaInfo | None", plan: Plan) -> str:
+def filter_chain(profile: Profile, info: MediaInfo | None, plan: Plan) -> str:
     size = output_size(profile, info)
     options = FILTER_OPTIONS.get(profile.filter, "")
     if plan.accel != "vulkan":
@@ -85,7 +82,7 @@ def encoder_args(encoder: str, profile: Profile, container: str) -> list[str]:
     return args
 
 
-def subtitle_args(profile: Profile, info: "MediaInfo | None", container: str) -> list[str]:
+def subtitle_args(profile: Profile, info: MediaInfo | None, container: str) -> list[str]:
     """Map and convert subtitle streams per the profile's policy (module docstring of converter_common.profiles)."""
     if profile.subtitles != "keep" or info is None:
         return []
@@ -104,7 +101,7 @@ def subtitle_args(profile: Profile, info: "MediaInfo | None", container: str) ->
     return args
 
 
-def build_command(binary: str, profile: Profile, source: Path, output: Path, *, info: "MediaInfo | None" = None,
+def build_command(binary: str, profile: Profile, source: Path, output: Path, *, info: MediaInfo | None = None,
                   plan: Plan = Plan()) -> list[str]:
     """The FFmpeg argument list for ``profile`` in the form ``plan`` says (the CPU form by default)."""
     container = output.suffix.lower().lstrip(".")

@@ -5,9 +5,9 @@ import pytest
 from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.targets import ValueTarget
 
-from worker.errors import Shutdown
-from worker.bodies import FileRangeBody, MultipartFileBody
-from worker.client import TusUpload
+from converter_client.errors import Cancelled
+from converter_client.request_bodies import FileRangeBody, MultipartFileBody
+from converter_client.tus import TusUpload
 
 
 def read_all(body, block=1000):
@@ -47,7 +47,7 @@ def test_cancel_stops_the_body(tmp_path):
     body = MultipartFileBody(path, "video", "f", cancel=cancel)
     body.read(5)
     cancel.set()
-    with pytest.raises(Shutdown):
+    with pytest.raises(Cancelled):
         body.read(5)
 
 

@@ -1,4 +1,4 @@
-"""What the two file-serving routes share: validators, a single Range, and a paced, back-pressured send.
+"""Serving a file: validators, a single Range, and a paced, back-pressured send.
 
 Both answer with a strong ``ETag`` and ``Repr-Digest`` (RFC 9530) from a SHA-256 the master already
 knows, honour one ``Range`` when ``If-Range`` (if sent) still names this version, and stream with
@@ -16,19 +16,19 @@ import tornado.iostream
 
 from converter_common.digest import repr_digest
 from master import errors
-from master.content import RangeNotSatisfiable, attachment_disposition, content_type_for, parse_byte_range
-from master.errors import ApiError
+from master.errors import ErrorKind
+from master.file_headers import RangeNotSatisfiable, attachment_disposition, content_type_for, parse_byte_range
 from master.handlers.base import BaseHandler
 
 
 class FileSendingHandler(BaseHandler):
-    async def send_file(self, path: Path, *, missing: str, what: str,
+    async def send_file(self, path: Path, *, missing: ErrorKind, what: str,
                         digest_of: Callable[[Path, os.stat_result], Awaitable[bytes]], send_body: bool = True) -> None:
         """Serve ``path``; ``digest_of`` gives its SHA-256 (stored, or recomputed if the file changed)."""
         try:
             file = open(path, "rb", buffering=0)
         except (FileNotFoundError, IsADirectoryError):
-            raise errors.not_found(missing, f"the {what} is missing") from None
+            raise missing.error(f"the {what} is missing") from None
         with file:
             stat = os.fstat(file.fileno())
             digest = await digest_of(path, stat)
@@ -55,8 +55,8 @@ class FileSendingHandler(BaseHandler):
         try:
             wanted = parse_byte_range(self.request.headers.get("Range"), size)
         except RangeNotSatisfiable:
-            raise ApiError(416, "range_not_satisfiable", f"the {what} has {size} bytes",
-                           headers={"Content-Range": f"bytes */{size}"}) from None
+            raise errors.RANGE_NOT_SATISFIABLE.error(f"the {what} has {size} bytes",
+                                                     headers={"Content-Range": f"bytes */{size}"}) from None
         return wanted if wanted is not None else (0, size - 1)
 
     async def _send(self, file, length: int) -> None:

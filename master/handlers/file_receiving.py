@@ -1,18 +1,15 @@
-"""What the two ways of receiving a job's output share: upload slots and the atomic commit."""
+"""Handlers that receive a job's output: an upload slot while the body streams in, the atomic commit."""
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
-
-import tornado.ioloop
 
 from converter_common.noclobber import place_new
 from master import errors
-from master.errors import ApiError
 from master.handlers.base import BaseHandler
-from master.paths import free_bytes, resolve_in_root
+from master.intake import fsync_path
+from master.paths import resolve_in_root
 from master.store import Job
 
 log = logging.getLogger("converter.master")
@@ -24,26 +21,22 @@ class UploadSlotHolder:
     _holds_slot = False
 
     def take_upload_slot(self) -> None:
-        slots = self.services.upload_slots
-        if slots.in_use >= self.config.server.max_concurrent_uploads:
-            raise ApiError(503, "too_many_uploads", "the master is receiving its maximum of concurrent uploads",
-                           headers={"Retry-After": "5"})
-        slots.in_use += 1
+        self.services.uploads.take_slot()
         self._holds_slot = True
+
+    def release_upload_slot(self) -> None:
+        if self._holds_slot:
+            self.services.uploads.release_slot()
+            self._holds_slot = False
 
     def accept_upload(self, directory: Path) -> None:
         """An authenticated upload may send up to ``server.max_upload_size`` bytes, if ``directory`` has the room
         its declared length needs (507 otherwise)."""
         self.accept_body(self.config.server.max_upload_size)
         declared = self.declared_length()
-        if declared is not None and declared > free_bytes(directory):
-            raise ApiError(507, "insufficient_storage", "not enough free space on the master for this upload")
+        if declared is not None:
+            self.services.uploads.require_room(directory, declared)
         self.request.connection.set_body_timeout(self.config.server.timeout)
-
-    def release_upload_slot(self) -> None:
-        if self._holds_slot:
-            self.services.upload_slots.in_use -= 1
-            self._holds_slot = False
 
 
 class ReceivingHandler(UploadSlotHolder, BaseHandler):
@@ -57,8 +50,10 @@ class ReceivingHandler(UploadSlotHolder, BaseHandler):
             raise errors.storage_error(exc) from None
         return destination
 
-    async def commit_output(self, job_id: str, temp_path: Path, size: int, digest: bytes) -> Job:
-        """fsync the temp file, check the job is still ours, rename it into place and complete the job.
+    async def commit_output(self, job_id: str, temp_path: Path, size: int, digest: bytes,
+                            upload_id: str | None = None) -> Job:
+        """fsync the temp file, check the job is still ours, rename it into place and complete the job (with
+        the worker's outcome and the tus upload ``upload_id``, in one transaction).
 
         After the fsync nothing awaits: the check, the rename and the state change happen in one
         IOLoop turn, so no cancel or re-lease can slip in between.
@@ -67,13 +62,9 @@ class ReceivingHandler(UploadSlotHolder, BaseHandler):
         await fsync_path(temp_path)
         job = self.processing_job(job_id)  # it may have been cancelled or re-leased during the fsync
         self._place_output(job, temp_path)
-        job = self.store.complete(job.id, size, digest.hex(), worker_id=job.worker_id)
+        job = self.store.complete_job(job.id, size, digest.hex(), worker_id=job.worker_id, upload_id=upload_id)
         self.services.metrics.job_completed(job)
-        if job.worker_id is not None:
-            self.store.record_worker_outcome(job.worker_id, failed=False, threshold=self.config.jobs.quarantine_after,
-                                             quarantine_seconds=self.config.jobs.quarantine_seconds)
         return job
-
 
     def _place_output(self, job: Job, temp_path: Path) -> None:
         """The output's final name, taken only if free: what is there (another job's output, a user's file) stays,
@@ -85,25 +76,11 @@ class ReceivingHandler(UploadSlotHolder, BaseHandler):
             error = f"output_path {job.output_path!r} already exists; it was not overwritten"
             log.error("job %s: %s", job.id, error)
             failed = self.store.fail(job.id, worker_id=job.worker_id, error=error, retryable=False, retry_delay=0)
-            self.services.metrics.job_failed_or_requeued(failed, "output_exists")
-            raise errors.conflict("output_exists", error) from None
+            self.services.metrics.job_failed_or_requeued(failed, errors.OUTPUT_EXISTS.code)
+            raise errors.OUTPUT_EXISTS.error(error) from None
         except OSError as exc:
             temp_path.unlink(missing_ok=True)
             raise errors.storage_error(exc) from None
-
-
-async def fsync_path(path: Path) -> None:
-    def sync() -> None:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    try:
-        await tornado.ioloop.IOLoop.current().run_in_executor(None, sync)
-    except OSError as exc:
-        raise errors.insufficient_storage(exc.strerror) from None
 
 
 def close_file(file) -> None:
@@ -111,4 +88,4 @@ def close_file(file) -> None:
     try:
         file.close()
     except OSError as exc:
-        raise errors.insufficient_storage(exc.strerror) from None
+        raise errors.cannot_store(exc.strerror) from None

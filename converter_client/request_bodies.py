@@ -4,6 +4,8 @@ requests sends any object with ``read`` and ``__len__`` as a streamed body with 
 For multipart, requests-toolbelt's ``MultipartEncoder`` does the same job, but measured 0.8-1.4 GB/s
 against 3.3 GB/s for this reader on the target machine (shared/notes/xfer.md); plain ``files=``
 holds the whole file in memory.
+
+Used by the worker (output uploads, tus and multipart) and converterctl (source uploads, tus).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from converter_common.ratelimit import TokenBucket
-from worker.errors import Shutdown
+from converter_client.errors import Cancelled
 
 DEFAULT_BLOCK = 1 << 20
 
@@ -46,7 +48,7 @@ class FileRangeBody:
 
     def read(self, size: int = -1) -> bytes:
         if self._cancel is not None and self._cancel.is_set():
-            raise Shutdown("upload cancelled")
+            raise Cancelled("upload cancelled")
         if self._remaining <= 0:
             self.close()
             return b""

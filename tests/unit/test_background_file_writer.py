@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from converter_common.batchwrite import BatchWriter
+from converter_common.background_file_writer import BatchWriter
 from converter_common.ratelimit import TokenBucket
 
 

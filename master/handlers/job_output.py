@@ -1,6 +1,6 @@
 """/api/jobs/<id>/output: a completed job's converted file, for users.
 
-Served like the worker's source download (``sending.py``): ``ETag`` and ``Repr-Digest`` from the
+Served like the worker's source download (``file_sending.py``): ``ETag`` and ``Repr-Digest`` from the
 SHA-256 the upload was checked against, one ``Range`` with ``If-Range``, ``Content-Disposition``
 with the file's name. HEAD answers the same headers without the body.
 """
@@ -16,7 +16,7 @@ from converter_common.digest import file_sha256
 from master import errors
 from master.auth import Access
 from master.handlers.base import check_job_id
-from master.handlers.sending import FileSendingHandler
+from master.handlers.file_sending import FileSendingHandler
 from master.paths import resolve_in_root
 from master.states import JobStatus
 from master.store import Job
@@ -34,9 +34,9 @@ class JobOutputHandler(FileSendingHandler):
     async def _serve(self, job_id: str, send_body: bool) -> None:
         job = self.store.get_job(check_job_id(job_id))
         if job.status is not JobStatus.COMPLETED:
-            raise errors.conflict("invalid_job_state", f"job {job.id!r} is {job.status.value}, must be completed")
+            raise errors.INVALID_JOB_STATE.error(f"job {job.id!r} is {job.status.value}, must be completed")
         path = resolve_in_root(self.config.storage.root, job.output_path, "output_path")
-        await self.send_file(path, missing="output_not_found", what=f"output of job {job.id!r}",
+        await self.send_file(path, missing=errors.OUTPUT_NOT_FOUND, what=f"output of job {job.id!r}",
                              digest_of=lambda path, stat: self._current_digest(job, path, stat), send_body=send_body)
 
     async def _current_digest(self, job: Job, path: Path, stat: os.stat_result) -> bytes:

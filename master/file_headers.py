@@ -1,4 +1,5 @@
-"""Response headers for video files: Content-Type by extension, RFC 6266 Content-Disposition."""
+"""Headers of the video files the master serves: Content-Type by extension, RFC 6266 Content-Disposition,
+and the one byte range a request may ask for."""
 
 from __future__ import annotations
 

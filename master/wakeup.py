@@ -7,13 +7,13 @@ import datetime
 import tornado.locks
 
 
-class Dispatcher:
-    """A condition on the IOLoop: claim handlers wait on it, anything that makes a job pending notifies it."""
+class WakeUpSignal:
+    """A condition on the IOLoop: claim handlers wait on it, anything that makes a job pending sends it."""
 
     def __init__(self) -> None:
         self._condition = tornado.locks.Condition()
 
-    def notify(self) -> None:
+    def send(self) -> None:
         self._condition.notify_all()
 
     async def wait(self, seconds: float) -> None:

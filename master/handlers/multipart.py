@@ -1,42 +1,33 @@
-"""/api/worker/upload-video?job_id=: receive the converted file as a streamed multipart body.
+"""A multipart/form-data body parsed while it streams in: its one file part written to a temp file.
 
-The body is parsed while it arrives (streaming-form-data) and written to a temp file beside the
-destination; only a complete ``video`` part is renamed into place, atomically, and only then does
-the job become completed. On any failure the temp file is removed and the job is unchanged.
-
-The parser runs on the IOLoop and copies the video bytes into buffers that one per-upload thread writes
-(``O_DIRECT`` where the filesystem allows it) while another hashes them (``converter_common.batchwrite``),
-so receiving, writing and hashing overlap. ``data_received`` is a coroutine: it awaits a free buffer,
-which is Tornado's back-pressure on the socket.
+The parser (streaming-form-data) runs on the IOLoop and copies the file's bytes into buffers that one
+thread per body writes (``O_DIRECT`` where the filesystem allows it) while another hashes them
+(``converter_common.background_file_writer``), so receiving, writing and hashing overlap. The handler's
+``data_received`` is a coroutine that awaits a free buffer, which is Tornado's back-pressure on the socket.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
-import tornado.web
 from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.targets import BaseTarget
 
-from converter_common.batchwrite import BatchWriter, MiB
-from converter_common.digest import parse_repr_digest, repr_digest
+from converter_common.background_file_writer import BatchWriter, MiB
+from converter_common.protocol import UPLOAD_FIELD
 from master import errors
-from master.auth import Access
 from master.errors import ApiError
-from master.handlers.receiving import ReceivingHandler, UploadSlotHolder, close_file
+from master.handlers.file_receiving import UploadSlotHolder, close_file
 
-UPLOAD_FIELD = "video"
-TEMP_PREFIX = ".converter-upload-"
-TEMP_SUFFIX = ".part"
 BATCH_BYTES = 1 * MiB  # BatchFileSink: the writer thread gets 1 MiB batches
 IN_FLIGHT_BYTES = 2 * MiB  # at most two batches wait for the thread
 # What a multipart body may hold besides its file part: boundaries, part headers, small fields. The parser
 # keeps a part's headers in memory, so a body of endless headers is refused instead of held.
 OVERHEAD_LIMIT = 1 * MiB
+FIELD_LIMIT = 4096  # a text field (profile, output_path, id)
 
 
 class SinglePart(BaseTarget):
@@ -44,7 +35,7 @@ class SinglePart(BaseTarget):
 
     def start(self) -> None:
         if self._started:
-            raise errors.bad_request("duplicate_part", f"the multipart body has more than one {self.name!r} part")
+            raise errors.DUPLICATE_PART.error(f"the multipart body has more than one {self.name!r} part")
         super().start()
 
 
@@ -82,8 +73,40 @@ class BatchFileSink(SinglePart):
 
     def require_file(self) -> None:
         if self.multipart_filename is None:
-            raise errors.bad_request("not_a_file_part", f"the {UPLOAD_FIELD!r} part must be a file (a filename in its"
+            raise errors.NOT_A_FILE_PART.error(f"the {UPLOAD_FIELD!r} part must be a file (a filename in its"
                                                         " Content-Disposition), not a plain field")
+
+
+class TextField(SinglePart):
+    """A small text part kept in memory; longer than ``FIELD_LIMIT`` bytes is refused."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self._data = bytearray()
+
+    def on_data_received(self, chunk: bytes) -> None:
+        self._data += chunk
+        if len(self._data) > FIELD_LIMIT:
+            raise ValueError(f"field {self.name!r} is longer than {FIELD_LIMIT} bytes")
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    @property
+    def value(self) -> str | None:
+        if not self._started:
+            return None
+        try:
+            return self._data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise errors.INVALID_FIELD.error(f"field {self.name!r} is not UTF-8") from None
+
+
+def form_filename(raw: str) -> str:
+    """The file name a browser or curl meant: they send ``"``, CR and LF in a form's filename as %22, %0D, %0A."""
+    return raw.replace("%22", '"').replace("%0D", "\r").replace("%0A", "\n")
 
 
 class MultipartReceiver(UploadSlotHolder):
@@ -107,10 +130,8 @@ class MultipartReceiver(UploadSlotHolder):
         try:
             self._parser = StreamingFormDataParser(headers=self.request.headers)
         except Exception as exc:  # the library raises a bare ValueError-like error for a non-multipart type
-            raise errors.bad_request("invalid_multipart", f"expected multipart/form-data ({exc})") from None
-        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=directory)
-        self._temp_path = Path(name)
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the video from other users
+            raise errors.INVALID_MULTIPART.error(f"expected multipart/form-data ({exc})") from None
+        fd, self._temp_path = self.services.uploads.open_multipart_temp(directory)
         self._temp_file = os.fdopen(fd, "wb", buffering=0)
         self._sink = BatchFileSink(fd, direct=self.config.storage.direct_io, writer=self.services.receive_writer)
         self._parser.register(UPLOAD_FIELD, self._sink)
@@ -124,15 +145,15 @@ class MultipartReceiver(UploadSlotHolder):
         try:
             self._parser.data_received(chunk)
             if self._fed - self._sink.received - self.field_bytes() > OVERHEAD_LIMIT:
-                raise errors.bad_request("invalid_multipart", "the multipart body's headers and fields exceed"
+                raise errors.INVALID_MULTIPART.error("the multipart body's headers and fields exceed"
                                                               f" {OVERHEAD_LIMIT} bytes")
             await self._sink.writer.submit_ready()
         except OSError as exc:
-            self._body_error = errors.insufficient_storage(exc.strerror)
+            self._body_error = errors.cannot_store(exc.strerror)
         except ApiError as exc:
             self._body_error = exc
         except Exception as exc:  # ParseFailedException and friends: a malformed body is the client's fault
-            self._body_error = errors.bad_request("invalid_multipart", f"malformed multipart body ({exc})")
+            self._body_error = errors.INVALID_MULTIPART.error(f"malformed multipart body ({exc})")
 
     def field_bytes(self) -> int:
         """Bytes of small text fields kept so far (handlers with fields override this)."""
@@ -143,14 +164,14 @@ class MultipartReceiver(UploadSlotHolder):
         if self._body_error is not None:
             raise self._body_error
         if not self._sink.started:
-            raise errors.bad_request("missing_video_part", f"multipart body has no {UPLOAD_FIELD!r} file part")
+            raise errors.MISSING_VIDEO_PART.error()
         if not self._sink.finished:
-            raise errors.bad_request("invalid_multipart", "multipart body ended inside the video part")
+            raise errors.INVALID_MULTIPART.error("multipart body ended inside the video part")
         self._sink.require_file()
         try:
             await self._sink.writer.afinish()
         except OSError as exc:
-            raise errors.insufficient_storage(exc.strerror) from None
+            raise errors.cannot_store(exc.strerror) from None
         close_file(self._temp_file)
         return self._sink.sha256.digest()
 
@@ -173,32 +194,3 @@ class MultipartReceiver(UploadSlotHolder):
             self._temp_path.unlink(missing_ok=True)
             self._temp_path = None
 
-
-@tornado.web.stream_request_body
-class UploadVideoHandler(MultipartReceiver, ReceivingHandler):
-    access = {"POST": Access.WORKER}
-    receives_files = True
-
-    def prepare(self) -> None:
-        super().prepare()  # authentication, before the body is read
-        self.job = self.processing_job(self.job_id_argument())  # before a single byte is stored
-        try:
-            self.expected_digest = parse_repr_digest(self.request.headers.get("Repr-Digest"))
-        except ValueError as exc:
-            raise errors.bad_request("invalid_digest", f"Repr-Digest: {exc}") from None
-        self.accept_upload(self.config.storage.root)
-        self.open_multipart(self.output_destination(self.job).parent)
-
-    async def data_received(self, chunk: bytes) -> None:
-        await self.feed(chunk)
-
-    async def post(self) -> None:
-        digest = await self.finish_part()
-        if self.expected_digest is not None and digest != self.expected_digest:
-            raise errors.bad_request("digest_mismatch", f"the video part's SHA-256 is {repr_digest(digest)}, "
-                                                        f"Repr-Digest said {repr_digest(self.expected_digest)}")
-        job = await self.commit_output(self.job.id, self._temp_path, self._sink.size, digest)
-        self._temp_path = None
-        self.set_header("Repr-Digest", repr_digest(digest))
-        self.write_json({"job_id": job.id, "status": job.status.value, "size": self._sink.size,
-                         "sha256": digest.hex(), "output_path": job.output_path})

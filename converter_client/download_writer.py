@@ -2,7 +2,7 @@
 
 The network loop hashes each ``iter_content`` chunk as it arrives and copies it into one of a few
 reused 4 MiB buffers; each full buffer goes to a helper thread that writes it (``O_DIRECT`` with
-``direct=True``, ``converter_common.batchwrite``). So the two threads split the work (recv + hash |
+``direct=True``, ``converter_common.background_file_writer``). So the two threads split the work (recv + hash |
 write; hashlib and the write release the GIL). Handing every 1 MiB chunk through a ``queue.Queue`` to a
 thread that wrote *and* hashed it cost ~5 futex calls per chunk and made the verified download slower
 than ``curl -o`` + ``openssl dgst`` (docs/benchmarks.md, which also has the variants measured). At most
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-from converter_common.batchwrite import BatchWriter, MiB
+from converter_common.background_file_writer import BatchWriter, MiB
 
 BATCH_BYTES = 4 * MiB
 IN_FLIGHT_BYTES = 8 * MiB

@@ -13,7 +13,8 @@ import tornado.ioloop
 
 from converter_common.digest import file_sha256
 from master.auth import Access
-from master.handlers.sending import FileSendingHandler
+from master import errors
+from master.handlers.file_sending import FileSendingHandler
 from master.paths import resolve_in_root
 from master.store import Job
 
@@ -24,7 +25,7 @@ class DownloadVideoHandler(FileSendingHandler):
     async def get(self) -> None:
         job = self.processing_job(self.job_id_argument())
         path = resolve_in_root(self.config.storage.root, job.source_path, "source_path")
-        await self.send_file(path, missing="source_not_found", what=f"source of job {job.id!r}",
+        await self.send_file(path, missing=errors.SOURCE_MISSING, what=f"source of job {job.id!r}",
                              digest_of=lambda path, stat: self._current_digest(job, path, stat))
 
     async def _current_digest(self, job: Job, path: Path, stat: os.stat_result) -> bytes:
