@@ -89,8 +89,14 @@ class ThreadedMaster:
     @property
     def wakeup(self):
         """What long-polling claims wait on and a new pending job signals (tests wrap its ``wait`` to see a
-        claim parked). Named ``dispatcher`` on RunningMaster until the master/ restructuring renames it."""
-        return getattr(self._running, "wakeup", None) or self._running.dispatcher
+        claim parked)."""
+        return self._running.wakeup
+
+    def requests_in_progress(self) -> int:
+        """Requests whose handler has not ended yet (each runs as a task named after ``_execute``)."""
+        async def count() -> int:
+            return sum(task.get_coro().__qualname__.endswith("._execute") for task in asyncio.all_tasks())
+        return asyncio.run_coroutine_threadsafe(count(), self._loop).result(10)
 
     # conveniences for tests
     def submit(self, source: str, output: str, job_id: str | None = None, profile: str = "h264-720p") -> requests.Response:

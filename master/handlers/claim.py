@@ -23,6 +23,7 @@ class ClaimHandler(BaseHandler):
 
     def on_connection_close(self) -> None:
         self._client_gone = True
+        super().on_connection_close()
 
     async def post(self) -> None:
         body = self.json_body()

@@ -248,6 +248,7 @@ class TusUploadHandler(_TusHandler):
         if not self._settled:  # a cut PATCH: keep what reached the file unless it was to be checksummed
             self._start_settle(keep=self._checksum is None)
         self._end_receiving()
+        super().on_connection_close()  # ends the request's body wait: without it the handler lingers until shutdown
 
     def on_finish(self) -> None:
         if not self._settled:

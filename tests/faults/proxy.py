@@ -31,7 +31,7 @@ class FaultProxy:
         self.traffic = {"up": 0, "down": 0}
         self.connections = 0
         self._lock = threading.Lock()
-        self._open: list[socket.socket] = []
+        self._open: list[_Pair] = []
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
@@ -59,13 +59,9 @@ class FaultProxy:
     def drop_connections(self) -> None:
         """Reset every open connection, as a dead host's would be: bytes still in the proxy are lost."""
         with self._lock:
-            sockets, self._open = self._open, []
-        for sock in sockets:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                sock.close()
-            except OSError:
-                pass
+            pairs, self._open = self._open, []
+        for pair in pairs:
+            pair.reset()
 
     def _accept_loop(self) -> None:
         while True:
@@ -79,10 +75,11 @@ class FaultProxy:
                 client.close()  # the target is down (a restarting master): refuse this one, keep serving
                 continue
             self.connections += 1
+            pair = _Pair(client, upstream)
             with self._lock:
-                self._open += [client, upstream]
+                self._open.append(pair)
             for src, dst, direction in ((client, upstream, "up"), (upstream, client, "down")):
-                threading.Thread(target=self._pipe, args=(src, dst, direction, client, upstream), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(src, dst, direction, pair), daemon=True).start()
 
     def _due_fault(self, direction: str, size: int) -> tuple[Fault, int] | None:
         """Account ``size`` bytes; the fault that fires inside them and its position, if any."""
@@ -95,7 +92,7 @@ class FaultProxy:
                     return fault, fault.fire_at - start
         return None
 
-    def _pipe(self, src, dst, direction: str, *both) -> None:
+    def _pipe(self, src, dst, direction: str, pair: "_Pair") -> None:
         try:
             while data := src.recv(1 << 14 if self.rate[direction] else 1 << 16):
                 if self.rate[direction]:
@@ -111,9 +108,38 @@ class FaultProxy:
         except OSError:
             pass
         finally:
-            for sock in both:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            pair.end_one_direction()
+
+
+class _Pair:
+    """A proxied connection's two sockets. The first direction to end shuts both down (which wakes the
+    other direction's recv); only the last one closes them, so no thread ever reads a closed socket's
+    number after the kernel has handed it to a new connection."""
+
+    def __init__(self, client: socket.socket, upstream: socket.socket):
+        self.sockets = (client, upstream)
+        self._running = 2
+        self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        """Closed with RST (linger 0) once both directions end; shutting down reading wakes them now
+        (a plain close() would not: a thread blocked in recv keeps the socket alive)."""
+        for sock in self.sockets:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+
+    def end_one_direction(self) -> None:
+        for sock in self.sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        with self._lock:
+            self._running -= 1
+            last = self._running == 0
+        if last:
+            for sock in self.sockets:
                 sock.close()

@@ -135,6 +135,17 @@ def test_cut_patch_keeps_its_bytes_and_resumes(master, job):
     assert (master.root / "out" / "result.mp4").read_bytes() == data
 
 
+def test_a_cut_patch_leaves_no_handler_behind(master, job):
+    """The handler of a PATCH whose client went away ends then, not at shutdown (where it used to end as a 500)."""
+    data = os.urandom(2_000_000)
+    location = create(master, len(data)).headers["Location"]
+    received = received_bytes(master)
+    with start_patch(master, location, data, sent=700_000):
+        wait_received(master, received, 700_000)
+        assert master.requests_in_progress() == 1
+    wait_for(lambda: master.requests_in_progress() == 0, 10, 0.01, "the cut PATCH's handler to end")
+
+
 def test_real_tus_client_uploads_a_file(master, job, tmp_path):
     path = tmp_path / "converted.mp4"
     path.write_bytes(os.urandom(1_500_000))
