@@ -12,11 +12,14 @@ STAMP := $(VENV)/.installed
 demo: setup
 	$(PY) scripts/demo.py
 
-PYTEST = $(PY) -m pytest -q $(1); status=$$?; \
-	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+PYTEST = $(PY) -m pytest -q $(1) || { status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status; }
+# Most tests wait on processes and sockets, so four at a time on two cores; the few that measure a rate
+# (marked serial) run alone afterwards.
+TEST_JOBS ?= 4
 
 test: setup
-	@$(call PYTEST,)
+	@$(call PYTEST,-n $(TEST_JOBS) -m "not serial"); $(call PYTEST,-m serial)
 
 test-unit: setup
 	@$(call PYTEST,-m "not integration")

@@ -12,7 +12,7 @@ from tests.fixtures import ThreadedMaster, master_config
 from worker.client import MasterClient
 from worker.retry import RetryPolicy
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 RATE = 20_000_000  # bytes/s: far below what loopback does even on a loaded 2-core box
 SIZE = 50_000_000  # 2.5 s at RATE
