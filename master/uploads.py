@@ -29,13 +29,18 @@ TUS_KIND = "tus"
 MULTIPART_KIND = "upload"
 TEMP_KINDS = (TUS_KIND, MULTIPART_KIND)
 SETTLE_WAIT = 30.0  # how long HEAD/PATCH wait for another PATCH of the upload to settle
+# How long a HEAD waits for a PATCH still receiving: a client that re-HEADs after its connection was cut
+# would otherwise learn the offset from before the bytes the master is still draining from that connection.
+RECEIVING_WAIT = 5.0
 
 
 class _Receiving:
-    """Busy marker of a PATCH whose body is still arriving."""
+    """Busy marker of a PATCH whose body is still arriving; ``ended`` is set when it stops."""
+
+    def __init__(self) -> None:
+        self.ended = asyncio.Event()
 
 
-RECEIVING = _Receiving()
 Busy = Union[_Receiving, "asyncio.Future[int]"]
 
 
@@ -133,23 +138,37 @@ class UploadRegistry:
         """Claim the upload for a PATCH whose body is about to arrive (409 ``upload_busy`` if one is)."""
         if self._busy.get(upload_id) is not None:
             raise errors.UPLOAD_BUSY.error()
-        self._busy[upload_id] = RECEIVING
+        self._busy[upload_id] = _Receiving()
 
     def end_receiving(self, upload_id: str) -> None:
         """Drop the claim of a PATCH that ended before its body started."""
-        if self._busy.get(upload_id) is RECEIVING:
+        busy = self._busy.get(upload_id)
+        if isinstance(busy, _Receiving):
             del self._busy[upload_id]
+            busy.ended.set()
 
     def settle(self, upload_id: str, settling: "asyncio.Future[int]") -> None:
         """The PATCH's body has ended: others wait on ``settling`` until its outcome is recorded."""
+        receiving = self._busy.get(upload_id)
         self._busy[upload_id] = settling
+        if isinstance(receiving, _Receiving):
+            receiving.ended.set()
         settling.add_done_callback(
             lambda _f: self._busy.pop(upload_id, None) if self._busy.get(upload_id) is settling else None)
+
+    async def wait_until_received(self, upload_id: str) -> None:
+        """If a PATCH of this upload is still receiving, give it ``RECEIVING_WAIT`` to end."""
+        receiving = self._busy.get(upload_id)
+        if isinstance(receiving, _Receiving):
+            try:
+                await asyncio.wait_for(receiving.ended.wait(), RECEIVING_WAIT)
+            except asyncio.TimeoutError:
+                pass
 
     async def wait_settled(self, upload_id: str) -> bool:
         """If a PATCH of this upload is settling, wait for it (bounded); True if one was."""
         settling = self._busy.get(upload_id)
-        if settling is None or settling is RECEIVING:
+        if settling is None or isinstance(settling, _Receiving):
             return False
         try:
             await asyncio.wait_for(asyncio.shield(settling), SETTLE_WAIT)

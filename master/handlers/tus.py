@@ -153,6 +153,8 @@ class TusUploadHandler(_TusHandler):
         self.upload = self._authorized_upload(self.path_kwargs["upload_id"])
         if self.request.method not in ("PATCH", "HEAD"):
             return
+        if self.request.method == "HEAD":  # a client asking where to resume: let a cut PATCH drain first
+            await self.uploads.wait_until_received(self.upload.id)
         if await self.uploads.wait_settled(self.upload.id):  # another PATCH has just ended: read its outcome
             self.upload = self.store.get_upload(self.upload.id)
         if self.request.method == "PATCH":

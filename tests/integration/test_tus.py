@@ -146,6 +146,24 @@ def test_a_cut_patch_leaves_no_handler_behind(master, job):
     wait_for(lambda: master.requests_in_progress() == 0, 10, 0.01, "the cut PATCH's handler to end")
 
 
+def test_a_head_during_a_receiving_patch_answers_once_that_patch_ends(master, job):
+    """A client that re-HEADs after its connection was cut learns the offset including what the master
+    was still draining from that connection, not the one from before it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = os.urandom(2_000_000)
+    location = create(master, len(data)).headers["Location"]
+    received = received_bytes(master)
+    sock = start_patch(master, location, data, sent=700_000)
+    wait_received(master, received, 700_000)
+    with ThreadPoolExecutor(1) as pool:
+        head = pool.submit(head_offset, master, location)
+        wait_for(lambda: master.requests_in_progress() == 2, 10, 0.01, "the HEAD to wait for the PATCH")
+        assert not head.done()
+        sock.close()
+        assert head.result(10) == 700_000
+
+
 def test_real_tus_client_uploads_a_file(master, job, tmp_path):
     path = tmp_path / "converted.mp4"
     path.write_bytes(os.urandom(1_500_000))
