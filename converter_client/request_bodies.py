@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -20,13 +21,17 @@ from converter_common.ratelimit import TokenBucket
 from converter_client.errors import Cancelled
 
 DEFAULT_BLOCK = 1 << 20
+# Blocks that may wait for the hashing thread: sending and hashing run at about the same speed, and a few
+# blocks of slack keep one from stopping whenever the other has a slow moment (a block is a 1 MiB ``bytes``).
+HASH_AHEAD = 4
 
 
 class FileRangeBody:
     """Bytes ``[offset, offset + length)`` of a file, with a progress callback and a cancel flag.
 
     ``hasher`` is fed every block, in a helper thread while the block is being sent (hashlib releases
-    the GIL), so hashing does not hold up the upload; it has seen every block read once ``close()`` returns.
+    the GIL), up to ``HASH_AHEAD`` blocks behind, so hashing does not hold up the upload; it has seen every
+    block read once ``close()`` returns.
     """
 
     def __init__(self, path: Path, offset: int, length: int, *, on_read: Callable[[int], None] | None = None,
@@ -41,7 +46,7 @@ class FileRangeBody:
         self._bucket = bucket  # upload bandwidth limit: each block waits for its tokens before it is sent
         self._hasher = hasher  # fed every block read (so: hashed while sent, not in a pass of its own)
         self._hash_thread: ThreadPoolExecutor | None = None
-        self._hashing: Future | None = None  # the previous block's update; one at a time keeps the order
+        self._hashing: deque[Future] = deque()  # blocks read and not yet hashed; one thread keeps the order
 
     def __len__(self) -> int:
         return self._length
@@ -77,15 +82,15 @@ class FileRangeBody:
             self._file = None
 
     def _hash_in_background(self, data: bytes) -> None:
-        self._wait_for_hash()
+        if len(self._hashing) >= HASH_AHEAD:  # hashing is slower than sending: wait for the oldest block
+            self._hashing.popleft().result()
         if self._hash_thread is None:
             self._hash_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-hash")
-        self._hashing = self._hash_thread.submit(self._hasher.update, data)
+        self._hashing.append(self._hash_thread.submit(self._hasher.update, data))
 
     def _wait_for_hash(self) -> None:
-        if self._hashing is not None:
-            hashing, self._hashing = self._hashing, None
-            hashing.result()
+        while self._hashing:
+            self._hashing.popleft().result()
 
 
 class MultipartFileBody:

@@ -24,7 +24,9 @@ without it the master's IOLoop only copies (receive | write | hash). Either way,
 (``failed``) the hashers may be ahead of the file, and the caller must drop what it wrote.
 
 Two front ends share the state: ``write``/``finish`` block (worker threads), ``awrite``/``afinish``
-await (the master's IOLoop). Both are used by one thread at a time.
+await (the master's IOLoop). Both are used by one thread at a time. A reader that can receive straight
+into memory (the master's socket, ``recv_into``) asks for ``space`` and reports it ``filled`` instead of
+handing over chunks: then no chunk object is made and nothing is copied on the way to the thread.
 """
 
 from __future__ import annotations
@@ -126,6 +128,35 @@ class BatchWriter:
         while self._overflow:
             await self._await_oldest()
             self._refill()
+
+    async def space(self) -> memoryview:
+        """The unfilled rest of the buffer being filled, for a reader to receive into directly (``recv_into``)
+        instead of handing over chunks; waits (without blocking the loop) while every buffer is with the thread.
+        Report what was put there with ``filled``."""
+        if self._closed:
+            raise ValueError("BatchWriter is closed")
+        await self.submit_ready()
+        while self._current is None:
+            await self._await_oldest()
+        return memoryview(self._current)[self._filled:]
+
+    def filled(self, count: int) -> None:
+        """``count`` bytes were received into the view ``space`` returned: they go to the thread with their buffer."""
+        if self._closed or not count:
+            return
+        start, self._filled = self._filled, self._filled + count
+        if self._hash_in_caller:
+            with memoryview(self._current) as whole, whole[start:self._filled] as data:
+                for hasher in self._hashers:
+                    hasher.update(data)
+        if self._filled == self.batch_bytes:
+            self._submit()
+
+    def find(self, needle: bytes, start: int, end: int) -> int:
+        """Where ``needle`` first is in the space's bytes ``[start, end)`` (offsets into what ``space`` returned,
+        searched in place, without a copy); -1 if it is not there."""
+        found = self._current.find(needle, self._filled + start, self._filled + end)
+        return found - self._filled if found >= 0 else -1
 
     async def afinish(self) -> int:
         """``finish`` for the IOLoop."""

@@ -9,6 +9,10 @@ A connection closed while the client is still sending makes the kernel reset it,
 destroy the answer before the client reads it. So these answers end with a lingering close, as
 nginx does: the write side is shut, and what the client still sends is read and dropped for a few
 seconds (bounded in time and bytes) before the socket is closed.
+
+A handler that receives a file can have its body (one with a Content-Length) read straight into its
+own memory (``receive_body_into``): ``recv_into`` the writer's page-aligned buffers instead of Tornado's delivery of each piece as a new ``bytes`` to ``data_received``. That
+takes the Python work per byte off the upload path (docs/architecture.md, "Receiving a file").
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from typing import Any
+from typing import Any, Protocol
 
 from tornado import httputil, iostream
 from tornado.http1connection import HTTP1Connection, HTTP1ServerConnection
@@ -27,6 +31,17 @@ from tornado.log import gen_log
 _BODY_TOO_LARGE = ("Content-Length too long", "chunked body too large", "Body too long", "decompressed body too large")
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 64 << 20
+YIELD_EVERY = 1 << 20  # a body read straight into memory lets other requests run after this many bytes
+
+
+class BodyReceiver(Protocol):
+    """Where a handler wants its request body: straight into memory it lends, a view at a time."""
+
+    async def body_space(self) -> memoryview:
+        """Memory to receive the next bytes into (a scratch buffer for bytes to be dropped)."""
+
+    def body_received(self, count: int) -> None:
+        """``count`` bytes arrived at the start of the last view."""
 
 
 class RefusedMessage(Exception):
@@ -133,6 +148,30 @@ class _ServerConnection(HTTP1ServerConnection):
 
 
 class _Connection(HTTP1Connection):
+    body_receiver: BodyReceiver | None = None
+
+    def receive_body_into(self, receiver: BodyReceiver) -> None:
+        """Have this request's body, if it has a Content-Length, received into ``receiver``'s memory rather than
+        passed to ``data_received`` (a chunked body still comes that way)."""
+        self.body_receiver = receiver
+
+    async def _read_fixed_body(self, content_length: int, delegate: httputil.HTTPMessageDelegate) -> None:
+        receiver = self.body_receiver
+        if receiver is None:
+            await super()._read_fixed_body(content_length, delegate)
+            return
+        since_yield = 0
+        while content_length > 0:
+            with await receiver.body_space() as space, space[:content_length] as view:
+                # partial: what one recv brings is reported at once (a cut loses nothing, progress is visible)
+                count = await self.stream.read_into(view, partial=True)
+            receiver.body_received(count)
+            content_length -= count
+            since_yield += count
+            if since_yield >= YIELD_EVERY:  # as Tornado does: a fast sender must not starve other requests
+                since_yield = 0
+                await asyncio.sleep(0)
+
     async def read_request(self, delegate: httputil.HTTPMessageDelegate) -> bool:
         """One request; False when the connection is to be closed."""
         try:

@@ -7,9 +7,11 @@ hashes while it sends can instead put the whole file's digest on the PATCH that 
 ``Repr-Digest: sha-256=:<base64>:`` (RFC 9530). The bytes of a cut PATCH are kept, so the client resumes
 from the offset HEAD reports; with Upload-Checksum a cut or mismatching PATCH is discarded whole.
 
-A PATCH body is copied into 1 MiB buffers that one per-PATCH thread writes (``O_DIRECT`` where the
-filesystem allows it) while another hashes them (``converter_common.background_file_writer``), so the
-IOLoop only copies; ``data_received`` awaits a free buffer, which is the back-pressure. Ending a PATCH
+A PATCH body is received straight from the socket into page-aligned buffers (``recv_into``,
+``master.http_server.BodyReceiver``: no Python object per piece) that one per-PATCH thread writes
+(``O_DIRECT`` where the filesystem allows it) while another hashes them
+(``converter_common.background_file_writer``); waiting for a free buffer is the back-pressure. A chunked
+body takes Tornado's way, ``data_received``, into the same buffers. Ending a PATCH
 ("settling") waits for that thread, so it is a coroutine; while one settles, HEAD and a new PATCH of the
 same upload wait for it, and a PATCH while another is still receiving gets 409 ``upload_busy``. The
 upload's state between requests is ``master.uploads.UploadRegistry``'s.
@@ -38,8 +40,8 @@ from master.paths import resolve_in_root, storage_relative
 from master.store import Upload
 
 CHECKSUMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256}
-BATCH_BYTES = 1 * MiB
-IN_FLIGHT_BYTES = 2 * MiB
+BATCH_BYTES = 2 * MiB
+IN_FLIGHT_BYTES = 4 * MiB
 DECIMAL = re.compile(r"[0-9]+")
 
 
@@ -144,6 +146,7 @@ class TusUploadHandler(_TusHandler):
         self._final_digest: bytes | None = None
         self._write_error: OSError | None = None
         self._expires_at: float | None = None
+        self._dropped: bytearray | None = None  # where the rest of a body that is not kept is received
 
     async def prepare(self) -> None:
         super().prepare()
@@ -192,6 +195,7 @@ class TusUploadHandler(_TusHandler):
             direct=self.config.storage.direct_io, name="tus-writer")
         self._settled = False
         self.request.connection.set_body_timeout(self.config.server.timeout)
+        self.request.connection.receive_body_into(self)  # a body with a Content-Length skips data_received
 
     def _open_file(self, offset: int) -> None:
         try:
@@ -210,6 +214,25 @@ class TusUploadHandler(_TusHandler):
             await self._writer.awrite(chunk)
         except OSError as exc:  # raising here would close the connection unanswered: patch() answers 507
             self._write_error = exc
+
+    async def body_space(self) -> memoryview:
+        if self._settled or self._write_error is not None:
+            return self._scratch()  # as in data_received: the rest of the body is read and dropped
+        try:
+            return await self._writer.space()
+        except OSError as exc:
+            self._write_error = exc
+            return self._scratch()
+
+    def body_received(self, count: int) -> None:
+        self.services.metrics.bytes_received.inc(count)
+        if not self._settled and self._write_error is None:
+            self._writer.filled(count)
+
+    def _scratch(self) -> memoryview:
+        if self._dropped is None:
+            self._dropped = bytearray(64 * 1024)
+        return memoryview(self._dropped)
 
     async def patch(self, upload_id: str) -> None:
         write_error = self._write_error
