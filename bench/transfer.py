@@ -14,9 +14,12 @@ One run, one random file (``--size``, default 2 GiB), pairs interleaved (A B A B
   minimal socket sink (64 KiB recv, discards).
 
 Also: peak RSS of master (psutil sampling, 20 ms) and worker (``/usr/bin/time -v``), the master's RSS under a slow
-reader (``curl --limit-rate 100M``), and ``GET /api/jobs`` latency (50 requests) while a transfer runs.
-Ratio = their time / our time. Prints a table and, last, one line
-``ratios: dl_verify=.. up_verify=.. dl_raw=.. up_raw=.. rss_master_mb=.. rss_worker_mb=..``.
+reader (``curl --limit-rate 100M``), ``GET /api/jobs`` latency (50 requests) while a transfer runs, and the CPU
+seconds per GiB each side used (client: the worker or curl + openssl; server: our master or nginx / the sink).
+Ratio = their time / our time; each ratio's spread is its min-max over the interleaved pairs. Prints the
+machine (CPU model, its SHA-256 speed, the share of CPU the hypervisor stole during the run), tables and, last,
+one line ``ratios: dl_verify=.. up_verify=.. dl_raw=.. up_raw=.. rss_master_mb=.. rss_worker_mb=.. spread
+dl_verify=lo-hi .. sha256_mbps=.. steal=..% cpu='..'``.
 
 Big files live under bench/out/ (or ``--workdir``) and are removed at the end.
 """
@@ -29,6 +32,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -44,7 +48,7 @@ import benchlib  # noqa: E402
 MB = 1e6
 WORKER_ID = "bench-worker"
 LEASE = 7200
-TARGETS = {"dl_verify": 1.2, "up_verify": 1.2, "dl_raw": 0.8, "up_raw": 0.7}
+TARGETS = {"dl_verify": 1.2, "up_verify": 1.3, "dl_raw": 0.8, "up_raw": 0.8}
 RSS_TARGET_MB = 64
 SLOW_READER_TARGET_MB = 20
 JOBS_P95_TARGET_MS = 50
@@ -99,6 +103,7 @@ def worker_op(args: argparse.Namespace) -> int:
                           upload_timeout=cfg.storage.upload_timeout, progress_interval=3600,
                           direct_io=cfg.storage.direct_io)
     path = Path(args.path)
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     if args.worker_op == "download":
         n = client.download_source_video(args.job, path)
@@ -156,7 +161,9 @@ def worker_op(args: argparse.Namespace) -> int:
     else:
         raise SystemExit(f"unknown worker op {args.worker_op}")
     seconds = time.perf_counter() - t0
-    print(json.dumps({"seconds": seconds, "bytes": n}))
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)  # the transfer's, without the interpreter's start
+    cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+    print(json.dumps({"seconds": seconds, "bytes": n, "cpu": cpu}))
     return 0
 
 
@@ -250,6 +257,8 @@ class Harness:
         self.errors: list[str] = []
         self.digest = code_has_digest()
         self.seq = 0
+        self.cpu = 0.0  # CPU seconds counted by counting_cpu during the current measurement
+        self.cpu_per_key: dict[str, list[float]] = {}
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -347,7 +356,8 @@ class Harness:
             cmd += ["--worker-chunk-size", str(self.args.worker_chunk_size)]
         if self.args.upload_protocol:
             cmd += ["--upload-protocol", self.args.upload_protocol]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        with self.counting_cpu([master.pid] if master.proc is not None else [self.sink.pid], client=False):
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr)
         if m:
             self.worker_rss.append(int(m.group(1)) * 1024)
@@ -355,13 +365,15 @@ class Harness:
         if r.returncode != 0:
             raise RuntimeError(f"worker {op} failed ({r.returncode}): {r.stdout[-500:]} {r.stderr[-1500:]}")
         out = json.loads(r.stdout.strip().splitlines()[-1])
+        self.cpu += out["cpu"]
         if out["bytes"] != self.size and op != "upload-sink":
             raise RuntimeError(f"worker {op}: {out['bytes']} bytes, expected {self.size}")
         return out["seconds"]
 
     def curl(self, *args: str) -> tuple[float, int]:
-        r = subprocess.run(["curl", "-sS", "-w", "%{time_total} %{http_code} %{size_download} %{size_upload}",
-                            *args], capture_output=True, text=True, timeout=900)
+        with self.counting_cpu(self.peer_pids()):
+            r = subprocess.run(["curl", "-sS", "-w", "%{time_total} %{http_code} %{size_download} %{size_upload}",
+                                *args], capture_output=True, text=True, timeout=900)
         if r.returncode != 0:
             raise RuntimeError(f"curl {' '.join(args)}: rc={r.returncode} {r.stderr[-500:]}")
         total, code, down, up = r.stdout.split()[-4:]
@@ -371,12 +383,30 @@ class Harness:
 
     def openssl_dgst(self, path: Path) -> float:
         t0 = time.perf_counter()
-        r = subprocess.run(["openssl", "dgst", "-sha256", "-r", str(path)], capture_output=True, text=True,
-                           timeout=900)
+        with self.counting_cpu([]):
+            r = subprocess.run(["openssl", "dgst", "-sha256", "-r", str(path)], capture_output=True, text=True,
+                               timeout=900)
         t = time.perf_counter() - t0
         if r.returncode != 0 or r.stdout.split()[0] != self.src_sha:
             raise RuntimeError(f"openssl dgst {path}: rc={r.returncode} {r.stdout[:100]} (expected {self.src_sha})")
         return t
+
+    @contextlib.contextmanager
+    def counting_cpu(self, server_pids: list[int], client: bool = True):
+        """Add the CPU ``server_pids`` and (with ``client``) this process's children use meanwhile to ``self.cpu``
+        (our worker reports its own, without its interpreter's start)."""
+        children, server = children_cpu(), process_cpu(server_pids)
+        try:
+            yield
+        finally:
+            self.cpu += process_cpu(server_pids) - server + (children_cpu() - children if client else 0.0)
+
+    def peer_pids(self) -> list[int]:
+        """nginx (master and workers) and the socket sink."""
+        pids = [self.nginx.pid, self.sink.pid]
+        with contextlib.suppress(OSError):
+            pids += [int(p) for p in Path(f"/proc/{self.nginx.pid}/task/{self.nginx.pid}/children").read_text().split()]
+        return pids
 
     @staticmethod
     def fresh(path: Path) -> None:
@@ -479,7 +509,9 @@ class Harness:
             for a_key, a, b_key, b in pairs:
                 order = [(a_key, a), (b_key, b)] if run % 2 == 0 else [(b_key, b), (a_key, a)]
                 for key, fn in order:
+                    self.cpu = 0.0
                     self.results.setdefault(key, []).append(fn())
+                    self.cpu_per_key.setdefault(key, []).append(self.cpu)
             self.results.setdefault("client_up_to_sink", []).append(self.worker_client_to_sink())
             print(f"  run {run + 1}/{self.args.runs} done", file=sys.stderr, flush=True)
 
@@ -540,6 +572,44 @@ class Harness:
                 "max_ms": max(lat) if lat else float("nan"), "transfers": transfers}
 
 
+def process_cpu(pids: list[int]) -> float:
+    """User + system CPU seconds the processes (and their threads) have used so far."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def steal_seconds() -> float:
+    """CPU time the hypervisor took from this VM so far (``steal`` in /proc/stat)."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        return int(Path("/proc/stat").read_text().split("\n", 1)[0].split()[8]) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def sha256_speed() -> float:
+    """This machine's SHA-256 (hashlib, i.e. OpenSSL) in MB/s: both ends of a verified upload pay it."""
+    block = os.urandom(4 << 20)
+    hasher = hashlib.sha256()
+    started = time.perf_counter()
+    for _ in range(64):
+        hasher.update(block)
+    return 64 * len(block) / (time.perf_counter() - started) / MB
+
+
+def spread(ours: list[float], theirs: list[float]) -> tuple[float, float]:
+    """Min and max of the ratio over the interleaved pairs (their time / ours, pair by pair)."""
+    ratios = [t / o for o, t in zip(ours, theirs)]
+    return min(ratios), max(ratios)
+
+
 def fmt_row(name: str, times: list[float], size: int, note: str = "") -> str:
     med = benchlib.median(times)
     rates = [size / t / MB for t in times]
@@ -585,6 +655,9 @@ def main(argv: list[str] | None = None) -> int:
     base.mkdir(parents=True, exist_ok=True)
     size = args.size
     print(f"machine: {benchlib.machine_description()}")
+    sha256_mbps = sha256_speed()
+    print(f"sha256 (hashlib) on this machine: {sha256_mbps:.0f} MB/s")
+    steal_at_start, wall_at_start = steal_seconds(), time.monotonic()
     print(f"code: {benchlib.code_state()}")
     with benchlib.temp_workdir("bench-transfer-", str(base)) as work:
         h = Harness(args, work)
@@ -607,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         # the nginx processes, the sink and the masters are gone; the temp dirs go with the `with`
 
     R = h.results
+    steal_share = (steal_seconds() - steal_at_start) / ((time.monotonic() - wall_at_start) * (os.cpu_count() or 1))
     ver = "SHA-256 verified while streaming" if h.digest else "NO verification: the code has no Repr-Digest yet"
     dl_raw_how = ("requests loop like the client's (same session/adapter/chunk), discarded" if h.digest else
                   "MasterClient.download_source_video into a symlink to /dev/null")
@@ -641,13 +715,24 @@ def main(argv: list[str] | None = None) -> int:
         "dl_raw": benchlib.median(R["theirs_dl_raw"]) / benchlib.median(R["ours_dl_raw"]),
         "up_raw": benchlib.median(R["theirs_up_raw"]) / benchlib.median(R["ours_up_raw"]),
     }
+    spreads = {k: spread(R[f"ours_{k.replace('_verify', '')}"], R[f"theirs_{k.replace('_verify', '')}"])
+               for k in ratios}
     rss_worker = max(h.worker_rss) if h.worker_rss else 0
+    gib = size / (1 << 30)
     print()
-    print("| figure | value | target | met |")
-    print("|---|---|---|---|")
+    print("| CPU seconds per GiB (client + server, median) | ours | theirs |")
+    print("|---|---|---|")
+    for k in ratios:
+        row = k.replace("_verify", "")
+        print(f"| {k} | {benchlib.median(h.cpu_per_key[f'ours_{row}']) / gib:.2f} | "
+              f"{benchlib.median(h.cpu_per_key[f'theirs_{row}']) / gib:.2f} |")
+    print()
+    print("| figure | value (median) | min–max over the pairs | target | met |")
+    print("|---|---|---|---|---|")
     for k, v in ratios.items():
         label = k + ("" if h.digest or "verify" not in k else " (ours unverified)")
-        print(f"| {label} | {v:.2f} | >= {TARGETS[k]} | {'yes' if v >= TARGETS[k] else 'NO'} |")
+        low, high = spreads[k]
+        print(f"| {label} | {v:.2f} | {low:.2f}–{high:.2f} | >= {TARGETS[k]} | {'yes' if v >= TARGETS[k] else 'NO'} |")
     print(f"| master peak RSS MB (disk / null-sink master) | {rss_master / MB:.1f} ({rss_master_disk / MB:.1f} / "
           f"{rss_master_null / MB:.1f}) | <= {RSS_TARGET_MB} | {'yes' if rss_master / MB <= RSS_TARGET_MB else 'NO'} |")
     print(f"| worker peak RSS MB (max of {len(h.worker_rss)} runs) | {rss_worker / MB:.1f} | <= {RSS_TARGET_MB} | "
@@ -664,8 +749,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| master idle RSS at start (disk master) | {h.idle_rss_disk / MB:.1f} | – | – |")
     print()
     print(f"dl_raw method: {dl_raw_how}; up_raw method: {up_raw_how}")
+    cpu_model = benchlib.machine_description().split(", ", 1)[0]
     print("ratios: " + " ".join(f"{k}={v:.2f}" for k, v in ratios.items())
-          + f" rss_master_mb={rss_master / MB:.1f} rss_worker_mb={rss_worker / MB:.1f}")
+          + f" rss_master_mb={rss_master / MB:.1f} rss_worker_mb={rss_worker / MB:.1f}"
+          + " spread " + " ".join(f"{k}={low:.2f}-{high:.2f}" for k, (low, high) in spreads.items())
+          + f" sha256_mbps={sha256_mbps:.0f} steal={steal_share:.0%} cpu={cpu_model!r}")
     return 0
 
 
