@@ -109,10 +109,11 @@ def test_vulkan_failures_fall_back_to_the_cpu_and_then_disable_vulkan(cluster, s
 def test_a_hung_vulkan_run_is_killed_by_the_watchdog_and_rerun_on_the_cpu(cluster, start_worker):
     make_clip(cluster.root / "in" / "clip.mp4", seconds=1.0, size="320x240")
     stub = vulkan_only_stub(cluster.tmp, "trap '' TERM; exec sleep 600")  # like the H200 decode hang
-    worker = start_worker(binary=stub, stall_timeout=1.0, kill_grace=0.5)
+    # 3 s: long enough that the CPU rerun, slow to start on a loaded machine, is not taken for a stall as well
+    worker = start_worker(binary=stub, stall_timeout=3.0, kill_grace=0.5)
     submit(cluster, "hang")
     job = cluster.wait_status("hang", "completed", "failed")
     assert (job["status"], job["attempts"]) == ("completed", 1), job
     assert not process_alive(int((cluster.tmp / "vk-stub.pid").read_text()))
-    assert "Vulkan run failed (ffmpeg made no progress for 1 s and was killed); rerunning on the CPU" in worker.output()
+    assert "Vulkan run failed (ffmpeg made no progress for 3 s and was killed); rerunning on the CPU" in worker.output()
     assert samples(worker)[("converter_worker_vulkan_fallbacks_total", ())] == 1
