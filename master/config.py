@@ -20,8 +20,8 @@ class ServerConfig:
     timeout: Duration = 35 * 60
     max_upload_size: Size = 64 * GiB
     chunk_size: Size = 4 * MiB  # download read/write size; 1-4 MiB measured best (shared/notes/xfer.md)
-    # Tornado's socket read size and data_received piece for request bodies. 1 MiB measured best for our
-    # upload path (docs/benchmarks.md: 64 KiB costs twice the Python work per byte, 256 KiB and 4 MiB page faults)
+    # The data_received piece of a chunked request body (one with a Content-Length is received straight into
+    # the writer's buffers instead, master/http_server.py). 1 MiB measured best when every body came this way.
     body_chunk_size: Size = 1 * MiB
     max_concurrent_uploads: int = 16  # more at once get 503 + Retry-After
     max_header_size: Size = 64 * 1024
