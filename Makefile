@@ -15,11 +15,12 @@ demo: setup
 PYTEST = $(PY) -m pytest -q $(1) || { status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status; }
 # Most tests wait on processes and sockets, so four at a time on two cores; the few that measure a rate
-# (marked serial) run alone afterwards.
+# (marked serial) run alone afterwards. Tests of one xdist_group run in one process (the S3 ones share one
+# SeaweedFS).
 TEST_JOBS ?= 4
 
 test: setup
-	@$(call PYTEST,-n $(TEST_JOBS) -m "not serial"); $(call PYTEST,-m serial)
+	@$(call PYTEST,-n $(TEST_JOBS) --dist loadgroup -m "not serial"); $(call PYTEST,-m serial)
 
 test-unit: setup
 	@$(call PYTEST,-m "not integration")

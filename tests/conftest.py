@@ -36,3 +36,14 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(f"|{'-' * (width + 2)}|--------|---------|")
     for name, outcome, seconds in _fault_results:
         terminalreporter.write_line(f"| {name.ljust(width)} | {outcome:<6} | {seconds:7.1f} |")
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    """A real S3 server (SeaweedFS) with one bucket; tests using it carry ``pytest.mark.xdist_group("s3")`` so
+    that one test process runs them all and starts it once."""
+    from tests.seaweedfs import SeaweedFS
+
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs")).start()
+    yield server
+    server.stop()

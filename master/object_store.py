@@ -1,0 +1,182 @@
+"""An S3-compatible bucket as the master sees it: keys under a prefix, presigned URLs, multipart uploads.
+
+The master never moves an object's bytes in the common case: it hands workers presigned URLs (a GET,
+used with Range to resume; one PUT per part of a multipart upload, each carrying the part's SHA-256 so
+the store itself refuses a corrupted part with 400 ``BadDigest``) and keeps the bookkeeping: which parts
+the store holds (``stored_parts``, asked again after a cut), completing the upload once the whole file's
+digest is known, aborting an abandoned one so no orphan parts are left.
+
+Measured against SeaweedFS 4.48 (``weed mini``, the store the tests run): a part PUT whose bytes do not
+match its ``x-amz-checksum-sha256`` gets 400 ``BadDigest``; the header is part of the presigned signature,
+so a PUT without it gets 403 ``SignatureDoesNotMatch``; ListParts does not report part checksums, so
+uploads are created without a checksum algorithm (which would make CompleteMultipartUpload demand them)
+and each part's checksum is checked by the store when the part arrives; an expired URL gets 403
+``AccessDenied`` "Request has expired".
+
+Errors are ``ObjectStoreError`` (the store said no: a missing object, access denied, a bad part) or
+``ObjectStoreUnavailable`` (the store could not be reached or failed: worth trying again).
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+MIN_PART_SIZE = 5 << 20  # S3's minimum for every part but the last
+MAX_PARTS = 10_000
+_CONTROL = {chr(c) for c in range(0x20)} | {"\x7f"}
+_UNAVAILABLE_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "503", "500"}
+
+
+class ObjectStoreError(Exception):
+    """The store refused or does not have what was asked (``code`` is the S3 error code)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class ObjectStoreUnavailable(ObjectStoreError):
+    """The store could not be reached or failed on its side: the same request may work later."""
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    endpoint: str
+    bucket: str
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+    prefix: str = ""
+    presign_expiry: float = 3600.0
+    part_size: int = 64 << 20
+
+    def __post_init__(self) -> None:
+        if not MIN_PART_SIZE <= self.part_size <= 5 << 30:
+            raise ValueError(f"part_size must be 5 MiB..5 GiB, got {self.part_size}")
+        if not 1 <= self.presign_expiry <= 7 * 24 * 3600:
+            raise ValueError(f"presign_expiry must be 1 s..7 days, got {self.presign_expiry}")
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    size: int
+    etag: str
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class StoredPart:
+    number: int
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class PresignedPart:
+    """A PUT of one part: the URL and the headers that must go with it (they are signed)."""
+
+    number: int
+    url: str
+    headers: dict[str, str]
+
+
+class ObjectStore:
+    """One bucket (and key prefix) of an S3-compatible store, through boto3."""
+
+    def __init__(self, settings: S3Settings, client=None) -> None:
+        self.settings = settings
+        self._s3 = client or boto3.client(
+            "s3", endpoint_url=settings.endpoint, region_name=settings.region,
+            aws_access_key_id=settings.access_key, aws_secret_access_key=settings.secret_key,
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
+                          retries={"max_attempts": 3, "mode": "standard"}))
+
+    def key(self, relative: str) -> str:
+        """The key of a storage-relative path: the same rules as for files (no ``..``, not absolute, no
+        control characters, '/' between folders), under the configured prefix."""
+        if not isinstance(relative, str) or not relative.strip():
+            raise ValueError("the path must be a non-empty relative path")
+        if any(ch in _CONTROL for ch in relative) or "\\" in relative:
+            raise ValueError("the path contains a control character or a backslash")
+        pure = PurePosixPath(relative)
+        if pure.is_absolute() or ".." in pure.parts or relative.startswith("~"):
+            raise ValueError("the path must be relative and must not contain '..'")
+        return self.settings.prefix.strip("/") + "/" + str(pure) if self.settings.prefix.strip("/") else str(pure)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def head(self, key: str) -> StoredObject:
+        response = self._call("head_object", Key=key)
+        return StoredObject(size=response["ContentLength"], etag=response["ETag"],
+                            metadata=dict(response.get("Metadata", {})))
+
+    def presigned_get(self, key: str) -> str:
+        """A URL anyone holding it may GET (with Range) until ``presign_expiry`` passes."""
+        return self._presign("get_object", {"Key": key})
+
+    # -- multipart upload ------------------------------------------------------------------------
+
+    def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
+        """Create a multipart upload of ``key``; its upload id."""
+        return self._call("create_multipart_upload", Key=key, Metadata=metadata or {})["UploadId"]
+
+    def presigned_part(self, key: str, upload_id: str, number: int, sha256: bytes) -> PresignedPart:
+        """A PUT for part ``number`` whose bytes must have ``sha256``: the store refuses other bytes."""
+        if not 1 <= number <= MAX_PARTS:
+            raise ValueError(f"part number must be 1..{MAX_PARTS}")
+        checksum = base64.b64encode(sha256).decode("ascii")
+        url = self._presign("upload_part", {"Key": key, "UploadId": upload_id, "PartNumber": number,
+                                            "ChecksumSHA256": checksum})
+        return PresignedPart(number=number, url=url, headers={"x-amz-checksum-sha256": checksum})
+
+    def stored_parts(self, key: str, upload_id: str) -> list[StoredPart]:
+        """The parts the store holds, in order (what a worker need not send again after a cut)."""
+        parts: list[StoredPart] = []
+        marker = 0
+        while True:
+            response = self._call("list_parts", Key=key, UploadId=upload_id, PartNumberMarker=marker)
+            parts += [StoredPart(number=p["PartNumber"], size=p["Size"], etag=p["ETag"])
+                      for p in response.get("Parts", [])]
+            if not response.get("IsTruncated"):
+                return parts
+            marker = response["NextPartNumberMarker"]
+
+    def complete(self, key: str, upload_id: str, parts: list[StoredPart]) -> None:
+        self._call("complete_multipart_upload", Key=key, UploadId=upload_id,
+                   MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]})
+
+    def abort(self, key: str, upload_id: str) -> None:
+        """Drop an upload and its parts; one already gone is fine."""
+        try:
+            self._call("abort_multipart_upload", Key=key, UploadId=upload_id)
+        except ObjectStoreError as exc:
+            if exc.code != "NoSuchUpload":
+                raise
+
+    def open_uploads(self) -> list[tuple[str, str]]:
+        """(key, upload id) of every multipart upload under the prefix not yet completed or aborted."""
+        response = self._call("list_multipart_uploads", Prefix=self.settings.prefix.strip("/"))
+        return [(u["Key"], u["UploadId"]) for u in response.get("Uploads", [])]
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _presign(self, operation: str, params: dict) -> str:
+        return self._s3.generate_presigned_url(operation, Params={"Bucket": self.settings.bucket, **params},
+                                               ExpiresIn=int(self.settings.presign_expiry))
+
+    def _call(self, operation: str, **params):
+        try:
+            return getattr(self._s3, operation)(Bucket=self.settings.bucket, **params)
+        except botocore.exceptions.ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", "Unknown"))
+            kind = ObjectStoreUnavailable if code in _UNAVAILABLE_CODES else ObjectStoreError
+            raise kind(code, error.get("Message") or str(exc)) from None
+        except (botocore.exceptions.BotoCoreError, OSError) as exc:  # connection refused, timeouts, DNS
+            raise ObjectStoreUnavailable(type(exc).__name__, str(exc)) from None

