@@ -71,6 +71,21 @@ def test_options_advertises_the_extensions(master):
     assert "sha256" in response.headers["Tus-Checksum-Algorithm"]
 
 
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_patch_larger_than_the_receive_buffers_arrives_whole(master, job, framing):
+    """A Content-Length body is received straight into the writer's buffers, a chunked one through
+    data_received: both store every byte, across several buffers, in order."""
+    data = os.urandom(5_000_000 + 123)  # more than two 2 MiB buffers, and not a multiple of the block size
+    location = create(master, len(data), sha=hashlib.sha256(data).digest()).headers["Location"]
+    body = data if framing == "content-length" else (data[i:i + 70_000] for i in range(0, len(data), 70_000))
+    received = received_bytes(master)
+    answer = patch(master, location, 0, body)
+    assert answer.status_code == 204 and answer.headers["Upload-Offset"] == str(len(data))
+    assert (master.root / "out" / "result.mp4").read_bytes() == data
+    assert received_bytes(master) - received == len(data)
+    assert master.job(job)["status"] == "completed"
+
+
 def test_create_patch_in_two_pieces_completes_the_job(master, job):
     data = os.urandom(300_000)
     created = create(master, len(data), sha=hashlib.sha256(data).digest())
