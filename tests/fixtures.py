@@ -187,12 +187,41 @@ class Process:
         return self.log.read_text(errors="replace")
 
 
-def free_port() -> int:
-    import socket
+_CLAIMED_PORTS: list[int] = []  # lock files held for the life of this test process
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+def free_port() -> int:
+    """A loopback port for a process to bind later, that nothing else on this machine takes meanwhile.
+
+    Picking a port with ``bind(0)`` and closing it races with every other ``bind(0)``: under pytest-xdist a
+    test's own server once got the port a master process of another test was still starting on. So the
+    port comes from below the kernel's ephemeral range (no ``bind(0)`` hands it out) and is claimed with a
+    lock file that this process holds until it exits (no other test process picks it).
+    """
+    import fcntl
+    import random
+    import socket
+    import tempfile
+
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    claims = Path(tempfile.gettempdir()) / "converter-test-ports"
+    claims.mkdir(exist_ok=True)
+    while True:
+        port = random.randint(10_000, ephemeral_low - 1)
+        fd = os.open(claims / str(port), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:  # in use by something that is not a test of ours
+                os.close(fd)
+                continue
+        _CLAIMED_PORTS.append(fd)
+        return port
 
 
 def ffmpeg_available() -> bool:
