@@ -11,8 +11,9 @@ nginx does: the write side is shut, and what the client still sends is read and 
 seconds (bounded in time and bytes) before the socket is closed.
 
 A handler that receives a file can have its body (one with a Content-Length) read straight into its
-own memory (``receive_body_into``): ``recv_into`` the writer's page-aligned buffers instead of Tornado's delivery of each piece as a new ``bytes`` to ``data_received``. That
-takes the Python work per byte off the upload path (docs/architecture.md, "Receiving a file").
+own memory (``receive_body_into``): ``recv_into`` the writer's page-aligned buffers instead of Tornado's
+delivery of each piece as a new ``bytes`` to ``data_received``. That takes the Python work per byte off
+the upload path (docs/architecture.md, "Receiving a file").
 """
 
 from __future__ import annotations

@@ -303,7 +303,8 @@ class MultipartReceiver(UploadSlotHolder):
 
     def _check_overhead(self) -> None:
         if self._fed - self._sink.received - self.field_bytes() > OVERHEAD_LIMIT:
-            raise errors.INVALID_MULTIPART.error(f"the multipart body's headers and fields exceed {OVERHEAD_LIMIT} bytes")
+            raise errors.INVALID_MULTIPART.error(
+                f"the multipart body's headers and fields exceed {OVERHEAD_LIMIT} bytes")
 
     def field_bytes(self) -> int:
         """Bytes of small text fields kept so far (handlers with fields override this)."""
