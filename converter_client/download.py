@@ -78,11 +78,13 @@ class Downloader:
     def fetch(self, path: str, partial: PartialDownload, *, what: str,
               progress: Callable[[int | None, int], Callable[[int], None]],
               params: dict[str, Any] | None = None, cancel: threading.Event | None = None,
-              on_version: Callable[[PartialDownload], None] | None = None) -> int:
+              on_version: Callable[[PartialDownload], None] | None = None,
+              expected_digest: bytes | None = None) -> int:
         """GET ``path`` into ``partial`` to its end; returns the file's size.
 
         ``progress(total, offset)`` gives the callback that hears of each chunk; ``on_version`` hears of
-        the version (``partial.etag``) before the body; ``what`` names the download in errors.
+        the version (``partial.etag``) before the body; ``what`` names the download in errors;
+        ``expected_digest``: the SHA-256 to check, when the server sends no ``Repr-Digest`` (an object store).
         """
         headers = {}
         if partial.offset and partial.etag:
@@ -92,7 +94,7 @@ class Downloader:
             if response.status_code >= 400:
                 raise Refused(response)
             total = _resume_point(response, partial)
-            expected_digest = _digest_header(response)
+            expected_digest = _digest_header(response) or expected_digest
             partial.etag = response.headers.get("ETag")
             if on_version is not None:
                 on_version(partial)

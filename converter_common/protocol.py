@@ -18,6 +18,10 @@ WORKER_RELEASE = "/api/worker/release"
 WORKER_DOWNLOAD = "/api/worker/download-video"
 WORKER_UPLOAD = "/api/worker/upload-video"
 WORKER_COMPLETE = "/api/worker/complete"  # shared-storage mode
+# storage.backend s3: the worker moves the bytes itself, over presigned URLs the master hands it
+WORKER_SOURCE_URL = "/api/worker/source-url"  # a presigned GET of the job's source
+WORKER_OUTPUT_PARTS = "/api/worker/output-parts"  # presigned PUTs of the output's parts not yet stored
+WORKER_OUTPUT_COMPLETE = "/api/worker/output-complete"  # every part stored: join them and complete the job
 
 
 def job_path(job_id: str, action: str = "") -> str:
@@ -49,4 +53,24 @@ TUS_RESUME_CODES = frozenset({OFFSET_MISMATCH, UPLOAD_BUSY})  # 409s after a cut
 DIGEST_MISMATCH = "digest_mismatch"
 DUPLICATE_JOB = "duplicate_job"
 DUPLICATE_UPLOAD = "duplicate_upload"
-UPLOAD_GONE_STATUSES = frozenset({404, 410})  # a tus upload the master no longer has (done, expired, removed)
+UPLOAD_GONE_STATUSES = frozenset({404, 410})
+PARTS_INCOMPLETE = "parts_incomplete"  # output-complete before every part is stored: ask for the parts again  # a tus upload the master no longer has (done, expired, removed)
+
+
+# -- object storage (storage.backend s3): how a file is cut into the parts of a multipart upload --------------
+MIN_PART_SIZE = 5 << 20  # S3's minimum for every part but the last
+MAX_PARTS = 10_000  # S3's maximum number of parts
+
+
+def part_size_for(size: int, preferred: int) -> int:
+    """The part size for a file of ``size`` bytes: ``preferred``, doubled until the file fits in ``MAX_PARTS``.
+    Master and worker both cut by this rule, so the part digests a worker sends match the parts it is given."""
+    part_size = max(preferred, MIN_PART_SIZE)
+    while -(-size // part_size) > MAX_PARTS:
+        part_size *= 2
+    return part_size
+
+
+def part_count(size: int, part_size: int) -> int:
+    """Parts of a file of ``size`` bytes (an empty file is one empty part)."""
+    return max(1, -(-size // part_size))

@@ -145,6 +145,19 @@ OVERVIEW = Dashboard(
               [Target(f"min by (instance) (converter_master_storage_free_bytes{{{F}}})", "{{instance}}")]),
         Panel("Master version", "Running master versions (converter_master_build_info).", "short",
               [Target(f"count by (version) (converter_master_build_info{{{F}}})", "{{version}}")], kind="stat"),
+        Row("Object storage"),
+        Panel("Object store bytes", "Bytes to (upload) and from (download) the bucket: relayed by the master, and "
+              "output parts workers sent straight to the store (counted when the master completes the upload).",
+              "Bps", [Target(f"sum by (direction) (rate(converter_master_object_store_bytes_total{{{F}}}{RI}))",
+                             "{{direction}}")], width=8),
+        Panel("Presigned URLs issued", "Presigned URLs handed to workers and clients per minute, by operation.",
+              "cpm", [per_minute("converter_master_presigned_urls_total", by="operation", legend="{{operation}}")],
+              width=8),
+        Panel("Object store errors", "Failed calls to the bucket per minute by operation, and abandoned multipart "
+              "uploads aborted by the master.", "cpm",
+              [per_minute("converter_master_object_store_errors_total", by="operation", legend="{{operation}}"),
+               per_minute("converter_master_object_store_uploads_aborted_total", legend="uploads aborted")],
+              width=8),
     ],
 )
 

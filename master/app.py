@@ -19,6 +19,7 @@ from master.auth import Tokens
 from master.config import MasterConfig
 from master.http_server import JsonErrorHTTPServer
 from master.handlers.base import NotFoundHandler, Services
+from master.handlers.bucket_transfer import OutputCompleteHandler, OutputPartsHandler, SourceUrlHandler
 from master.handlers.claim import ClaimHandler
 from master.handlers.download_video import DownloadVideoHandler
 from master.handlers.health import HealthHandler
@@ -34,6 +35,8 @@ from master.handlers.worker_complete import WorkerCompleteHandler
 from master.handlers.workers import WorkerRegisterHandler, WorkersHandler
 from master.intake import JobIntake
 from master.metrics import MasterMetrics
+from master.object_store import ObjectStoreError
+from master.storage import BucketStorage, make_storage
 from master.store import JobStore
 from master.uploads import UploadRegistry
 from master.wakeup import WakeUpSignal
@@ -50,8 +53,10 @@ def make_app(config: MasterConfig, store: JobStore, wakeup: WakeUpSignal | None 
              receive_writer: Callable[..., BatchWriter] = BatchWriter) -> tornado.web.Application:
     metrics = metrics or new_metrics(config, store, CollectorRegistry())
     wakeup = wakeup or WakeUpSignal()
+    storage = make_storage(config, metrics)
     services = Services(config=config, store=store, wakeup=wakeup, metrics=metrics,
-                        uploads=UploadRegistry(config, store), intake=JobIntake(config, store, metrics, wakeup),
+                        uploads=UploadRegistry(config, store),
+                        intake=JobIntake(config, store, metrics, wakeup, storage), storage=storage,
                         tokens=tokens, outbound=outbound_bucket(config), receive_writer=receive_writer)
     deps = {"services": services}
     routes = [
@@ -73,6 +78,9 @@ def make_app(config: MasterConfig, store: JobStore, wakeup: WakeUpSignal | None 
         (protocol.WORKER_DOWNLOAD, DownloadVideoHandler),
         (protocol.WORKER_UPLOAD, UploadVideoHandler),
         (protocol.WORKER_COMPLETE, WorkerCompleteHandler),
+        (protocol.WORKER_SOURCE_URL, SourceUrlHandler),
+        (protocol.WORKER_OUTPUT_PARTS, OutputPartsHandler),
+        (protocol.WORKER_OUTPUT_COMPLETE, OutputCompleteHandler),
         (protocol.UPLOADS, TusCreationHandler),
         (protocol.UPLOADS + r"/(?P<upload_id>[0-9a-f]{32})", TusUploadHandler),
     ]
@@ -115,9 +123,12 @@ class RunningMaster:
     metrics: MasterMetrics
     wakeup: WakeUpSignal
     watcher: InboxWatcher | None = None
+    upload_reaper: "AbandonedUploadReaper | None" = None
 
     def stop(self) -> None:
         self.reaper.stop()
+        if self.upload_reaper is not None:
+            self.upload_reaper.stop()
         if self.watcher is not None:
             self.watcher.stop()
         self.server.stop()
@@ -160,10 +171,52 @@ def start_master(config: MasterConfig, store: JobStore, registry: CollectorRegis
 
     reaper = tornado.ioloop.PeriodicCallback(reap, max(config.jobs.lease_seconds / 4, 0.05) * 1000)
     reaper.start()
+    upload_reaper = None
+    if isinstance(services.storage, BucketStorage):
+        upload_reaper = AbandonedUploadReaper(services.storage, store, metrics, grace=config.jobs.lease_seconds)
+        upload_reaper.start()
     watcher = None
     if config.watch.inbox is not None:
         watcher = InboxWatcher(services)
         watcher.start()
     return RunningMaster(server=server, reaper=reaper, port=port, metrics=metrics, wakeup=wakeup,
-                         watcher=watcher)
+                         watcher=watcher, upload_reaper=upload_reaper)
 
+
+
+class AbandonedUploadReaper:
+    """Aborts the bucket's multipart uploads no running attempt uses (its job failed, was cancelled, requeued or
+    re-leased): no orphan parts are left in the store. One older than ``grace`` seconds only, since an upload
+    is recorded just after the store creates it."""
+
+    def __init__(self, storage: BucketStorage, store: JobStore, metrics: MasterMetrics, grace: float) -> None:
+        self.storage, self.store, self.metrics, self.grace = storage, store, metrics, grace
+        self._busy = False
+        self._timer = tornado.ioloop.PeriodicCallback(self._tick, max(grace / 2, 0.5) * 1000)
+
+    def start(self) -> None:
+        self._timer.start()
+
+    def stop(self) -> None:
+        self._timer.stop()
+
+    async def run_once(self) -> int:
+        """One pass; the number of uploads aborted."""
+        aborted = await self.storage.abort_abandoned(self.store.live_bucket_uploads(), time.time() - self.grace)
+        for upload in aborted:
+            log.info("aborted abandoned multipart upload of %s (begun %.0f s ago)", upload.key,
+                     time.time() - upload.initiated)
+        self.store.forget_bucket_uploads(upload.upload_id for upload in aborted)
+        self.metrics.uploads_aborted.inc(len(aborted))
+        return len(aborted)
+
+    async def _tick(self) -> None:
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            await self.run_once()
+        except ObjectStoreError as exc:
+            log.warning("could not look for abandoned uploads: %s", exc)
+        finally:
+            self._busy = False

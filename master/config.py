@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,10 +45,56 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class S3Config:
+    """``storage.s3``: the bucket of an S3-compatible store (``storage.backend: s3``)."""
+
+    endpoint: str = ""  # http(s)://host:port of the S3 API
+    bucket: str = ""
+    region: str = "us-east-1"
+    prefix: str = ""  # every key is <prefix>/<path>; the same path rules as for files apply
+    # AWS shared-credentials file ([default] aws_access_key_id / aws_secret_access_key), readable by the owner only;
+    # unset: boto3's standard chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws, instance roles)
+    credentials_file: Path | None = None
+    presign_expiry: Duration = 3600.0  # how long a URL handed to a worker or client stays valid
+    part_size: Size = 64 * MiB  # multipart upload part size (doubled for a file that would need > 10,000 parts)
+
+    def validate(self, key: str) -> None:
+        if self.endpoint and not re.match(r"^https?://[^/\s]+/?$", self.endpoint):
+            report(f"{key}.endpoint", f"must be http(s)://host[:port], got {self.endpoint!r}")
+        if self.bucket and not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", self.bucket):
+            report(f"{key}.bucket", f"is not a valid bucket name: {self.bucket!r}")
+        prefix = self.prefix.strip("/")
+        if prefix and (".." in prefix.split("/") or any(ord(c) < 0x20 or c in "\\\x7f" for c in prefix)):
+            report(f"{key}.prefix", "must be a plain folder name (no '..', no control characters, no backslash)")
+        if not 1 <= self.presign_expiry <= 7 * 24 * 3600:
+            report(f"{key}.presign_expiry", f"must be 1s..7d, got {self.presign_expiry}")
+        if not 5 * MiB <= self.part_size <= 5 * GiB:
+            report(f"{key}.part_size", f"must be 5MiB..5GiB, got {self.part_size}")
+
+
+@dataclass(frozen=True)
 class StorageConfig:
+    # local: sources and outputs are files under ``root``; s3: keys in ``s3.bucket`` (``root`` then only holds
+    # bodies relayed through the master while they arrive)
+    backend: str = "local"
     root: Path = Path("/var/lib/converter/storage")
     # uploads are written with O_DIRECT where the filesystem allows it (converter_common/background_file_writer.py)
     direct_io: bool = True
+    s3: S3Config = field(default_factory=S3Config)
+
+    def validate(self, key: str) -> None:
+        if self.backend not in ("local", "s3"):
+            report(f"{key}.backend", f"must be local or s3, got {self.backend!r}")
+        if self.backend == "s3":
+            for name in ("endpoint", "bucket"):
+                if not getattr(self.s3, name):
+                    report(f"{key}.s3.{name}", "is required with backend s3")
+            if self.s3.credentials_file is not None:
+                check_private_file(f"{key}.s3.credentials_file", self.s3.credentials_file)
+
+    @property
+    def in_bucket(self) -> bool:
+        return self.backend == "s3"
 
 
 @dataclass(frozen=True)
@@ -116,6 +165,17 @@ class MasterConfig:
                 report("profiles", f"unknown profile {name!r} (built-in: {', '.join(BUILTIN_PROFILES)})")
         if self.watch.inbox is not None and self.watch.profile not in self.profiles:
             report("watch.profile", f"must be one of the master's profiles: {', '.join(self.profiles)}")
+
+
+def check_private_file(key: str, path: Path) -> None:
+    """A secret's file: there, readable, and not readable by group or others (0600 or 0400)."""
+    try:
+        mode = os.stat(os.path.expandvars(str(path))).st_mode
+    except OSError as exc:
+        report(key, f"cannot read {path}: {exc.strerror}")
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        report(key, f"{path} is readable by others (mode {stat.S_IMODE(mode):o}); chmod 600 it")
 
 
 def load_config(path: str | Path | None) -> MasterConfig:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from converter_common import protocol
+from master.object_store import ObjectStoreError, ObjectStoreUnavailable
 from master.store import (DuplicateJob, DuplicateUpload, InvalidTransition, JobNotFound, NotOwner, OutputBusy,
                           StoreError, UploadNotFound)
 
@@ -99,6 +100,12 @@ DIGEST_MISMATCH = ErrorKind(400, protocol.DIGEST_MISMATCH)
 SIZE_MISMATCH = ErrorKind(400, "size_mismatch")
 OUTPUT_MISSING = ErrorKind(400, "output_missing", "no converted file where shared-storage workers write it")
 
+# -- object storage (storage.backend s3) ----------------------------------------------------------
+OBJECT_STORE_UNAVAILABLE = ErrorKind(503, "object_store_unavailable", headers=RETRY_SOON)
+OBJECT_STORE_REFUSED = ErrorKind(502, "object_store_refused")  # access denied, bucket missing or full
+PARTS_INCOMPLETE = ErrorKind(409, protocol.PARTS_INCOMPLETE)  # completing an output upload whose parts are not all stored
+NOT_WITH_BUCKET = ErrorKind(400, "not_with_bucket")  # a route of the local backend (shared-storage completion)
+
 # -- tus ------------------------------------------------------------------------------------------
 UNSUPPORTED_TUS_VERSION = ErrorKind(412, "unsupported_tus_version", f"send Tus-Resumable: {protocol.TUS_VERSION}",
                                     headers={"Tus-Version": protocol.TUS_VERSION})
@@ -124,6 +131,14 @@ def code_for_status(status: int) -> str:
         return INTERNAL_ERROR.code
     generic = next((kind for kind in (METHOD_NOT_ALLOWED, NOT_FOUND) if kind.status == status), None)
     return generic.code if generic else HTTPStatus(status).phrase.lower().replace(" ", "_")
+
+
+def from_object_store(exc: ObjectStoreError) -> ApiError:
+    """What a client is told when the bucket failed: 503 (try again soon) or 502 (the store refused the master:
+    access denied, no such bucket, quota). Never a client's fault."""
+    if isinstance(exc, ObjectStoreUnavailable):
+        return OBJECT_STORE_UNAVAILABLE.error(f"the object store did not answer ({exc.code}); try again")
+    return OBJECT_STORE_REFUSED.error(f"the object store refused the master: {exc}")
 
 
 def job_not_found(job_id: str) -> ApiError:

@@ -18,12 +18,12 @@ from pathlib import Path, PurePosixPath
 import tornado.ioloop
 
 from converter_common.digest import file_sha256
-from converter_common.noclobber import place_new
 from converter_common.profiles import BUILTIN_PROFILES
 from master import errors
 from master.config import MasterConfig
 from master.metrics import MasterMetrics
-from master.paths import check_output_parent, resolve_in_root, storage_relative
+from master.object_store import ObjectStoreError
+from master.storage import SourceFacts, Storage
 from master.store import Job, JobStore, OutputBusy
 from master.wakeup import WakeUpSignal
 
@@ -34,11 +34,13 @@ _EXTENSION = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
 
 
 class JobIntake:
-    def __init__(self, config: MasterConfig, store: JobStore, metrics: MasterMetrics, wakeup: WakeUpSignal) -> None:
+    def __init__(self, config: MasterConfig, store: JobStore, metrics: MasterMetrics, wakeup: WakeUpSignal,
+                 storage: Storage) -> None:
         self.config = config
         self.store = store
         self.metrics = metrics
         self.wakeup = wakeup
+        self.storage = storage
         self.root = config.storage.root
 
     def profile(self, name: object) -> str:
@@ -47,48 +49,69 @@ class JobIntake:
         return name
 
     def incoming_dir(self) -> Path:
+        """Where a received source is written while it arrives (with the local backend, also where it stays)."""
         incoming = self.root / INCOMING_DIR
         incoming.mkdir(parents=True, exist_ok=True)
         return incoming
 
-    def outputs_for(self, output_path: str | None, client_name: str, profile: str, job_id: str) -> list[Path]:
+    def outputs_for(self, output_path: str | None, client_name: str, profile: str, job_id: str) -> list[str]:
         """The output asked for, or the default candidates made from the client's file name."""
         if output_path:
-            return [resolve_in_root(self.root, output_path, "output_path")]
-        return default_outputs(self.root, client_name, profile, job_id)
+            return [self.storage.path(output_path, "output_path")]
+        return default_outputs(self.storage, client_name, profile, job_id)
 
-    async def from_stored_file(self, *, job_id: str, source: Path, outputs: list[Path], profile: str) -> Job:
+    async def check_output(self, output: str, source: str | None, profile: str) -> None:
+        """Not the source, a name the profile allows, somewhere a file can be made, nothing there yet."""
+        check_output_name(output, source, profile)
+        self.storage.check_output_location(output)
+        if await self.storage.exists(output):
+            raise errors.OUTPUT_EXISTS.error()
+
+    async def from_stored_file(self, *, job_id: str, source: str, outputs: list[str], profile: str) -> Job:
         """A job for a file already in storage (JSON submission, watch folder): hashed, then inserted."""
-        digest = await source_digest(source)
-        return self._insert(job_id=job_id, source=source, outputs=outputs, profile=profile, sha256=digest)
+        facts = await self.storage.source(source, "source_path")
+        for output in outputs:
+            check_output_name(output, source, profile)
+        digest = facts.sha256 or await self.storage.digest(source)
+        return await self._insert(job_id=job_id, source=source, facts=SourceFacts(facts.size, facts.mtime_ns, digest),
+                                  outputs=outputs, profile=profile)
 
     async def from_received_file(self, *, job_id: str, received: Path, client_name: str, output_path: str | None,
                                  profile: str, sha256: bytes, upload_id: str | None = None) -> Job:
-        """A job for a file just received (multipart or tus): ``received`` moves under ``incoming/``; if no job
-        can be made of it, it is removed. A tus upload (``upload_id``) is forgotten with the insert."""
+        """A job for a file just received (multipart or tus): ``received`` is kept under ``incoming/``; if no
+        job can be made of it, it is removed. A tus upload (``upload_id``) is forgotten with the insert."""
         outputs = self.outputs_for(output_path, client_name, profile, job_id)
-        source = self.incoming_dir() / f"{uuid.uuid4().hex[:16]}{source_extension(client_name)}"
+        for output in outputs:
+            check_output_name(output, None, profile)
+        source = f"{INCOMING_DIR}/{uuid.uuid4().hex[:16]}{source_extension(client_name)}"
         await fsync_path(received)
-        place_new(received, source)
         try:
-            return self._insert(job_id=job_id, source=source, outputs=outputs, profile=profile, sha256=sha256,
-                                upload_id=upload_id)
+            await self.storage.place(received, source, sha256)
+        except FileExistsError:  # 64 random bits: not seen in practice, and never over what is there
+            received.unlink(missing_ok=True)
+            raise errors.OUTPUT_BUSY.error("a source by the same random name arrived at once; send it again")
+        except ObjectStoreError as exc:
+            received.unlink(missing_ok=True)
+            raise errors.from_object_store(exc) from None
+        try:
+            facts = await self.storage.source(source, "source_path")
+            return await self._insert(job_id=job_id, source=source, facts=SourceFacts(facts.size, facts.mtime_ns,
+                                                                                       sha256),
+                                      outputs=outputs, profile=profile, upload_id=upload_id)
         except BaseException:
-            source.unlink(missing_ok=True)
+            await self.storage.remove(source)
             raise
 
-    def _insert(self, *, job_id: str, source: Path, outputs: list[Path], profile: str, sha256: bytes,
-                upload_id: str | None = None) -> Job:
-        """The job, writing to the first of ``outputs`` that is free (not on disk, no active job writing it)."""
-        stat = source.stat()
-        free = [output for output in outputs if not output.exists()] or outputs[-1:]
+    async def _insert(self, *, job_id: str, source: str, facts: SourceFacts, outputs: list[str], profile: str,
+                      upload_id: str | None = None) -> Job:
+        """The job, writing to the first of ``outputs`` that is free (not in storage, no active job writing it)."""
+        free = [output for output in outputs if not await self.storage.exists(output)] or outputs[-1:]
         for index, output in enumerate(free):
-            check_output(output, source, profile)
+            await self.check_output(output, source, profile)
             try:
                 job = self.store.create_job(
-                    job_id=job_id, source_path=storage_relative(self.root, source),
-                    output_path=storage_relative(self.root, output), profile=profile, source_size=stat.st_size,
-                    source_sha256=sha256.hex(), source_mtime_ns=stat.st_mtime_ns,
+                    job_id=job_id, source_path=source, output_path=output, profile=profile, source_size=facts.size,
+                    source_sha256=facts.sha256.hex(), source_mtime_ns=facts.mtime_ns,
                     max_attempts=self.config.jobs.max_attempts, consumed_upload=upload_id)
             except OutputBusy:
                 if index == len(free) - 1:
@@ -104,17 +127,12 @@ def new_job_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-def check_output(output: Path, source: Path | None, profile: str) -> None:
-    """Not the source, not a directory, not there yet, an extension the profile allows."""
+def check_output_name(output: str, source: str | None, profile: str) -> None:
+    """Not the source, an extension the profile allows."""
     if source is not None and output == source:
         raise errors.INVALID_PATH.error("output_path must differ from source_path")
-    check_output_parent(output)
-    if output.is_dir():
-        raise errors.INVALID_PATH.error("output_path is a directory")
-    if output.exists():
-        raise errors.OUTPUT_EXISTS.error()
     containers = BUILTIN_PROFILES[profile].containers
-    extension = PurePosixPath(output.name).suffix.lstrip(".").lower()
+    extension = PurePosixPath(output).suffix.lstrip(".").lower()
     if extension not in containers:
         raise errors.INVALID_PATH.error(f"output_path must end in .{' or .'.join(containers)} for {profile}")
 
@@ -133,12 +151,12 @@ def source_extension(filename: str) -> str:
     return suffix.lower() if _EXTENSION.match(suffix) else ""
 
 
-def default_outputs(root: Path, name: str, profile: str, job_id: str) -> list[Path]:
+def default_outputs(storage: Storage, name: str, profile: str, job_id: str) -> list[str]:
     """``converted/<stem>.<ext>``, and ``converted/<stem>-<job id>.<ext>`` for when that one is taken."""
     container = BUILTIN_PROFILES[profile].containers[0]
     stem = safe_stem(name) or job_id
     candidates = [f"{CONVERTED_DIR}/{stem}.{container}", f"{CONVERTED_DIR}/{stem}-{job_id}.{container}"]
-    return [resolve_in_root(root, candidate, "output_path") for candidate in candidates]
+    return [storage.path(candidate, "output_path") for candidate in candidates]
 
 
 async def source_digest(source: Path) -> bytes:

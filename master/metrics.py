@@ -59,6 +59,25 @@ class MasterMetrics:
                                        " by kind (source, output).", ["kind"], registry=registry)
         for kind in ("source", "output"):
             self.uploads_expired.labels(kind)
+        self.object_store_bytes = Counter("converter_master_object_store_bytes",
+                                          "Bytes moved to (upload) or from (download) the object store: through the"
+                                          " master, and the parts of outputs workers sent there directly.",
+                                          ["direction"], registry=registry)
+        self.presigned_urls = Counter("converter_master_presigned_urls", "Presigned URLs issued, by operation.",
+                                      ["operation"], registry=registry)
+        self.object_store_errors = Counter("converter_master_object_store_errors",
+                                           "Object-store calls that failed, by operation.", ["operation"],
+                                           registry=registry)
+        for direction in ("upload", "download"):
+            self.object_store_bytes.labels(direction)
+        for operation in ("get", "put_part"):
+            self.presigned_urls.labels(operation)
+        for operation in ("head", "get", "put", "delete", "create_upload", "list_parts", "complete_upload",
+                          "abort_upload", "list_uploads"):
+            self.object_store_errors.labels(operation)
+        self.uploads_aborted = Counter("converter_master_object_store_uploads_aborted",
+                                       "Multipart uploads the master aborted because no job used them any more.",
+                                       registry=registry)
         self.http_duration = Histogram("converter_master_http_request_duration_seconds",
                                        "HTTP requests by handler class, method and status code.",
                                        ["handler", "method", "code"], buckets=HTTP_BUCKETS, registry=registry)

@@ -20,15 +20,17 @@ Errors are ``ObjectStoreError`` (the store said no: a missing object, access den
 from __future__ import annotations
 
 import base64
+import os
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from urllib.parse import quote
+
+from converter_common.protocol import MAX_PARTS, MIN_PART_SIZE, part_count, part_size_for
 
 import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-MIN_PART_SIZE = 5 << 20  # S3's minimum for every part but the last
-MAX_PARTS = 10_000
 _CONTROL = {chr(c) for c in range(0x20)} | {"\x7f"}
 _UNAVAILABLE_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "503", "500"}
 
@@ -45,12 +47,16 @@ class ObjectStoreUnavailable(ObjectStoreError):
     """The store could not be reached or failed on its side: the same request may work later."""
 
 
+class ObjectExists(ObjectStoreError):
+    """A write that may only create (``If-None-Match: *``) found an object at the key: nothing was replaced."""
+
+
 @dataclass(frozen=True)
 class S3Settings:
     endpoint: str
     bucket: str
-    access_key: str
-    secret_key: str
+    access_key: str | None = None  # None: boto3's standard credential chain
+    secret_key: str | None = None
     region: str = "us-east-1"
     prefix: str = ""
     presign_expiry: float = 3600.0
@@ -75,6 +81,21 @@ class StoredPart:
     number: int
     size: int
     etag: str
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    key: str
+    size: int
+    modified: float  # Unix time
+    etag: str
+
+
+@dataclass(frozen=True)
+class OpenUpload:
+    key: str
+    upload_id: str
+    initiated: float  # Unix time
 
 
 @dataclass(frozen=True)
@@ -116,9 +137,68 @@ class ObjectStore:
         return StoredObject(size=response["ContentLength"], etag=response["ETag"],
                             metadata=dict(response.get("Metadata", {})))
 
-    def presigned_get(self, key: str) -> str:
+    def exists(self, key: str) -> bool:
+        try:
+            self.head(key)
+        except ObjectStoreError as exc:
+            if exc.code in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def presigned_get(self, key: str, filename: str | None = None) -> str:
         """A URL anyone holding it may GET (with Range) until ``presign_expiry`` passes."""
-        return self._presign("get_object", {"Key": key})
+        params = {"Key": key}
+        if filename:
+            params["ResponseContentDisposition"] = f"attachment; filename*=UTF-8''{quote(filename, safe='')}"
+        return self._presign("get_object", params)
+
+    def read(self, key: str, first: int | None = None, last: int | None = None):
+        """The object's body (a stream with ``read(n)`` and ``close()``), whole or bytes ``first..last``."""
+        params = {"Key": key}
+        if first is not None:
+            params["Range"] = f"bytes={first}-{'' if last is None else last}"
+        return self._call("get_object", **params)["Body"]
+
+    def list_keys(self, prefix: str) -> list[StoredKey]:
+        """Every object whose key starts with ``prefix`` (paged), with its size and last change."""
+        keys: list[StoredKey] = []
+        token = None
+        while True:
+            params = {"Prefix": prefix, **({"ContinuationToken": token} if token else {})}
+            response = self._call("list_objects_v2", **params)
+            keys += [StoredKey(o["Key"], o["Size"], o["LastModified"].timestamp(), o.get("ETag", ""))
+                     for o in response.get("Contents", [])]
+            if not response.get("IsTruncated"):
+                return keys
+            token = response["NextContinuationToken"]
+
+    def delete(self, key: str) -> None:
+        self._call("delete_object", Key=key)
+
+    # -- writing a file the master holds (a body relayed through it) -------------------------------
+
+    def put_file(self, key: str, path: str, metadata: dict[str, str], on_bytes=None) -> int:
+        """Store the file at ``path`` under ``key`` only if no object is there (else ``ObjectExists``), as a
+        multipart upload of ``part_size`` parts; a failure aborts the upload. Returns the bytes sent."""
+        size = os.path.getsize(path)
+        part_size = part_size_for(size, self.settings.part_size)
+        upload_id = self.start_upload(key, metadata)
+        try:
+            parts = []
+            with open(path, "rb") as file:
+                for number in range(1, part_count(size, part_size) + 1):
+                    data = file.read(part_size)
+                    etag = self._call("upload_part", Key=key, UploadId=upload_id, PartNumber=number,
+                                      Body=data)["ETag"]
+                    parts.append(StoredPart(number, len(data), etag))
+                    if on_bytes is not None:
+                        on_bytes(len(data))
+            self.complete(key, upload_id, parts)
+        except BaseException:
+            self.abort(key, upload_id)
+            raise
+        return size
 
     # -- multipart upload ------------------------------------------------------------------------
 
@@ -148,8 +228,15 @@ class ObjectStore:
             marker = response["NextPartNumberMarker"]
 
     def complete(self, key: str, upload_id: str, parts: list[StoredPart]) -> None:
-        self._call("complete_multipart_upload", Key=key, UploadId=upload_id,
-                   MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]})
+        """Join the parts into the object at ``key``, only if no object is there: ``ObjectExists`` otherwise
+        (the upload is then still open; abort it)."""
+        try:
+            self._call("complete_multipart_upload", Key=key, UploadId=upload_id, IfNoneMatch="*",
+                       MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]})
+        except ObjectStoreError as exc:
+            if exc.code in ("PreconditionFailed", "412"):
+                raise ObjectExists(exc.code, f"an object exists at {key!r}; it was not replaced") from None
+            raise
 
     def abort(self, key: str, upload_id: str) -> None:
         """Drop an upload and its parts; one already gone is fine."""
@@ -159,10 +246,17 @@ class ObjectStore:
             if exc.code != "NoSuchUpload":
                 raise
 
-    def open_uploads(self) -> list[tuple[str, str]]:
-        """(key, upload id) of every multipart upload under the prefix not yet completed or aborted."""
-        response = self._call("list_multipart_uploads", Prefix=self.settings.prefix.strip("/"))
-        return [(u["Key"], u["UploadId"]) for u in response.get("Uploads", [])]
+    def open_uploads(self) -> list[OpenUpload]:
+        """Every multipart upload under the prefix not yet completed or aborted (paged)."""
+        uploads: list[OpenUpload] = []
+        markers: dict = {}
+        while True:
+            response = self._call("list_multipart_uploads", Prefix=self.settings.prefix.strip("/"), **markers)
+            uploads += [OpenUpload(u["Key"], u["UploadId"], u["Initiated"].timestamp())
+                        for u in response.get("Uploads", [])]
+            if not response.get("IsTruncated"):
+                return uploads
+            markers = {"KeyMarker": response["NextKeyMarker"], "UploadIdMarker": response["NextUploadIdMarker"]}
 
     # -- internals --------------------------------------------------------------------------------
 

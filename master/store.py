@@ -74,6 +74,14 @@ CREATE TABLE IF NOT EXISTS uploads (
     attempt     INTEGER,                         -- output uploads: the job's attempt that made it
     expires_at  REAL                             -- tus expiration: removed when not continued by then
 );
+CREATE TABLE IF NOT EXISTS bucket_uploads (  -- storage.backend s3: the multipart upload of a job's output attempt
+    job_id     TEXT PRIMARY KEY,
+    attempt    INTEGER NOT NULL,
+    upload_id  TEXT NOT NULL,    -- the S3 UploadId
+    size       INTEGER NOT NULL,
+    sha256     TEXT NOT NULL,    -- the whole output's SHA-256, as the worker declared it
+    created_at REAL NOT NULL
+);
 """
 # One writer per output path: at most one pending or processing job may name it (create, retry, requeue
 # all pass through this index, so no code path can give an output two owners).
@@ -205,6 +213,18 @@ class Upload:
     filename: str | None = None
     attempt: int | None = None
     expires_at: float | None = None
+
+
+@dataclass(frozen=True)
+class BucketUpload:
+    """The S3 multipart upload that receives one attempt of a job's output (``storage.backend: s3``)."""
+
+    job_id: str
+    attempt: int
+    upload_id: str
+    size: int
+    sha256: str
+    created_at: float
 
 
 class UploadNotFound(StoreError):
@@ -399,6 +419,7 @@ class JobStore:
                 self._db.execute("UPDATE workers SET consecutive_failures = 0 WHERE id = ?", (job.worker_id,))
             if upload_id is not None:
                 self._db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+            self._db.execute("DELETE FROM bucket_uploads WHERE job_id = ?", (job_id,))
         return job
 
     def update_source_digest(self, job_id: str, *, size: int, sha256: str, mtime_ns: int) -> None:
@@ -576,6 +597,37 @@ class JobStore:
                 " RETURNING *",
                 (JobStatus.PROCESSING.value,)).fetchall()
         return [Upload(**dict(r)) for r in rows]
+
+    # -- output uploads to a bucket ------------------------------------------------------------------
+
+    def record_bucket_upload(self, job_id: str, worker_id: str, *, upload_id: str, size: int, sha256: str,
+                             now: float | None = None) -> bool:
+        """Remember the multipart upload of the job's current attempt, only while the job is processing on
+        ``worker_id``; False (nothing recorded) otherwise."""
+        now = time.time() if now is None else now
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT OR REPLACE INTO bucket_uploads (job_id, attempt, upload_id, size, sha256, created_at)"
+                " SELECT id, attempts, ?, ?, ?, ? FROM jobs WHERE id = ? AND status = 'processing'"
+                " AND worker_id = ?", (upload_id, size, sha256, now, job_id, worker_id))
+            return cursor.rowcount == 1
+
+    def bucket_upload(self, job_id: str) -> BucketUpload | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM bucket_uploads WHERE job_id = ?", (job_id,)).fetchone()
+        return BucketUpload(**dict(row)) if row else None
+
+    def live_bucket_uploads(self) -> set[str]:
+        """Upload ids of attempts still running: their job is processing that attempt."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT b.upload_id FROM bucket_uploads b JOIN jobs j ON j.id = b.job_id"
+                " WHERE j.status = 'processing' AND j.attempts = b.attempt").fetchall()
+        return {row[0] for row in rows}
+
+    def forget_bucket_uploads(self, upload_ids: Iterable[str]) -> None:
+        with self._lock:
+            self._db.executemany("DELETE FROM bucket_uploads WHERE upload_id = ?", [(u,) for u in upload_ids])
 
     def list_uploads(self) -> list[Upload]:
         with self._lock:

@@ -94,7 +94,8 @@ class InboxWatcher:
         profile = self.config.watch.profile
         try:
             job = await self.services.intake.from_stored_file(
-                job_id=job_id, source=source, outputs=default_outputs(self.root, source.name, profile, job_id),
+                job_id=job_id, source=relative,
+                outputs=default_outputs(self.services.storage, source.name, profile, job_id),
                 profile=profile)
         except DuplicateJob:
             if not quiet_if_known:

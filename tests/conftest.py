@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from tests.fixtures import ThreadedMaster, make_clip, master_config
@@ -38,12 +43,38 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"| {name.ljust(width)} | {outcome:<6} | {seconds:7.1f} |")
 
 
-@pytest.fixture(scope="session")
-def seaweedfs(tmp_path_factory):
-    """A real S3 server (SeaweedFS) with one bucket; tests using it carry ``pytest.mark.xdist_group("s3")`` so
-    that one test process runs them all and starts it once."""
+# One SeaweedFS for the whole test session: with xdist the controller starts it before the test processes and
+# hands them its address in the environment (they inherit it); a run without xdist starts it on first use.
+S3_ENV = "CONVERTER_TEST_S3"
+_controller_s3 = None
+
+
+def pytest_configure(config):
+    global _controller_s3
+    if hasattr(config, "workerinput") or os.environ.get(S3_ENV) or not getattr(config.option, "numprocesses", None):
+        return
     from tests.seaweedfs import SeaweedFS
 
+    _controller_s3 = SeaweedFS(Path(tempfile.mkdtemp(prefix="converter-test-s3-"))).start()
+    os.environ[S3_ENV] = _controller_s3.endpoint
+
+
+def pytest_unconfigure(config):
+    if _controller_s3 is not None:
+        _controller_s3.stop()
+        shutil.rmtree(_controller_s3.workdir, ignore_errors=True)
+        os.environ.pop(S3_ENV, None)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    """A real S3 server (SeaweedFS) with one bucket, shared by the whole session: give each test its own key
+    prefix (``seaweedfs.prefix()``). A test that stops the server starts one of its own (``SeaweedFS(...)``)."""
+    from tests.seaweedfs import SeaweedFS
+
+    if os.environ.get(S3_ENV):
+        yield SeaweedFS.running_at(os.environ[S3_ENV])
+        return
     server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs")).start()
     yield server
     server.stop()

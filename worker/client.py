@@ -18,6 +18,7 @@ import requests
 
 from prometheus_client import CollectorRegistry
 
+from converter_client.bucket import BucketTransfers, OutputDigests
 from converter_client.control import WorkerControl
 from converter_client.download import Downloader, PartialDownload
 from converter_client.errors import (Cancelled, MasterAway, Refused, TransferError, UploadConflict, UploadDropped,
@@ -70,6 +71,8 @@ class MasterClient:
                                     direct=direct_io, bucket=self.download_bucket)
         self.tus = TusClient(self.http, read_timeout=upload_timeout, bucket=self.upload_bucket)
         self.multipart = MultipartUploader(self.http, read_timeout=upload_timeout, bucket=self.upload_bucket)
+        self.bucket = BucketTransfers(self.http, chunk_size=chunk_size, read_timeout=download_timeout, direct=direct_io,
+                                      download_bucket=self.download_bucket, upload_bucket=self.upload_bucket)
 
     @property
     def base_url(self) -> str:
@@ -153,6 +156,24 @@ class MasterClient:
         digest = file_sha256(path)
         return self._transfer("upload", job_id, lambda: self._upload_once(job_id, path, digest, cancel), cancel)
 
+    def download_from_bucket(self, job_id: str, path: Path, cancel: threading.Event | None = None) -> int:
+        """As ``download_source_video``, from the bucket over a presigned GET (asked for at each attempt)."""
+        partial = PartialDownload(path)
+        try:
+            return self._transfer("download", job_id, lambda: self._bucket_download_once(job_id, partial, cancel),
+                                  cancel)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+
+    def upload_to_bucket(self, job_id: str, path: Path, part_size: int, cancel: threading.Event | None = None
+                         ) -> int:
+        """Send ``path`` to the bucket as presigned part PUTs, each checked by the store against its SHA-256;
+        each attempt sends only the parts the store lacks, then the master completes the job."""
+        digests = OutputDigests.of_file(path, part_size)
+        return self._transfer("upload", job_id, lambda: self._bucket_upload_once(job_id, path, digests, cancel),
+                              cancel)
+
     def _transfer(self, direction: str, job_id: str, attempt: Callable[[], int], cancel: threading.Event | None
                   ) -> int:
         """Run one transfer under the retry policy, counting retries and final failures by direction.
@@ -193,6 +214,27 @@ class MasterClient:
                                     progress=start, params={"job_id": job_id}, cancel=cancel)
         self._finish(progress, "download")
         return size
+
+    def _bucket_download_once(self, job_id: str, partial: PartialDownload, cancel: threading.Event | None) -> int:
+        progress: TransferProgress | None = None
+
+        def start(total: int | None, offset: int) -> Callable[[int], None]:
+            nonlocal progress
+            progress = self._progress("download", job_id, total)
+            progress.done = offset
+            return progress.add
+
+        size = self.bucket.download(job_id, partial, what=f"download of job {job_id}", progress=start, cancel=cancel)
+        self._finish(progress, "download")
+        return size
+
+    def _bucket_upload_once(self, job_id: str, path: Path, digests: OutputDigests, cancel: threading.Event | None
+                            ) -> int:
+        progress = self._progress("upload", job_id, digests.size)
+        self.bucket.upload(job_id, path, digests, what=f"upload of job {job_id}", on_read=progress.add,
+                           cancel=cancel)
+        self._finish(progress, "upload")
+        return digests.size
 
     def _upload_once(self, job_id: str, path: Path, digest: bytes, cancel: threading.Event | None) -> int:
         progress = self._progress("upload", job_id, path.stat().st_size)

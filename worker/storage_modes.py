@@ -1,6 +1,8 @@
 """How a job's files reach the worker and go back: over HTTP (transfer) or through a shared mount.
 
-``transfer`` (the default): download the source into the cache, upload the output (tus or multipart).
+``transfer`` (the default): download the source into the cache, upload the output (tus or multipart); when
+the master keeps its files in a bucket (the claim says ``bucket``), straight from and to the bucket over
+presigned URLs instead (``converter_client.bucket``).
 ``shared`` (the seed's migration and rollback path): read the source from ``storage.mount_path`` and
 write the output there, beside its final path; the master verifies it and renames it into place.
 Both speak the same job protocol (claims, leases, heartbeats), so a fleet may mix them.
@@ -16,7 +18,7 @@ from converter_common.digest import file_sha256
 from converter_common.shared_storage import shared_temp_path
 from worker.client import MasterClient
 from worker.config import WorkerConfig
-from worker.errors import Cause, FatalError
+from worker.errors import Cause, FatalError, RetryableError
 
 log = logging.getLogger("converter.worker")
 
@@ -43,13 +45,18 @@ class TransferMode:
 
     def source(self, job: dict[str, Any], job_dir: Path, abort) -> Path:
         source = job_dir / f"source{PurePosixPath(job['source_path']).suffix.lower()}"
-        self.client.download_source_video(job["id"], source, abort)
+        if in_bucket(job):
+            self.client.download_from_bucket(job["id"], source, abort)
+        else:
+            self.client.download_source_video(job["id"], source, abort)
         return source
 
     def output(self, job: dict[str, Any], job_dir: Path) -> Path:
         return job_dir / f"output{PurePosixPath(job['output_path']).suffix.lower()}"
 
     def deliver(self, job: dict[str, Any], output: Path, abort) -> int:
+        if in_bucket(job):
+            return self.client.upload_to_bucket(job["id"], output, int(job["bucket"]["part_size"]), abort)
         return self.upload(job["id"], output, abort)
 
     def discard(self, job: dict[str, Any]) -> None:
@@ -64,6 +71,9 @@ class SharedMode:
         self.mount = config.storage.mount_path
 
     def source(self, job: dict[str, Any], job_dir: Path, abort) -> Path:
+        if in_bucket(job):  # a master with a bucket: nothing of it is on the mount; another worker may take it
+            raise RetryableError("the master keeps this job in a bucket; a shared-storage worker cannot take it",
+                                 cause=Cause.WORKER)
         source = self._inside_mount(job["source_path"])
         if not source.is_file():  # with no mount at all, the host is at fault, not the job
             raise FatalError(f"source {job['source_path']!r} is not on the shared mount {self.mount}",
@@ -90,6 +100,11 @@ class SharedMode:
         if mount not in path.parents:
             raise FatalError(f"path {relative!r} leaves the shared mount")
         return path
+
+
+def in_bucket(job: dict[str, Any]) -> bool:
+    """The master keeps this job's files in a bucket: move them over the presigned URLs it hands out."""
+    return isinstance(job.get("bucket"), dict)
 
 
 def storage_mode(config: WorkerConfig, client: MasterClient) -> StorageMode:

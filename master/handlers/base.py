@@ -19,6 +19,8 @@ from master.config import MasterConfig
 from master.errors import ApiError
 from master.intake import JobIntake
 from master.metrics import MasterMetrics
+from master.object_store import ObjectStoreError
+from master.storage import Storage
 from master.states import JobStatus
 from master.store import Job, JobStore, StoreError
 from master.uploads import UploadRegistry
@@ -41,6 +43,7 @@ class Services:
     metrics: MasterMetrics
     uploads: UploadRegistry
     intake: JobIntake
+    storage: Storage
     tokens: Tokens = Tokens()
     # server.outbound_limit: one token bucket shared by every download; None when unlimited
     outbound: TokenBucket | None = None
@@ -153,6 +156,8 @@ class BaseHandler(tornado.web.RequestHandler):
     def _handle_request_exception(self, e: BaseException) -> None:
         if isinstance(e, StoreError):
             e = errors.from_store_error(e)
+        elif isinstance(e, ObjectStoreError):
+            e = errors.from_object_store(e)
         if isinstance(e, ApiError):
             if not self._finished:
                 self.clear()

@@ -48,7 +48,7 @@ class ClaimHandler(BaseHandler):
             job = self.store.claim_next(worker_id, self.config.jobs.lease_seconds, max_source_size=max_source)
             if job is not None:
                 self.services.metrics.job_claimed(job)
-                self.write_json(job.to_dict())
+                self.write_json(self._assignment(job))
                 return
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -58,6 +58,14 @@ class ClaimHandler(BaseHandler):
             except TimeoutError:
                 pass
         self._no_job()
+
+    def _assignment(self, job) -> dict:
+        """The job, and with the bucket backend how its files move (``bucket``: presigned URLs, parts cut by
+        ``protocol.part_size_for`` from ``part_size``)."""
+        payload = job.to_dict()
+        if self.services.storage.in_bucket:
+            payload["bucket"] = {"part_size": self.config.storage.s3.part_size}
+        return payload
 
     def _no_job(self) -> None:
         if not self._client_gone:

@@ -24,6 +24,10 @@ class DownloadVideoHandler(FileSendingHandler):
 
     async def get(self) -> None:
         job = self.processing_job(self.job_id_argument())
+        if self.services.storage.in_bucket:
+            await self.send_object(job.source_path, digest=bytes.fromhex(job.source_sha256),
+                                   missing=errors.SOURCE_MISSING, what=f"source of job {job.id!r}")
+            return
         path = resolve_in_root(self.config.storage.root, job.source_path, "source_path")
         await self.send_file(path, missing=errors.SOURCE_MISSING, what=f"source of job {job.id!r}",
                              digest_of=lambda path, stat: self._current_digest(job, path, stat))

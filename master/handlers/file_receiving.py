@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from converter_common.noclobber import place_new
 from master import errors
 from master.handlers.base import BaseHandler
 from master.intake import fsync_path
-from master.paths import resolve_in_root
 from master.store import Job
 
 log = logging.getLogger("converter.master")
@@ -42,45 +40,58 @@ class UploadSlotHolder:
 class ReceivingHandler(UploadSlotHolder, BaseHandler):
     """Base for handlers that stream a job's output to a temp file and commit it in place."""
 
-    def output_destination(self, job: Job) -> Path:
-        destination = resolve_in_root(self.config.storage.root, job.output_path, "output_path")
+    def output_staging_dir(self, job: Job) -> Path:
+        """Where the job's output is received: beside its final name (so the rename is atomic), or, with the
+        bucket backend, the master's staging folder."""
         try:
-            destination.parent.mkdir(parents=True, exist_ok=True)
+            return self.services.storage.staging_dir_for(job.output_path)
         except OSError as exc:
             raise errors.storage_error(exc) from None
-        return destination
 
     async def commit_output(self, job_id: str, temp_path: Path, size: int, digest: bytes,
                             upload_id: str | None = None) -> Job:
-        """fsync the temp file, check the job is still ours, rename it into place and complete the job (with
-        the worker's outcome and the tus upload ``upload_id``, in one transaction).
+        """fsync the temp file, check the job is still ours, put the file at the output's name and complete the
+        job (with the worker's outcome and the tus upload ``upload_id``, in one transaction).
 
-        After the fsync nothing awaits: the check, the rename and the state change happen in one
-        IOLoop turn, so no cancel or re-lease can slip in between.
+        Local files: after the fsync nothing awaits, so the check, the rename and the state change happen in
+        one IOLoop turn and no cancel or re-lease can slip in between. Bucket: sending the file awaits; if the
+        job was taken from this worker meanwhile, the object it just created is deleted again.
         """
         self.processing_job(job_id)  # a late upload (lease expired, job re-leased or done) stops here
         await fsync_path(temp_path)
         job = self.processing_job(job_id)  # it may have been cancelled or re-leased during the fsync
-        self._place_output(job, temp_path)
-        job = self.store.complete_job(job.id, size, digest.hex(), worker_id=job.worker_id, upload_id=upload_id)
+        await self._place_output(job, temp_path, digest)
+        try:
+            self.processing_job(job_id)
+            job = self.store.complete_job(job.id, size, digest.hex(), worker_id=job.worker_id, upload_id=upload_id)
+        except BaseException:
+            if self.services.storage.in_bucket:
+                await self.services.storage.remove(job.output_path)
+            raise
         self.services.metrics.job_completed(job)
         return job
 
-    def _place_output(self, job: Job, temp_path: Path) -> None:
+    async def _place_output(self, job: Job, temp_path: Path, digest: bytes) -> None:
         """The output's final name, taken only if free: what is there (another job's output, a user's file) stays,
         and the job fails for good, since no later attempt could write there either."""
         try:
-            place_new(temp_path, self.output_destination(job))
+            await self.services.storage.place(temp_path, job.output_path, digest)
         except FileExistsError:
             temp_path.unlink(missing_ok=True)
-            error = f"output_path {job.output_path!r} already exists; it was not overwritten"
-            log.error("job %s: %s", job.id, error)
-            failed = self.store.fail(job.id, worker_id=job.worker_id, error=error, retryable=False, retry_delay=0)
-            self.services.metrics.job_failed_or_requeued(failed, errors.OUTPUT_EXISTS.code)
-            raise errors.OUTPUT_EXISTS.error(error) from None
+            self.fail_for_existing_output(job)
         except OSError as exc:
             temp_path.unlink(missing_ok=True)
             raise errors.storage_error(exc) from None
+        except BaseException:
+            temp_path.unlink(missing_ok=True)
+            raise
+
+    def fail_for_existing_output(self, job: Job) -> None:
+        error = f"output_path {job.output_path!r} already exists; it was not overwritten"
+        log.error("job %s: %s", job.id, error)
+        failed = self.store.fail(job.id, worker_id=job.worker_id, error=error, retryable=False, retry_delay=0)
+        self.services.metrics.job_failed_or_requeued(failed, errors.OUTPUT_EXISTS.code)
+        raise errors.OUTPUT_EXISTS.error(error) from None
 
 
 def close_file(file) -> None:

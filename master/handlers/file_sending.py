@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Awaitable, Callable
 
 import tornado.iostream
@@ -19,6 +19,7 @@ from master import errors
 from master.errors import ErrorKind
 from master.file_headers import RangeNotSatisfiable, attachment_disposition, content_type_for, parse_byte_range
 from master.handlers.base import BaseHandler
+from master.storage import in_thread
 
 
 class FileSendingHandler(BaseHandler):
@@ -48,6 +49,35 @@ class FileSendingHandler(BaseHandler):
             if send_body:
                 await self._send(file, length)
 
+    async def send_object(self, relative: str, *, digest: bytes, missing: ErrorKind, what: str,
+                          send_body: bool = True) -> None:
+        """Serve the bucket's object at ``relative`` through the master, as ``send_file`` serves a file (the seed's
+        routes: ``curl -O`` does not follow a redirect to a presigned URL)."""
+        storage = self.services.storage
+        stored = await storage.head(relative)
+        if stored is None:
+            raise missing.error(f"the {what} is missing")
+        name = PurePosixPath(relative).name
+        etag = f'"sha256-{digest.hex()}"'
+        self.set_header("Content-Type", content_type_for(name))
+        self.set_header("Content-Disposition", attachment_disposition(name))
+        self.set_header("Accept-Ranges", "bytes")
+        self.set_header("ETag", etag)
+        self.set_header("Repr-Digest", repr_digest(digest))
+        first, last = self._requested_range(stored.size, etag, what)
+        if (first, last) != (0, stored.size - 1):
+            self.set_status(206)
+            self.set_header("Content-Range", f"bytes {first}-{last}/{stored.size}")
+        length = last - first + 1
+        self.set_header("Content-Length", str(length))
+        if send_body and length > 0:
+            body = await storage.call("get", storage.objects.read, storage.key(relative), first, last)
+            try:
+                await self._send(body, length, read=lambda size: in_thread(body.read, size),
+                                 on_sent=storage.metrics.object_store_bytes.labels("download").inc)
+            finally:
+                body.close()
+
     def _requested_range(self, size: int, etag: str, what: str) -> tuple[int, int]:
         if_range = self.request.headers.get("If-Range")
         if if_range is not None and if_range != etag:
@@ -59,13 +89,14 @@ class FileSendingHandler(BaseHandler):
                                                      headers={"Content-Range": f"bytes */{size}"}) from None
         return wanted if wanted is not None else (0, size - 1)
 
-    async def _send(self, file, length: int) -> None:
+    async def _send(self, file, length: int, read: Callable[[int], Awaitable[bytes]] | None = None,
+                    on_sent: Callable[[int], None] | None = None) -> None:
         chunk_size = self.config.server.chunk_size
         bucket = self.services.outbound
         remaining = length
         try:
             while remaining > 0:
-                chunk = file.read(min(chunk_size, remaining))
+                chunk = await read(min(chunk_size, remaining)) if read else file.read(min(chunk_size, remaining))
                 if not chunk:
                     break  # the file shrank under us: Tornado closes the connection on the short body
                 if bucket is not None:  # server.outbound_limit: wait for the tokens, without blocking the loop
@@ -76,5 +107,7 @@ class FileSendingHandler(BaseHandler):
                 await self.flush()
                 remaining -= len(chunk)
                 self.services.metrics.bytes_served.inc(len(chunk))
+                if on_sent is not None:
+                    on_sent(len(chunk))
         except tornado.iostream.StreamClosedError:
             return  # the client went away; nothing to clean up

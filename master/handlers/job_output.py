@@ -35,6 +35,11 @@ class JobOutputHandler(FileSendingHandler):
         job = self.store.get_job(check_job_id(job_id))
         if job.status is not JobStatus.COMPLETED:
             raise errors.INVALID_JOB_STATE.error(f"job {job.id!r} is {job.status.value}, must be completed")
+        if self.services.storage.in_bucket:
+            await self.send_object(job.output_path, digest=bytes.fromhex(job.output_sha256 or ""),
+                                   missing=errors.OUTPUT_NOT_FOUND, what=f"output of job {job.id!r}",
+                                   send_body=send_body)
+            return
         path = resolve_in_root(self.config.storage.root, job.output_path, "output_path")
         await self.send_file(path, missing=errors.OUTPUT_NOT_FOUND, what=f"output of job {job.id!r}",
                              digest_of=lambda path, stat: self._current_digest(job, path, stat), send_body=send_body)

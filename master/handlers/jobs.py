@@ -16,7 +16,6 @@ from master.auth import Access
 from master.handlers.base import CONTROL_BODY_LIMIT, BaseHandler, check_job_id
 from master.handlers.multipart import MultipartReceiver, TextField, form_filename
 from master.intake import new_job_id
-from master.paths import require_file, resolve_in_root
 from master.states import JobStatus
 from master.store import Job
 
@@ -69,10 +68,9 @@ class JobsHandler(MultipartReceiver, BaseHandler):
             raise errors.UNKNOWN_FIELD.error(f"unknown field(s): {', '.join(sorted(unknown))}")
         job_id = check_job_id(body["id"]) if body.get("id") is not None else new_job_id()
         profile = self.services.intake.profile(body.get("profile"))
-        root = self.config.storage.root
-        source = resolve_in_root(root, body.get("source_path"), "source_path")
-        output = resolve_in_root(root, body.get("output_path"), "output_path")
-        require_file(source, "source_path")
+        storage = self.services.storage
+        source = storage.path(body.get("source_path"), "source_path")
+        output = storage.path(body.get("output_path"), "output_path")
         return await self.services.intake.from_stored_file(job_id=job_id, source=source, outputs=[output],
                                                            profile=profile)
 
@@ -129,10 +127,9 @@ class JobCancelHandler(BaseHandler):
 class JobRetryHandler(BaseHandler):
     access = {"POST": Access.ADMIN}
 
-    def post(self, job_id: str) -> None:
+    async def post(self, job_id: str) -> None:
         job = self.store.get_job(check_job_id(job_id))
-        output = resolve_in_root(self.config.storage.root, job.output_path, "output_path")
-        if output.exists():  # another job's output, or the user's own file: a retry may not overwrite it
+        if await self.services.storage.exists(job.output_path):  # another job's output, or the user's own file: a retry may not overwrite it
             raise errors.OUTPUT_EXISTS.error(f"output_path {job.output_path!r} exists now; a retry would"
                                              " overwrite it: remove it or submit a new job")
         job = self.store.retry(job.id)

@@ -35,8 +35,7 @@ from master import errors
 from master.auth import Access
 from master.handlers.base import check_job_id
 from master.handlers.file_receiving import ReceivingHandler
-from master.intake import check_output, new_job_id
-from master.paths import resolve_in_root, storage_relative
+from master.intake import new_job_id
 from master.store import Upload
 
 CHECKSUMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256}
@@ -87,7 +86,7 @@ class TusCreationHandler(_TusHandler):
             raise errors.body_too_large(self.config.server.max_upload_size)
         metadata = parse_metadata(self.request.headers.get("Upload-Metadata", ""))
         if "profile" in metadata:
-            upload = self._create_source_upload(length, metadata)
+            upload = await self._create_source_upload(length, metadata)
             self.set_header(JOB_ID_HEADER, upload.job_id)
         else:
             upload = await self._create_output_upload(length, metadata)
@@ -100,9 +99,8 @@ class TusCreationHandler(_TusHandler):
         """A worker's upload of its job's output; an empty output is committed at once."""
         job = self.processing_job(check_job_id(metadata.get("job_id", b"").decode("utf-8", "replace")))
         expected = _metadata_digest(metadata.get("sha256"))
-        destination = self.output_destination(job)
         upload = self.uploads.create_for_output(job, worker_id=self.worker_id_header(), length=length,
-                                                directory=destination.parent, sha256=expected)
+                                                directory=self.output_staging_dir(job), sha256=expected)
         if length == 0:
             try:
                 await self.commit_output(job.id, self.uploads.temp_path(upload), 0, hashlib.sha256().digest(),
@@ -113,7 +111,7 @@ class TusCreationHandler(_TusHandler):
             self.uploads.completed(upload)
         return upload
 
-    def _create_source_upload(self, length: int, metadata: dict[str, bytes]) -> Upload:
+    async def _create_source_upload(self, length: int, metadata: dict[str, bytes]) -> Upload:
         """A user's source, uploaded resumably: the job (id, profile, output) is created once it is complete."""
         self.authorize(Access.ADMIN)
         text = metadata_text({key: value for key, value in metadata.items() if key != "sha256"})
@@ -121,9 +119,8 @@ class TusCreationHandler(_TusHandler):
         profile = self.services.intake.profile(text["profile"])
         output_path = None
         if text.get("output_path"):
-            output = resolve_in_root(self.config.storage.root, text["output_path"], "output_path")
-            check_output(output, None, profile)
-            output_path = storage_relative(self.config.storage.root, output)
+            output_path = self.services.storage.path(text["output_path"], "output_path")
+            await self.services.intake.check_output(output_path, None, profile)
         return self.uploads.create_for_source(
             job_id=job_id, length=length, profile=profile, output_path=output_path, filename=text.get("filename", ""),
             sha256=_metadata_digest(metadata.get("sha256")), directory=self.services.intake.incoming_dir())

@@ -25,8 +25,8 @@ class UploadVideoHandler(MultipartReceiver, ReceivingHandler):
         super().prepare()  # authentication, before the body is read
         self.job = self.processing_job(self.job_id_argument())  # before a single byte is stored
         self.expected_digest = self.repr_digest_header()
-        self.accept_upload(self.config.storage.root)
-        self.open_multipart(self.output_destination(self.job).parent)
+        self.accept_upload(self.output_staging_dir(self.job))
+        self.open_multipart(self.output_staging_dir(self.job))
 
     async def data_received(self, chunk: bytes) -> None:
         await self.feed(chunk)

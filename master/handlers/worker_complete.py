@@ -27,6 +27,9 @@ class WorkerCompleteHandler(ReceivingHandler):
 
     async def post(self) -> None:
         job_id = self.job_id_argument()
+        if self.services.storage.in_bucket:
+            raise errors.NOT_WITH_BUCKET.error("shared-storage workers need the local backend; with a bucket, "
+                                               "run workers with storage.mode: transfer")
         worker_id, size, sha256 = self._report()
         job = self.processing_job(job_id)
         if job.worker_id != worker_id:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 
 import pytest
 import requests
@@ -18,13 +17,13 @@ from tests.fixtures import free_port, wait_for
 from master.object_store import (MIN_PART_SIZE, ObjectStore, ObjectStoreError, ObjectStoreUnavailable,
                                   S3Settings)
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("s3")]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def store(seaweedfs):
     return ObjectStore(S3Settings(endpoint=seaweedfs.endpoint, bucket=seaweedfs.bucket, access_key=seaweedfs.access_key,
-                                  secret_key=seaweedfs.secret_key, prefix=f"t-{uuid.uuid4().hex[:8]}",
+                                  secret_key=seaweedfs.secret_key, prefix=seaweedfs.prefix(),
                                   presign_expiry=300, part_size=MIN_PART_SIZE))
 
 

@@ -1,0 +1,143 @@
+"""/api/worker/source-url, /output-parts, /output-complete: a worker's transfers with the bucket backend.
+
+The master never relays these bytes; it hands out presigned URLs and keeps the books.
+
+- ``source-url``: a presigned GET of the job's source, its size and the SHA-256 the worker verifies while
+  it streams (the worker resumes a cut download with ``Range``, and asks again when the URL expired).
+- ``output-parts``: the worker declares the output (size, SHA-256, the SHA-256 of each part, cut by
+  ``protocol.part_size_for``). The master starts a multipart upload for this attempt (or finds the one it
+  started), asks the store which parts it holds, and answers presigned PUTs for the others, each signed
+  with its part's ``x-amz-checksum-sha256`` so the store itself refuses a corrupted part. Asking again
+  after a cut, a refusal or an expired URL is how a worker resumes.
+- ``output-complete``: once every part is stored with the declared layout, the master joins them (never over
+  an existing object: ``If-None-Match: *``) and completes the job.
+
+A new attempt, or a different output, gets a new upload; the old one is aborted here or by the reaper.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from converter_common import protocol
+from master import errors
+from master.auth import Access
+from master.handlers.file_receiving import ReceivingHandler
+from master.storage import BucketStorage
+from master.store import BucketUpload, Job
+
+log = logging.getLogger("converter.master")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+class BucketTransferHandler(ReceivingHandler):
+    access = {"POST": Access.WORKER}
+
+    @property
+    def bucket(self) -> BucketStorage:
+        storage = self.services.storage
+        if not isinstance(storage, BucketStorage):
+            raise errors.NOT_WITH_BUCKET.error("this master keeps files locally: use download-video / upload-video")
+        return storage
+
+    def leased_job(self) -> tuple[Job, str]:
+        """The processing job of ``?job_id=``, leased to the worker the ``X-Worker-Id`` header names."""
+        worker_id = self.worker_id_header()
+        if worker_id is None:
+            raise errors.INVALID_WORKER_ID.error(f"send the worker's id in {protocol.WORKER_ID_HEADER}")
+        return self.processing_job(self.job_id_argument()), worker_id
+
+    def declared_output(self, body: dict[str, Any]) -> tuple[int, str]:
+        size, sha256 = body.get("size"), body.get("sha256")
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= self.config.server.max_upload_size:
+            raise errors.INVALID_FIELD.error(f"size must be an integer 0..{self.config.server.max_upload_size}")
+        if not isinstance(sha256, str) or not _SHA256_HEX.match(sha256):
+            raise errors.INVALID_FIELD.error("sha256 must be 64 lowercase hex digits")
+        return size, sha256
+
+    def expected_sizes(self, size: int) -> dict[int, int]:
+        """Part number → size, for the layout ``protocol.part_size_for`` gives a file of ``size`` bytes."""
+        part_size = protocol.part_size_for(size, self.config.storage.s3.part_size)
+        count = protocol.part_count(size, part_size)
+        return {n: min(part_size, size - (n - 1) * part_size) for n in range(1, count + 1)}
+
+
+class SourceUrlHandler(BucketTransferHandler):
+    def post(self) -> None:
+        job, _worker = self.leased_job()
+        self.write_json({"url": self.bucket.presigned_get(job.source_path), "size": job.source_size,
+                         "sha256": job.source_sha256, "expires_in": self.config.storage.s3.presign_expiry})
+
+
+class OutputPartsHandler(BucketTransferHandler):
+    async def post(self) -> None:
+        job, worker_id = self.leased_job()
+        body = self.json_body()
+        size, sha256 = self.declared_output(body)
+        sizes = self.expected_sizes(size)
+        digests = self._part_digests(body, len(sizes))
+        upload = await self._upload_for(job, worker_id, size, sha256)
+        stored = {part.number for part in await self.bucket.stored_parts(job.output_path, upload.upload_id)
+                  if sizes.get(part.number) == part.size}
+        missing = {number: digests[number - 1] for number in sizes if number not in stored}
+        parts = self.bucket.presigned_parts(job.output_path, upload.upload_id, missing)
+        self.write_json({"part_size": protocol.part_size_for(size, self.config.storage.s3.part_size),
+                         "stored": sorted(stored), "expires_in": self.config.storage.s3.presign_expiry,
+                         "parts": [{"number": p.number, "url": p.url, "headers": p.headers} for p in parts]})
+
+    @staticmethod
+    def _part_digests(body: dict[str, Any], count: int) -> list[bytes]:
+        parts = body.get("parts")
+        if not isinstance(parts, list) or len(parts) != count:
+            raise errors.INVALID_FIELD.error(f"parts must list the SHA-256 of each of the {count} parts")
+        if not all(isinstance(p, str) and _SHA256_HEX.match(p) for p in parts):
+            raise errors.INVALID_FIELD.error("each of parts must be 64 lowercase hex digits")
+        return [bytes.fromhex(p) for p in parts]
+
+    async def _upload_for(self, job: Job, worker_id: str, size: int, sha256: str) -> BucketUpload:
+        """This attempt's upload of this output: the recorded one, or a new one (an old one is aborted)."""
+        upload = self.store.bucket_upload(job.id)
+        if upload is not None and (upload.attempt, upload.size, upload.sha256) == (job.attempts, size, sha256):
+            return upload
+        if upload is not None:
+            await self.bucket.abort_upload(job.output_path, upload.upload_id)
+        if await self.bucket.exists(job.output_path):
+            self.fail_for_existing_output(job)
+        upload_id = await self.bucket.start_upload(job.output_path, bytes.fromhex(sha256))
+        if not self.store.record_bucket_upload(job.id, worker_id, upload_id=upload_id, size=size, sha256=sha256):
+            await self.bucket.abort_upload(job.output_path, upload_id)
+            self.processing_job(job.id)  # raises: the job was taken from this worker meanwhile
+            raise errors.not_lease_owner(job.id, worker_id)
+        return self.store.bucket_upload(job.id)
+
+
+class OutputCompleteHandler(BucketTransferHandler):
+    async def post(self) -> None:
+        job, worker_id = self.leased_job()
+        size, sha256 = self.declared_output(self.json_body())
+        upload = self.store.bucket_upload(job.id)
+        if upload is None or (upload.attempt, upload.size, upload.sha256) != (job.attempts, size, sha256):
+            raise errors.PARTS_INCOMPLETE.error("no upload of this output is open: ask for its parts first")
+        sizes = self.expected_sizes(size)
+        stored = await self.bucket.stored_parts(job.output_path, upload.upload_id)
+        wanted = [part for part in stored if sizes.get(part.number) == part.size]
+        if len(wanted) != len(sizes):
+            missing = sorted(set(sizes) - {part.number for part in wanted})
+            raise errors.PARTS_INCOMPLETE.error(f"{len(missing)} part(s) not stored yet, first {missing[0]}")
+        job = self.processing_job(job.id)  # still ours after the awaits
+        try:
+            await self.bucket.complete_upload(job.output_path, upload.upload_id, wanted)
+        except FileExistsError:
+            self.fail_for_existing_output(job)
+        try:
+            self.processing_job(job.id)
+            job = self.store.complete_job(job.id, size, sha256, worker_id=worker_id)
+        except BaseException:
+            await self.bucket.remove(job.output_path)  # ours alone: If-None-Match let nothing else be there
+            raise
+        self.services.metrics.job_completed(job)
+        log.info("job %s: output stored in the bucket (%d bytes, %d parts)", job.id, size, len(wanted))
+        self.write_json({"job_id": job.id, "status": job.status.value, "size": size, "sha256": sha256,
+                         "output_path": job.output_path})
