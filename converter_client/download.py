@@ -93,6 +93,12 @@ class Downloader:
                             read_timeout=self.read_timeout) as response:
             if response.status_code >= 400:
                 raise Refused(response)
+            if response.status_code == 206 and partial.etag and response.headers.get("ETag") != partial.etag:
+                # a server that ignores If-Range (SeaweedFS does) resumed another version: fetch it whole
+                partial.restart()
+                response.close()
+                return self.fetch(path, partial, what=what, progress=progress, params=params, cancel=cancel,
+                                  on_version=on_version, expected_digest=expected_digest)
             total = _resume_point(response, partial)
             expected_digest = _digest_header(response) or expected_digest
             partial.etag = response.headers.get("ETag")
@@ -142,7 +148,11 @@ def _resume_point(response: requests.Response, partial: PartialDownload) -> int 
 
 
 def _digest_header(response: requests.Response) -> bytes | None:
+    """``Repr-Digest`` of the answer, or of the redirect that led to it (a presigned URL of an object store)."""
+    header = response.headers.get("Repr-Digest")
+    for earlier in reversed(response.history):
+        header = header or earlier.headers.get("Repr-Digest")
     try:
-        return parse_repr_digest(response.headers.get("Repr-Digest"))
+        return parse_repr_digest(header)
     except ValueError as exc:
         raise TransferCut(f"master sent a malformed Repr-Digest ({exc})") from None

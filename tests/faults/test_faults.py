@@ -31,7 +31,8 @@ def sha256(path: Path) -> str:
 
 def assert_verified_output(cluster: Cluster, job: dict) -> None:
     assert job["status"] == "completed", job
-    output = cluster.root / job["output_path"]
+    output = cluster.tmp / f"verify-{job['id']}.mp4"
+    output.write_bytes(cluster.stored(job["output_path"]))
     assert sha256(output) == job["output_sha256"]
     video = next(s for s in ffprobe(output)["streams"] if s["codec_type"] == "video")
     assert video["codec_name"] == "h264" and video["height"] <= 720  # h264-720p never upscales
@@ -40,6 +41,8 @@ def assert_verified_output(cluster: Cluster, job: dict) -> None:
 def assert_nothing_left(cluster: Cluster) -> None:
     temp = [p for p in cluster.root.rglob(".converter-*")]
     assert not temp, temp
+    if cluster.bucket is not None:
+        wait_for(lambda: cluster.bucket.open_uploads() == [], 20, 0.2, "no multipart upload left open")
     # a worker removes a job's directory just after it reports the job's end, which is what the test saw
     def job_dirs() -> list[Path]:
         return list(cluster.tmp.glob("cache-*/job_*"))
@@ -63,7 +66,8 @@ def proxied(cluster: Cluster) -> FaultProxy:
 
 
 def source(cluster: Cluster, name: str = "src.mp4", seconds: float = 4.0, size: str = "1280x720") -> str:
-    make_clip(cluster.root / "in" / name, seconds=seconds, size=size)
+    clip = make_clip(cluster.tmp / "clips" / name, seconds=seconds, size=size)
+    cluster.put_source(f"in/{name}", clip)
     return f"in/{name}"
 
 

@@ -25,13 +25,9 @@ needs_ffmpeg = pytest.mark.skipif(not ffmpeg_available(), reason="ffmpeg not ins
 MiB = 1 << 20
 
 
-@pytest.fixture(params=["local", "s3"])
-def backend(request, tmp_path):
-    """A master on each backend (SeaweedFS for s3), stopped after the test."""
-    bucket = request.getfixturevalue("seaweedfs") if request.param == "s3" else None
-    cluster = Cluster(tmp_path, bucket=bucket, lease_seconds=3)
-    yield cluster
-    cluster.stop()
+@pytest.fixture
+def backend(any_cluster):
+    return any_cluster
 
 
 @pytest.fixture
@@ -65,6 +61,12 @@ def test_a_job_converts_end_to_end_and_its_output_downloads_verified(backend, cl
     if backend.bucket is not None:
         assert backend.bucket.metadata("out/clip.mp4")["sha256"] == job["output_sha256"]
         assert backend.bucket.open_uploads() == []
+        direct = requests.get(f"{backend.url}/api/jobs/e2e/output", params={"presigned": "1"}, timeout=30)
+        assert direct.history[0].status_code == 307 and direct.content == stored
+        assert direct.history[0].headers["Repr-Digest"] == answer.headers["Repr-Digest"]
+        rest = requests.get(direct.url, headers={"Range": "bytes=100-", "If-Range": direct.headers["ETag"]},
+                            timeout=30)
+        assert rest.status_code == 206 and rest.content == stored[100:]
 
 
 def test_a_multipart_submission_and_the_seed_worker_routes_work_through_the_master(backend):

@@ -55,7 +55,8 @@ def sha256(path) -> str:
 
 
 @pytest.mark.skipif(not ffmpeg_available(), reason="needs ffmpeg")
-def test_upload_watch_download_gives_the_verified_output(cluster, clip_2s, tmp_path):
+def test_upload_watch_download_gives_the_verified_output(any_cluster, clip_2s, tmp_path):
+    cluster = any_cluster
     cluster.add_worker("w1")
     submitted = converterctl(cluster.url, "submit", "--upload", str(clip_2s), "--json", "--no-progress")
     assert submitted.returncode == 0, submitted.stderr
