@@ -69,6 +69,44 @@ class OutputDigests:
         return cls(size, whole.hexdigest(), part_size, tuple(parts))
 
 
+def store_session() -> MasterHttp:
+    """A session for presigned URLs: absolute URLs, no master headers, failures worded without the signature."""
+    http = MasterHttp("")
+
+    def describe(method: str, url: str, exc: requests.RequestException) -> TransferError:
+        """As for the master (the store out of reach counts as away: a finished output is kept and retried),
+        without the URL's signature in the message."""
+        text = f"object store: {method} {url.split('?', 1)[0]}: {exc.__class__.__name__}"
+        if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+            return MasterAway(text)
+        return TransferCut(text)
+
+    http.describe_failure = describe  # type: ignore[method-assign]
+    return http
+
+
+def stored_bytes(digests: OutputDigests, numbers: list[int]) -> int:
+    """How many of the file's bytes the parts ``numbers`` hold."""
+    return sum(min(digests.part_size, digests.size - (n - 1) * digests.part_size) for n in numbers)
+
+
+def put_part(store: MasterHttp, path: Path, digests: OutputDigests, part: dict[str, Any], *, what: str,
+             on_read: Callable[[int], None] | None = None, cancel: threading.Event | None = None,
+             bucket: TokenBucket | None = None, read_timeout: float | None = None) -> None:
+    """PUT one part of ``path`` to its presigned URL (with the headers that were signed); ``StoreRefused`` if the
+    store says no (a corrupted part: 400 BadDigest; an expired URL: 403)."""
+    number = int(part["number"])
+    offset = (number - 1) * digests.part_size
+    body = FileRangeBody(path, offset, min(digests.part_size, digests.size - offset), on_read=on_read,
+                         cancel=cancel, bucket=bucket)
+    try:
+        response = store.send("PUT", part["url"], data=body, headers=part["headers"], read_timeout=read_timeout)
+    finally:
+        body.close()
+    if response.status_code >= 300:
+        raise StoreRefused(f"{what}, part {number}", response.status_code, body_start(response))
+
+
 class BucketTransfers:
     """A worker's transfers with the bucket: control calls to the master over ``master``, bytes to the store
     over a session of its own (no master headers)."""
@@ -76,20 +114,11 @@ class BucketTransfers:
     def __init__(self, master: MasterHttp, *, chunk_size: int, read_timeout: float | None, direct: bool,
                  download_bucket: TokenBucket | None, upload_bucket: TokenBucket | None) -> None:
         self.master = master
-        self.store = MasterHttp("")  # absolute presigned URLs; the store's answers are judged here
-        self.store.describe_failure = self._store_failure  # type: ignore[method-assign]
+        self.store = store_session()
         self.downloads = Downloader(self.store, chunk_size=chunk_size, read_timeout=read_timeout, direct=direct,
                                     bucket=download_bucket)
         self.read_timeout = read_timeout
         self.upload_bucket = upload_bucket
-
-    def _store_failure(self, method: str, url: str, exc: requests.RequestException) -> TransferError:
-        """As for the master (the store out of reach counts as away: a finished output is kept and retried),
-        without the URL's signature in the message."""
-        text = f"object store: {method} {url.split('?', 1)[0]}: {exc.__class__.__name__}"
-        if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
-            return MasterAway(text)
-        return TransferCut(text)
 
     # -- download ---------------------------------------------------------------------------------
 
@@ -111,24 +140,15 @@ class BucketTransfers:
         declared = {"size": digests.size, "sha256": digests.sha256}
         plan = self._ask(protocol.WORKER_OUTPUT_PARTS, job_id, {**declared, "parts": list(digests.parts)})
         if on_read is not None:  # what the store already holds counts as sent
-            on_read(sum(min(digests.part_size, digests.size - (n - 1) * digests.part_size) for n in plan["stored"]))
+            on_read(stored_bytes(digests, plan["stored"]))
         for part in plan["parts"]:
             self._put_part(path, digests, part, what=what, on_read=on_read, cancel=cancel)
         return self._ask(protocol.WORKER_OUTPUT_COMPLETE, job_id, declared)
 
     def _put_part(self, path: Path, digests: OutputDigests, part: dict[str, Any], *, what: str,
                   on_read: Callable[[int], None] | None, cancel: threading.Event | None) -> None:
-        number = int(part["number"])
-        offset = (number - 1) * digests.part_size
-        body = FileRangeBody(path, offset, min(digests.part_size, digests.size - offset), on_read=on_read,
-                             cancel=cancel, bucket=self.upload_bucket)
-        try:
-            response = self.store.send("PUT", part["url"], data=body, headers=part["headers"],
-                                       read_timeout=self.read_timeout)
-        finally:
-            body.close()
-        if response.status_code >= 300:
-            raise StoreRefused(f"{what}, part {number}", response.status_code, body_start(response))
+        put_part(self.store, path, digests, part, what=what, on_read=on_read, cancel=cancel,
+                 bucket=self.upload_bucket, read_timeout=self.read_timeout)
 
     def _ask(self, route: str, job_id: str, body: dict[str, Any]) -> dict[str, Any]:
         response = self.master.send("POST", route, json=body, params={"job_id": job_id},

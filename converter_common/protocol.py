@@ -10,6 +10,8 @@ from __future__ import annotations
 # -- routes -------------------------------------------------------------------------------------
 JOBS = "/api/jobs"
 UPLOADS = "/api/uploads"  # tus 1.0.0: POST creates, HEAD/PATCH/DELETE on UPLOADS/<id>
+# storage.backend s3: a source sent straight to the bucket; POST creates, POST <id> resumes, POST <id>/complete
+SOURCE_UPLOADS = "/api/source-uploads"
 WORKER_REGISTER = "/api/worker/register"
 WORKER_CLAIM = "/api/worker/claim"
 WORKER_HEARTBEAT = "/api/worker/heartbeat"
@@ -54,6 +56,7 @@ DIGEST_MISMATCH = "digest_mismatch"
 DUPLICATE_JOB = "duplicate_job"
 DUPLICATE_UPLOAD = "duplicate_upload"
 UPLOAD_GONE_STATUSES = frozenset({404, 410})
+NOT_WITH_BUCKET = "not_with_bucket"  # a route of one storage backend asked of a master with the other
 PARTS_INCOMPLETE = "parts_incomplete"  # output-complete before every part is stored: ask for the parts again  # a tus upload the master no longer has (done, expired, removed)
 
 

@@ -23,6 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
+from converter_client.bucket import OutputDigests, put_part, store_session, stored_bytes
 from converter_client.download import Downloader, PartialDownload
 from converter_client.errors import DigestMismatch, Refused
 from converter_client.tus import TusClient, TusUpload
@@ -55,7 +56,7 @@ def upload_source(client: Client, path: Path, request: SourceRequest, state: Upl
     ``resume`` is False. A cut transfer or an absent master is retried with ``retry``'s backoff, its
     count starting over whenever the master's offset moved forward; ``notify`` hears of each wait.
     """
-    upload = SourceUpload(client, path, request, state, resume=resume)
+    upload = source_upload(client, path, request, state, resume=resume)
     failures, reached = 0, upload.offset
     while True:
         try:
@@ -174,6 +175,97 @@ class SourceUpload:
             self.tus.send(upload, self.offset, what=f"upload of {self.path.name}", on_read=progress.update)
         finally:
             progress.close()
+
+
+def source_upload(client: Client, path: Path, request: SourceRequest, state: UploadStateFile, *,
+                  resume: bool) -> "SourceUpload":
+    """A tus upload through the master, or, when the master keeps its files in a bucket, straight to the bucket
+    (``BucketSourceUpload``). A remembered upload keeps its way; a new one asks the master which it takes."""
+    remembered = state.lookup(UploadKey.of(client.base_url, path, request.profile, request.output_path,
+                                           request.job_id))
+    if remembered is not None and resume:
+        bucket = remembered.location.startswith(protocol.SOURCE_UPLOADS)
+        return BucketSourceUpload(client, path, request, state, resume=resume) if bucket else \
+            SourceUpload(client, path, request, state, resume=resume)
+    try:
+        part_size = int(client.json("GET", protocol.SOURCE_UPLOADS)["part_size"])
+    except ApiError as exc:
+        if exc.code == protocol.NOT_WITH_BUCKET or exc.status in (404, 405):  # local files, or an older master
+            return SourceUpload(client, path, request, state, resume=resume)
+        raise
+    return BucketSourceUpload(client, path, request, state, resume=resume, part_size=part_size)
+
+
+class BucketSourceUpload(SourceUpload):
+    """One source sent straight to the master's bucket: presigned part PUTs, each checked by the store against
+    its SHA-256 (``/api/source-uploads``). Resumed like a tus upload: the master says which parts the store
+    holds, and only the others are sent; the job is made when the master joins the parts."""
+
+    def __init__(self, client: Client, path: Path, request: SourceRequest, state: UploadStateFile, *, resume: bool,
+                 part_size: int | None = None):
+        super().__init__(client, path, request, state, resume=resume)
+        self.part_size = part_size
+        self.store = store_session()
+        self._plan: dict[str, Any] | None = None
+
+    @cached_property
+    def digests(self) -> OutputDigests:
+        if self.part_size is None:  # a remembered upload: ask the master its part size
+            self.part_size = int(self.client.json("GET", protocol.SOURCE_UPLOADS)["part_size"])
+        return OutputDigests.of_file(self.path, self.part_size)
+
+    @cached_property
+    def sha256(self) -> str:
+        return self.digests.sha256
+
+    def _declared(self) -> dict[str, Any]:
+        return {"size": self.digests.size, "sha256": self.digests.sha256, "parts": list(self.digests.parts)}
+
+    def _create(self) -> None:
+        answer = self.client.json("POST", protocol.SOURCE_UPLOADS, json={
+            **self._declared(), "profile": self.request.profile, "id": self.job_id,
+            "output_path": self.request.output_path, "filename": self.path.name})
+        self.current = RememberedUpload(f"{protocol.SOURCE_UPLOADS}/{answer['upload_id']}", self.job_id, time.time(),
+                                        answer.get("expires_at"))
+        self.state.remember(self.key, self.current)
+        self._take(answer)
+
+    def _resume(self) -> dict[str, Any] | None:
+        try:
+            answer = self.client.json("POST", self.current.location, json=self._declared())
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            return self._gone()
+        self._take(answer)
+        return None
+
+    def _take(self, plan: dict[str, Any]) -> None:
+        self._plan = plan
+        self.offset = stored_bytes(self.digests, plan["stored"])
+
+    def _terminate_abandoned(self) -> None:
+        if self._abandoned is None:
+            return
+        if self._abandoned.location.startswith(protocol.SOURCE_UPLOADS):
+            try:
+                self.client.request("DELETE", self._abandoned.location)
+            except ApiError:
+                pass  # already gone: the new upload goes ahead either way
+        self.state.forget(self.key)
+        self._abandoned = None
+
+    def _patch(self, show_progress: bool) -> None:
+        """The parts the store lacks, then the master joins them and makes the job."""
+        progress = TransferBar(f"upload {self.path.name}", self.key.size, enabled=show_progress)
+        progress.start_at(self.offset)
+        try:
+            for part in self._plan["parts"]:
+                put_part(self.store, self.path, self.digests, part, what=f"upload of {self.path.name}",
+                         on_read=progress.update, read_timeout=TRANSFER_TIMEOUT)
+        finally:
+            progress.close()
+        self.client.json("POST", f"{self.current.location}/complete", json={})
 
 
 def _file_sha256(path: Path) -> str:

@@ -29,6 +29,7 @@ from master.handlers.lease import FailHandler, HeartbeatHandler, ReleaseHandler
 from master.handlers.metrics import MetricsHandler
 from master.handlers.openapi import OpenApiHandler
 from master.handlers.profiles import ProfilesHandler
+from master.handlers.source_uploads import SourceUploadCompleteHandler, SourceUploadHandler, SourceUploadsHandler
 from master.handlers.tus import TusCreationHandler, TusUploadHandler
 from master.handlers.upload_video import UploadVideoHandler
 from master.handlers.worker_complete import WorkerCompleteHandler
@@ -81,6 +82,9 @@ def make_app(config: MasterConfig, store: JobStore, wakeup: WakeUpSignal | None 
         (protocol.WORKER_SOURCE_URL, SourceUrlHandler),
         (protocol.WORKER_OUTPUT_PARTS, OutputPartsHandler),
         (protocol.WORKER_OUTPUT_COMPLETE, OutputCompleteHandler),
+        (protocol.SOURCE_UPLOADS, SourceUploadsHandler),
+        (protocol.SOURCE_UPLOADS + r"/(?P<upload_id>[0-9a-f]{32})", SourceUploadHandler),
+        (protocol.SOURCE_UPLOADS + r"/(?P<upload_id>[0-9a-f]{32})/complete", SourceUploadCompleteHandler),
         (protocol.UPLOADS, TusCreationHandler),
         (protocol.UPLOADS + r"/(?P<upload_id>[0-9a-f]{32})", TusUploadHandler),
     ]

@@ -104,7 +104,7 @@ OUTPUT_MISSING = ErrorKind(400, "output_missing", "no converted file where share
 OBJECT_STORE_UNAVAILABLE = ErrorKind(503, "object_store_unavailable", headers=RETRY_SOON)
 OBJECT_STORE_REFUSED = ErrorKind(502, "object_store_refused")  # access denied, bucket missing or full
 PARTS_INCOMPLETE = ErrorKind(409, protocol.PARTS_INCOMPLETE)  # completing an output upload whose parts are not all stored
-NOT_WITH_BUCKET = ErrorKind(400, "not_with_bucket")  # a route of the local backend (shared-storage completion)
+NOT_WITH_BUCKET = ErrorKind(400, protocol.NOT_WITH_BUCKET)  # a route of the local backend (shared-storage completion)
 
 # -- tus ------------------------------------------------------------------------------------------
 UNSUPPORTED_TUS_VERSION = ErrorKind(412, "unsupported_tus_version", f"send Tus-Resumable: {protocol.TUS_VERSION}",

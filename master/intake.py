@@ -83,7 +83,7 @@ class JobIntake:
         outputs = self.outputs_for(output_path, client_name, profile, job_id)
         for output in outputs:
             check_output_name(output, None, profile)
-        source = f"{INCOMING_DIR}/{uuid.uuid4().hex[:16]}{source_extension(client_name)}"
+        source = new_source_name(client_name)
         await fsync_path(received)
         try:
             await self.storage.place(received, source, sha256)
@@ -97,6 +97,22 @@ class JobIntake:
             facts = await self.storage.source(source, "source_path")
             return await self._insert(job_id=job_id, source=source, facts=SourceFacts(facts.size, facts.mtime_ns,
                                                                                        sha256),
+                                      outputs=outputs, profile=profile, upload_id=upload_id)
+        except BaseException:
+            await self.storage.remove(source)
+            raise
+
+    async def from_bucket_object(self, *, job_id: str, source: str, client_name: str, output_path: str | None,
+                                 profile: str, sha256: bytes, upload_id: str) -> Job:
+        """A job for a source a client just sent straight to the bucket (``source``, named by
+        ``new_source_name``); if no job can be made of it, the object is removed."""
+        try:
+            outputs = self.outputs_for(output_path, client_name, profile, job_id)
+            for output in outputs:
+                check_output_name(output, None, profile)
+            facts = await self.storage.source(source, "source_path")
+            return await self._insert(job_id=job_id, source=source,
+                                      facts=SourceFacts(facts.size, facts.mtime_ns, sha256),
                                       outputs=outputs, profile=profile, upload_id=upload_id)
         except BaseException:
             await self.storage.remove(source)
@@ -125,6 +141,11 @@ class JobIntake:
 
 def new_job_id() -> str:
     return uuid.uuid4().hex[:16]
+
+
+def new_source_name(client_name: str) -> str:
+    """Where a received source is kept: ``incoming/<random>.<the client's extension>``, a name the server chose."""
+    return f"{INCOMING_DIR}/{uuid.uuid4().hex[:16]}{source_extension(client_name)}"
 
 
 def check_output_name(output: str, source: str | None, profile: str) -> None:

@@ -72,7 +72,8 @@ CREATE TABLE IF NOT EXISTS uploads (
     output_path TEXT,
     filename    TEXT,
     attempt     INTEGER,                         -- output uploads: the job's attempt that made it
-    expires_at  REAL                             -- tus expiration: removed when not continued by then
+    expires_at  REAL,                            -- tus expiration: removed when not continued by then
+    bucket_upload_id TEXT                        -- a source sent straight to the bucket: its S3 multipart upload
 );
 CREATE TABLE IF NOT EXISTS bucket_uploads (  -- storage.backend s3: the multipart upload of a job's output attempt
     job_id     TEXT PRIMARY KEY,
@@ -213,6 +214,7 @@ class Upload:
     filename: str | None = None
     attempt: int | None = None
     expires_at: float | None = None
+    bucket_upload_id: str | None = None  # a source sent straight to the bucket (temp_path is then its key)
 
 
 @dataclass(frozen=True)
@@ -531,7 +533,7 @@ class JobStore:
     def create_upload(self, *, upload_id: str, job_id: str, worker_id: str | None, length: int, temp_path: str,
                       sha256: str | None, expires_at: float, kind: str = "output", attempt: int | None = None,
                       profile: str | None = None, output_path: str | None = None, filename: str | None = None,
-                      now: float | None = None) -> tuple[Upload, list[Upload]]:
+                      bucket_upload_id: str | None = None, now: float | None = None) -> tuple[Upload, list[Upload]]:
         """Record a new upload for a job (or, kind ``source``, for the job it will create); returns it and the
         uploads it replaces: those of an earlier attempt of the same job, whose writer no longer holds the lease.
 
@@ -550,10 +552,10 @@ class JobStore:
             stale = self._db.execute("DELETE FROM uploads WHERE job_id = ? RETURNING *", (job_id,)).fetchall()
             row = self._db.execute(
                 "INSERT INTO uploads (id, job_id, worker_id, length, offset, temp_path, sha256, created_at, kind,"
-                " profile, output_path, filename, attempt, expires_at)"
-                " VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                " profile, output_path, filename, attempt, expires_at, bucket_upload_id)"
+                " VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                 (upload_id, job_id, worker_id, length, temp_path, sha256, now, kind, profile, output_path,
-                 filename, attempt, expires_at)).fetchone()
+                 filename, attempt, expires_at, bucket_upload_id)).fetchone()
         return Upload(**dict(row)), [Upload(**dict(r)) for r in stale]
 
     def _check_output_free(self, output_path: str) -> None:
@@ -618,11 +620,13 @@ class JobStore:
         return BucketUpload(**dict(row)) if row else None
 
     def live_bucket_uploads(self) -> set[str]:
-        """Upload ids of attempts still running: their job is processing that attempt."""
+        """S3 upload ids still in use: of attempts running (their job processing that attempt), and of sources
+        being sent that have not expired."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT b.upload_id FROM bucket_uploads b JOIN jobs j ON j.id = b.job_id"
-                " WHERE j.status = 'processing' AND j.attempts = b.attempt").fetchall()
+                " WHERE j.status = 'processing' AND j.attempts = b.attempt"
+                " UNION SELECT bucket_upload_id FROM uploads WHERE bucket_upload_id IS NOT NULL").fetchall()
         return {row[0] for row in rows}
 
     def forget_bucket_uploads(self, upload_ids: Iterable[str]) -> None:

@@ -111,6 +111,22 @@ class UploadRegistry:
                                              " resume it or choose another id") from None
         return upload
 
+    def create_for_bucket_source(self, *, job_id: str, length: int, profile: str, output_path: str | None,
+                                 filename: str, sha256: bytes, key: str, bucket_upload_id: str) -> Upload:
+        """A user's source sent straight to the bucket (as ``key``, multipart upload ``bucket_upload_id``); its job
+        is made once every part is stored. The same rules as for a tus source: one upload per job id."""
+        if self.store.job_exists(job_id):
+            raise errors.DUPLICATE_JOB.error(f"a job with id {job_id!r} already exists")
+        try:
+            upload, _ = self.store.create_upload(
+                upload_id=uuid.uuid4().hex, job_id=job_id, worker_id=None, length=length, temp_path=key,
+                sha256=sha256.hex(), expires_at=self.new_expiry(), kind="source", profile=profile,
+                output_path=output_path, filename=filename, bucket_upload_id=bucket_upload_id)
+        except DuplicateUpload as exc:
+            raise errors.DUPLICATE_JOB.error(f"upload {exc.upload.id} is already creating job {job_id!r};"
+                                             " resume it or choose another id") from None
+        return upload
+
     def _create(self, directory: Path, *, sha256: bytes | None, **row) -> tuple[Upload, list[Upload]]:
         """The row first, then its empty file, so that a refused creation leaves nothing on disk."""
         upload_id = uuid.uuid4().hex
@@ -200,17 +216,21 @@ class UploadRegistry:
         self._hashes.pop(upload.id, None)
 
     def forget(self, upload: Upload) -> None:
-        """Deleted, refused or replaced: row, hash and file go."""
+        """Deleted, refused or replaced: row, hash and file go (a bucket upload's parts: the upload reaper)."""
         self.store.delete_upload(upload.id)
         self._hashes.pop(upload.id, None)
-        self.temp_path(upload).unlink(missing_ok=True)
+        self._remove_file(upload)
+
+    def _remove_file(self, upload: Upload) -> None:
+        if upload.bucket_upload_id is None:
+            self.temp_path(upload).unlink(missing_ok=True)
 
     def remove_expired(self) -> list[Upload]:
         """Uploads nobody continued before their ``Upload-Expires``: forgotten, their bytes removed."""
         expired = self.store.delete_expired_uploads()
         for upload in expired:
             self._hashes.pop(upload.id, None)
-            self.temp_path(upload).unlink(missing_ok=True)
+            self._remove_file(upload)
         return expired
 
     def clean_at_start(self) -> int:

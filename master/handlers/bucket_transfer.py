@@ -26,6 +26,7 @@ from master import errors
 from master.auth import Access
 from master.handlers.file_receiving import ReceivingHandler
 from master.storage import BucketStorage
+from master.object_store import StoredPart
 from master.store import BucketUpload, Job
 
 log = logging.getLogger("converter.master")
@@ -49,13 +50,43 @@ class BucketTransferHandler(ReceivingHandler):
             raise errors.INVALID_WORKER_ID.error(f"send the worker's id in {protocol.WORKER_ID_HEADER}")
         return self.processing_job(self.job_id_argument()), worker_id
 
-    def declared_output(self, body: dict[str, Any]) -> tuple[int, str]:
+    def declared_file(self, body: dict[str, Any]) -> tuple[int, str]:
         size, sha256 = body.get("size"), body.get("sha256")
         if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= self.config.server.max_upload_size:
             raise errors.INVALID_FIELD.error(f"size must be an integer 0..{self.config.server.max_upload_size}")
         if not isinstance(sha256, str) or not _SHA256_HEX.match(sha256):
             raise errors.INVALID_FIELD.error("sha256 must be 64 lowercase hex digits")
         return size, sha256
+
+    @staticmethod
+    def part_digests(body: dict[str, Any], count: int) -> list[bytes]:
+        parts = body.get("parts")
+        if not isinstance(parts, list) or len(parts) != count:
+            raise errors.INVALID_FIELD.error(f"parts must list the SHA-256 of each of the {count} parts")
+        if not all(isinstance(p, str) and _SHA256_HEX.match(p) for p in parts):
+            raise errors.INVALID_FIELD.error("each of parts must be 64 lowercase hex digits")
+        return [bytes.fromhex(p) for p in parts]
+
+    async def plan(self, relative: str, upload_id: str, size: int, digests: list[bytes]) -> dict[str, Any]:
+        """Which parts the store holds, and presigned PUTs for the others: what a sender resumes from."""
+        sizes = self.expected_sizes(size)
+        stored = {part.number for part in await self.bucket.stored_parts(relative, upload_id)
+                  if sizes.get(part.number) == part.size}
+        missing = {number: digests[number - 1] for number in sizes if number not in stored}
+        parts = self.bucket.presigned_parts(relative, upload_id, missing)
+        return {"part_size": protocol.part_size_for(size, self.config.storage.s3.part_size),
+                "stored": sorted(stored), "expires_in": self.config.storage.s3.presign_expiry,
+                "parts": [{"number": p.number, "url": p.url, "headers": p.headers} for p in parts]}
+
+    async def stored_in_full(self, relative: str, upload_id: str, size: int) -> list[StoredPart]:
+        """Every part of the layout, stored with its size; 409 ``parts_incomplete`` naming the first missing."""
+        sizes = self.expected_sizes(size)
+        stored = await self.bucket.stored_parts(relative, upload_id)
+        wanted = [part for part in stored if sizes.get(part.number) == part.size]
+        if len(wanted) != len(sizes):
+            missing = sorted(set(sizes) - {part.number for part in wanted})
+            raise errors.PARTS_INCOMPLETE.error(f"{len(missing)} part(s) not stored yet, first {missing[0]}")
+        return wanted
 
     def expected_sizes(self, size: int) -> dict[int, int]:
         """Part number → size, for the layout ``protocol.part_size_for`` gives a file of ``size`` bytes."""
@@ -75,26 +106,10 @@ class OutputPartsHandler(BucketTransferHandler):
     async def post(self) -> None:
         job, worker_id = self.leased_job()
         body = self.json_body()
-        size, sha256 = self.declared_output(body)
-        sizes = self.expected_sizes(size)
-        digests = self._part_digests(body, len(sizes))
+        size, sha256 = self.declared_file(body)
+        digests = self.part_digests(body, len(self.expected_sizes(size)))
         upload = await self._upload_for(job, worker_id, size, sha256)
-        stored = {part.number for part in await self.bucket.stored_parts(job.output_path, upload.upload_id)
-                  if sizes.get(part.number) == part.size}
-        missing = {number: digests[number - 1] for number in sizes if number not in stored}
-        parts = self.bucket.presigned_parts(job.output_path, upload.upload_id, missing)
-        self.write_json({"part_size": protocol.part_size_for(size, self.config.storage.s3.part_size),
-                         "stored": sorted(stored), "expires_in": self.config.storage.s3.presign_expiry,
-                         "parts": [{"number": p.number, "url": p.url, "headers": p.headers} for p in parts]})
-
-    @staticmethod
-    def _part_digests(body: dict[str, Any], count: int) -> list[bytes]:
-        parts = body.get("parts")
-        if not isinstance(parts, list) or len(parts) != count:
-            raise errors.INVALID_FIELD.error(f"parts must list the SHA-256 of each of the {count} parts")
-        if not all(isinstance(p, str) and _SHA256_HEX.match(p) for p in parts):
-            raise errors.INVALID_FIELD.error("each of parts must be 64 lowercase hex digits")
-        return [bytes.fromhex(p) for p in parts]
+        self.write_json(await self.plan(job.output_path, upload.upload_id, size, digests))
 
     async def _upload_for(self, job: Job, worker_id: str, size: int, sha256: str) -> BucketUpload:
         """This attempt's upload of this output: the recorded one, or a new one (an old one is aborted)."""
@@ -116,16 +131,11 @@ class OutputPartsHandler(BucketTransferHandler):
 class OutputCompleteHandler(BucketTransferHandler):
     async def post(self) -> None:
         job, worker_id = self.leased_job()
-        size, sha256 = self.declared_output(self.json_body())
+        size, sha256 = self.declared_file(self.json_body())
         upload = self.store.bucket_upload(job.id)
         if upload is None or (upload.attempt, upload.size, upload.sha256) != (job.attempts, size, sha256):
             raise errors.PARTS_INCOMPLETE.error("no upload of this output is open: ask for its parts first")
-        sizes = self.expected_sizes(size)
-        stored = await self.bucket.stored_parts(job.output_path, upload.upload_id)
-        wanted = [part for part in stored if sizes.get(part.number) == part.size]
-        if len(wanted) != len(sizes):
-            missing = sorted(set(sizes) - {part.number for part in wanted})
-            raise errors.PARTS_INCOMPLETE.error(f"{len(missing)} part(s) not stored yet, first {missing[0]}")
+        wanted = await self.stored_in_full(job.output_path, upload.upload_id, size)
         job = self.processing_job(job.id)  # still ours after the awaits
         try:
             await self.bucket.complete_upload(job.output_path, upload.upload_id, wanted)

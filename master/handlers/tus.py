@@ -162,6 +162,8 @@ class TusUploadHandler(_TusHandler):
 
     def _authorized_upload(self, upload_id: str) -> Upload:
         upload = self.store.get_upload(upload_id)
+        if upload.bucket_upload_id is not None:  # a source going straight to the bucket: not a tus upload
+            raise errors.UPLOAD_NOT_FOUND.error(f"no tus upload {upload_id}")
         if upload.kind == "source":
             self.authorize(Access.ADMIN)  # a user's source: the admin token, not a worker's
         else:

@@ -244,6 +244,67 @@ def test_bucket_routes_refuse_what_does_not_fit(bucketed):
     assert shared.status_code == 400 and shared.json()["error"] == "not_with_bucket"
 
 
+# -- a user's source sent straight to the bucket ---------------------------------------------------------
+
+def test_a_source_upload_resumes_from_stored_parts_and_creates_its_job_once(bucketed):
+    data = bytes(range(256)) * (6 * MiB // 256)  # two parts: 5 + 1 MiB
+    declared = PresignedWorker.declare(data, 5 * MiB)
+    assert requests.get(f"{bucketed.url}{protocol.SOURCE_UPLOADS}", timeout=10).json() == {"part_size": 5 * MiB}
+    created = requests.post(f"{bucketed.url}{protocol.SOURCE_UPLOADS}", timeout=30, json={
+        **declared, "profile": "h264-720p", "id": "up1", "filename": "Holiday.MOV"})
+    assert created.status_code == 201, created.text
+    plan = created.json()
+    assert plan["job_id"] == "up1" and [p["number"] for p in plan["parts"]] == [1, 2]
+    assert put(plan["parts"][0], data[:5 * MiB]).status_code == 200
+    twice = requests.post(f"{bucketed.url}{protocol.SOURCE_UPLOADS}", timeout=30, json={
+        **declared, "profile": "h264-720p", "id": "up1"})
+    assert twice.status_code == 409 and twice.json()["error"] == "duplicate_job"
+    location = f"{bucketed.url}{protocol.SOURCE_UPLOADS}/{plan['upload_id']}"
+    early = requests.post(f"{location}/complete", json={}, timeout=30)
+    assert early.status_code == 409 and early.json()["error"] == "parts_incomplete"
+    other = requests.post(location, json=PresignedWorker.declare(b"another file", 5 * MiB), timeout=30)
+    assert other.status_code == 400 and other.json()["error"] == "invalid_field"
+    resumed = requests.post(location, json=declared, timeout=30).json()
+    assert resumed["stored"] == [1] and [p["number"] for p in resumed["parts"]] == [2]
+    assert put(resumed["parts"][0], data[5 * MiB:]).status_code == 200
+    done = requests.post(f"{location}/complete", json={}, timeout=30)
+    assert done.status_code == 201, done.text
+    job = done.json()
+    assert job["id"] == "up1" and job["source_sha256"] == declared["sha256"] and job["source_size"] == len(data)
+    assert job["source_path"].startswith("incoming/") and job["source_path"].endswith(".mov")
+    assert job["output_path"] == "converted/Holiday.mp4" and bucketed.stored(job["source_path"]) == data
+    again = requests.post(f"{location}/complete", json={}, timeout=30)
+    assert again.status_code == 404 and again.json()["error"] == "upload_not_found"
+    assert bucketed.bucket.open_uploads() == []
+
+
+def test_an_abandoned_source_upload_expires_and_its_parts_are_aborted(tmp_path, seaweedfs):
+    cluster = Cluster(tmp_path, bucket=seaweedfs, lease_seconds=1, upload_expiry=1)
+    try:
+        declared = PresignedWorker.declare(b"half", 5 * MiB)
+        plan = requests.post(f"{cluster.url}{protocol.SOURCE_UPLOADS}", timeout=30, json={
+            **declared, "profile": "h264-720p", "id": "gone"}).json()
+        assert put(plan["parts"][0], b"half").status_code == 200 and len(cluster.bucket.open_uploads()) == 1
+        wait_for(lambda: cluster.bucket.open_uploads() == [], 20, 0.2, "the expired upload's parts to be aborted")
+        assert requests.post(f"{cluster.url}{protocol.SOURCE_UPLOADS}/{plan['upload_id']}", json=declared,
+                             timeout=30).status_code == 404
+        assert requests.get(f"{cluster.url}/api/jobs/gone", timeout=10).status_code == 404
+    finally:
+        cluster.stop()
+
+
+def test_source_uploads_are_a_bucket_route(any_cluster):
+    answer = requests.get(f"{any_cluster.url}{protocol.SOURCE_UPLOADS}", timeout=10)
+    if any_cluster.bucket is None:
+        assert answer.status_code == 400 and answer.json()["error"] == "not_with_bucket"
+    else:
+        assert answer.status_code == 200
+    empty = requests.post(f"{any_cluster.url}{protocol.SOURCE_UPLOADS}", timeout=10, json={
+        "size": 0, "sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "parts": [],
+        "profile": "h264-720p"})
+    assert empty.status_code == 400
+
+
 # -- the store refusing or away -------------------------------------------------------------------------
 
 def test_a_store_that_refuses_the_master_gets_a_clear_502_and_no_job(tmp_path, seaweedfs):

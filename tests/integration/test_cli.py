@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.fixtures import ffmpeg_available, ffprobe, free_port, wait_for
 
@@ -63,6 +64,9 @@ def test_upload_watch_download_gives_the_verified_output(any_cluster, clip_2s, t
     job = json.loads(submitted.stdout)
     assert job["source_path"].startswith("incoming/") and job["output_path"] == "converted/clip.mp4"
     assert job["source_sha256"] == sha256(clip_2s)
+    if cluster.bucket is not None:  # sent straight to the bucket: not one body byte through the master
+        assert cluster.stored(job["source_path"]) == clip_2s.read_bytes()
+        assert "converter_master_bytes_received_total 0.0" in requests.get(f"{cluster.url}/metrics", timeout=10).text
 
     watched = converterctl(cluster.url, "watch", job["id"], "--interval", "0.2", "--max-time", "120")
     assert watched.returncode == 0, watched.stdout + watched.stderr
