@@ -41,7 +41,7 @@ from master.storage import BucketStorage, make_storage
 from master.store import JobStore
 from master.uploads import UploadRegistry
 from master.wakeup import WakeUpSignal
-from master.watch import InboxWatcher
+from master.watch import BucketInboxWatcher, InboxWatcher
 
 log = logging.getLogger("converter.master")
 access_log = logging.getLogger("tornado.access")
@@ -126,7 +126,7 @@ class RunningMaster:
     port: int
     metrics: MasterMetrics
     wakeup: WakeUpSignal
-    watcher: InboxWatcher | None = None
+    watcher: InboxWatcher | BucketInboxWatcher | None = None
     upload_reaper: "AbandonedUploadReaper | None" = None
 
     def stop(self) -> None:
@@ -181,7 +181,7 @@ def start_master(config: MasterConfig, store: JobStore, registry: CollectorRegis
         upload_reaper.start()
     watcher = None
     if config.watch.inbox is not None:
-        watcher = InboxWatcher(services)
+        watcher = BucketInboxWatcher(services) if services.storage.in_bucket else InboxWatcher(services)
         watcher.start()
     return RunningMaster(server=server, reaper=reaper, port=port, metrics=metrics, wakeup=wakeup,
                          watcher=watcher, upload_reaper=upload_reaper)

@@ -72,7 +72,7 @@ class MasterMetrics:
             self.object_store_bytes.labels(direction)
         for operation in ("get", "put_part"):
             self.presigned_urls.labels(operation)
-        for operation in ("head", "get", "put", "delete", "create_upload", "list_parts", "complete_upload",
+        for operation in ("head", "get", "put", "delete", "list", "create_upload", "list_parts", "complete_upload",
                           "abort_upload", "list_uploads"):
             self.object_store_errors.labels(operation)
         self.uploads_aborted = Counter("converter_master_object_store_uploads_aborted",

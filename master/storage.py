@@ -30,7 +30,7 @@ from master.config import MasterConfig, S3Config
 from master.metrics import MasterMetrics
 from master.paths import check_output_parent, require_file, resolve_in_root, storage_relative
 from master.object_store import (ObjectExists, ObjectStore, ObjectStoreError, ObjectStoreUnavailable, OpenUpload,
-                                 PresignedPart, S3Settings, StoredObject, StoredPart)
+                                 PresignedPart, S3Settings, StoredKey, StoredObject, StoredPart)
 
 log = logging.getLogger("converter.master")
 SHA256_METADATA = "sha256"  # x-amz-meta-sha256: the object's SHA-256 (hex), set by us or by whoever stored it
@@ -125,6 +125,17 @@ class BucketStorage:
 
     def key(self, relative: str) -> str:
         return self.objects.key(relative)
+
+    def relative(self, key: str) -> str:
+        """The storage-relative path of one of our keys (the prefix taken off)."""
+        prefix = self.settings.prefix.strip("/")
+        return key[len(prefix) + 1:] if prefix else key
+
+    async def list(self, relative_prefix: str) -> list[StoredKey]:
+        """The objects whose paths start with ``relative_prefix``."""
+        prefix = self.settings.prefix.strip("/")
+        return await self.call("list", self.objects.list_keys, f"{prefix}/{relative_prefix}" if prefix
+                               else relative_prefix)
 
     async def head(self, relative: str) -> StoredObject | None:
         try:

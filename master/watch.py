@@ -12,11 +12,12 @@ import hashlib
 import logging
 import os
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import tornado.ioloop
 
 from master.errors import ApiError
+from master.object_store import ObjectStoreError
 from master.intake import default_outputs
 from master.paths import storage_relative
 from master.store import DuplicateJob, StoreError
@@ -102,6 +103,78 @@ class InboxWatcher:
                 log.warning("watch folder: %s already has job %s", relative, job_id)
             return
         except (ApiError, StoreError, OSError) as exc:
+            log.error("watch folder: no job for %s: %s", relative, exc)
+            return
+        log.info("watch folder: %s became job %s -> %s", relative, job.id, job.output_path)
+
+
+class BucketInboxWatcher:
+    """``watch.inbox`` with the bucket backend: a key prefix in the bucket.
+
+    An object under it whose size and ETag have not changed for ``watch.stable_seconds`` becomes a job, once per
+    version: the job id is derived from its key and ETag, so a rescan, a restart or a second master finds the
+    job already there. The object stays where it is (a bucket has no cheap rename; ``watch.accepted_dir`` is
+    not used); a new version under the same key is a new job.
+    """
+
+    def __init__(self, services) -> None:
+        self.services = services
+        self.config = services.config
+        self.storage = services.storage
+        self.inbox = self.config.watch.inbox.strip("/") + "/"
+        self._pending: dict[str, tuple[int, str, float]] = {}  # relative key → (size, etag, unchanged since)
+        self._busy = False
+        self._timer: tornado.ioloop.PeriodicCallback | None = None
+
+    def start(self) -> None:
+        self._timer = tornado.ioloop.PeriodicCallback(self._tick, self.config.watch.interval * 1000)
+        self._timer.start()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+
+    async def _tick(self) -> None:
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            await self.scan()
+        except ObjectStoreError as exc:
+            log.warning("watch folder: cannot list the bucket's inbox: %s", exc)
+        finally:
+            self._busy = False
+
+    async def scan(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        present = set()
+        for stored in await self.storage.list(self.inbox):
+            relative = self.storage.relative(stored.key)
+            if relative.endswith("/") or PurePosixPath(relative).name.startswith("."):
+                continue
+            present.add(relative)
+            seen = self._pending.get(relative)
+            if seen is None or seen[:2] != (stored.size, stored.etag):
+                self._pending[relative] = (stored.size, stored.etag, now)
+            elif now - seen[2] >= self.config.watch.stable_seconds:
+                del self._pending[relative]
+                await self._submit(relative, stored.etag)
+        for gone in set(self._pending) - present:
+            del self._pending[gone]
+
+    async def _submit(self, relative: str, etag: str) -> None:
+        job_id = "watch-" + hashlib.sha256(f"{relative}\0{etag}".encode()).hexdigest()[:16]
+        if self.services.store.job_exists(job_id):
+            return  # this version already became a job
+        profile = self.config.watch.profile
+        name = PurePosixPath(relative).name
+        try:
+            job = await self.services.intake.from_stored_file(
+                job_id=job_id, source=relative, outputs=default_outputs(self.storage, name, profile, job_id),
+                profile=profile)
+        except DuplicateJob:
+            return
+        except (ApiError, StoreError, ObjectStoreError) as exc:
             log.error("watch folder: no job for %s: %s", relative, exc)
             return
         log.info("watch folder: %s became job %s -> %s", relative, job.id, job.output_path)

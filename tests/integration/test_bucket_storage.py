@@ -305,6 +305,31 @@ def test_source_uploads_are_a_bucket_route(any_cluster):
     assert empty.status_code == 400
 
 
+def test_objects_dropped_under_the_inbox_prefix_become_jobs_once_per_version(tmp_path, seaweedfs):
+    cluster = Cluster(tmp_path, bucket=seaweedfs, watch={"inbox": "inbox", "stable_seconds": 0.3, "interval": 0.1})
+    try:
+        cluster.bucket.put("inbox/Show S01E01.mkv", b"first version")
+        cluster.bucket.put("inbox/.hidden", b"ignored")
+        cluster.bucket.put("elsewhere/x.mkv", b"not in the inbox")
+
+        def jobs() -> list[dict]:
+            return requests.get(f"{cluster.url}/api/jobs", timeout=10).json()["jobs"]
+
+        first = wait_for(lambda: jobs(), 20, what="the inbox object to become a job")[0]
+        assert first["source_path"] == "inbox/Show S01E01.mkv" and first["output_path"] == "converted/Show S01E01.mp4"
+        assert first["source_sha256"] == sha256(b"first version") and first["id"].startswith("watch-")
+        cluster.bucket.put("inbox/Show S01E01.mkv", b"second version, re-exported")
+        both = wait_for(lambda: len(jobs()) == 2 and jobs(), 20, what="the new version to become a job")
+        assert {job["source_sha256"] for job in both} == {sha256(b"first version"),
+                                                          sha256(b"second version, re-exported")}
+        newest = next(job for job in both if job["id"] != first["id"])
+        assert newest["output_path"] == f"converted/Show S01E01-{newest['id']}.mp4"  # never the first one's
+        scans = requests.get(f"{cluster.url}/metrics", timeout=10).text
+        assert len(jobs()) == 2 and "converter_master_jobs_submitted_total 2.0" in scans
+    finally:
+        cluster.stop()
+
+
 # -- the store refusing or away -------------------------------------------------------------------------
 
 def test_a_store_that_refuses_the_master_gets_a_clear_502_and_no_job(tmp_path, seaweedfs):
