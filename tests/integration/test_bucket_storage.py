@@ -408,3 +408,15 @@ def _answers(url: str) -> bool:
         return requests.get(f"{url}/healthz", timeout=1).ok
     except requests.ConnectionError:
         return False
+
+
+def test_an_empty_output_is_one_empty_part(bucketed):
+    submit_one(bucketed)
+    hand = PresignedWorker(bucketed)
+    hand.claim()
+    declared = hand.declare(b"", 5 * MiB)
+    plan = hand.ask(protocol.WORKER_OUTPUT_PARTS, "p1", declared).json()
+    assert [p["number"] for p in plan["parts"]] == [1] and put(plan["parts"][0], b"").status_code == 200
+    done = hand.ask(protocol.WORKER_OUTPUT_COMPLETE, "p1", {"size": 0, "sha256": declared["sha256"]})
+    assert done.status_code == 200, done.text
+    assert bucketed.stored("out/p1.mp4") == b""
