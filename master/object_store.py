@@ -107,6 +107,35 @@ class PresignedPart:
     headers: dict[str, str]
 
 
+class FileSlice:
+    """Bytes ``[start, start + length)`` of an open file as a seekable stream, so that boto3 reads a part in
+    blocks (to sign and send it) instead of the master holding a whole part in memory."""
+
+    def __init__(self, file, start: int, length: int) -> None:
+        self._file, self._start, self._length, self._position = file, start, length, 0
+
+    def read(self, size: int = -1) -> bytes:
+        remaining = self._length - self._position
+        size = remaining if size is None or size < 0 else min(size, remaining)
+        if size <= 0:
+            return b""
+        self._file.seek(self._start + self._position)
+        data = self._file.read(size)
+        self._position += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._length}[whence]
+        self._position = max(0, min(self._length, base + offset))
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def __len__(self) -> int:
+        return self._length
+
+
 class ObjectBody:
     """An object's bytes as they arrive: ``read(n)`` (a cut or a timeout is ``ObjectStoreUnavailable``), ``close()``.
     ``etag`` is the store's ETag: the MD5 of the bytes for an object stored in one PUT (``plain_md5``)."""
@@ -212,12 +241,13 @@ class ObjectStore:
             parts = []
             with open(path, "rb") as file:
                 for number in range(1, part_count(size, part_size) + 1):
-                    data = file.read(part_size)
+                    start = (number - 1) * part_size
+                    length = min(part_size, size - start)
                     etag = self._call("upload_part", Key=key, UploadId=upload_id, PartNumber=number,
-                                      Body=data)["ETag"]
-                    parts.append(StoredPart(number, len(data), etag))
+                                      Body=FileSlice(file, start, length), ContentLength=length)["ETag"]
+                    parts.append(StoredPart(number, length, etag))
                     if on_bytes is not None:
-                        on_bytes(len(data))
+                        on_bytes(length)
             self.complete(key, upload_id, parts)
         except BaseException:
             self.abort(key, upload_id)
