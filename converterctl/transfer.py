@@ -56,16 +56,20 @@ def upload_source(client: Client, path: Path, request: SourceRequest, state: Upl
     ``resume`` is False. A cut transfer or an absent master is retried with ``retry``'s backoff, its
     count starting over whenever the master's offset moved forward; ``notify`` hears of each wait.
     """
-    upload = source_upload(client, path, request, state, resume=resume)
-    failures, reached = 0, upload.offset
+    upload: SourceUpload | None = None  # tus or bucket: the master says which, once it answers
+    failures, reached = 0, 0
     while True:
         try:
+            if upload is None:
+                upload = source_upload(client, path, request, state, resume=resume)
+                reached = upload.offset
             return upload.send(show_progress)
         except (Unreachable, ApiError) as exc:
             if isinstance(exc, ApiError) and exc.code not in protocol.TUS_RESUME_CODES:
                 raise
-            failures = 1 if upload.offset > reached else failures + 1
-            reached = upload.offset
+            offset = upload.offset if upload is not None else 0
+            failures = 1 if offset > reached else failures + 1
+            reached = offset
             if retry.exhausted(failures):
                 raise _given_up(exc, upload, failures) from None
             delay = retry.delay(failures)
@@ -73,8 +77,8 @@ def upload_source(client: Client, path: Path, request: SourceRequest, state: Upl
             retry.sleep(delay)
 
 
-def _given_up(exc: CliError, upload: "SourceUpload", tries: int) -> CliError:
-    if not isinstance(exc, Unreachable) or upload.current is None:
+def _given_up(exc: CliError, upload: "SourceUpload | None", tries: int) -> CliError:
+    if not isinstance(exc, Unreachable) or upload is None or upload.current is None:
         return exc
     return Unreachable(f"{exc} (gave up after {tries} tries in a row; run the same command again to resume the upload)")
 
