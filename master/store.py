@@ -1,12 +1,14 @@
 """The job store: every SQL statement of the master lives here.
 
 Each change of a job's status goes through ``_move``: one UPDATE whose WHERE clause names the
-allowed old states (from ``master.states``), so a race between two requests is settled by SQLite.
+allowed old states (from ``master.states``), so a race between two requests (or two masters) is settled by
+the database. The SQL is SQLite's; ``master/database.py`` runs the same statements on PostgreSQL.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -15,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from master.database import open_database
 from master.states import ACTIVE, JobStatus, Transition
 
 SCHEMA = """
@@ -63,7 +66,7 @@ CREATE TABLE IF NOT EXISTS uploads (
     job_id      TEXT NOT NULL,
     worker_id   TEXT,
     length      INTEGER NOT NULL,
-    offset      INTEGER NOT NULL DEFAULT 0,
+    "offset"    INTEGER NOT NULL DEFAULT 0,
     temp_path   TEXT NOT NULL,
     sha256      TEXT,
     created_at  REAL NOT NULL,
@@ -170,7 +173,7 @@ class Job:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Job":
-        values = dict(row)
+        values = {name: row[name] for name in _JOB_FIELDS}
         values["status"] = JobStatus(values["status"])
         return cls(**values)
 
@@ -178,6 +181,9 @@ class Job:
         data = asdict(self)
         data["status"] = self.status.value
         return data
+
+
+_JOB_FIELDS = tuple(Job.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -236,21 +242,24 @@ class UploadNotFound(StoreError):
 
 
 class JobStore:
-    """SQLite-backed queue. Thread-safe: one connection guarded by a lock (calls are short)."""
+    """The queue, in SQLite (a file) or PostgreSQL (``postgresql://...``, shared by several masters). Thread-safe:
+    one connection guarded by a lock (calls are short)."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a commit survives a crash of the process; only an OS crash may lose the last ones.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(SCHEMA)
-        self._add_missing_columns()
-        self._db.execute(OUTPUT_OWNER_INDEX)
+        self._db = open_database(path)
+        self.dialect = self._db.dialect
+        if self.dialect == "postgres":
+            with self._db.transaction():
+                self._db.execute("SELECT pg_advisory_xact_lock(4242001)")  # one master migrates at a time
+                self._db.executescript(postgres_schema(SCHEMA))
+                self._add_missing_columns()
+                self._db.execute(OUTPUT_OWNER_INDEX)
+        else:
+            self._db.executescript(SCHEMA)
+            self._add_missing_columns()
+            self._db.execute(OUTPUT_OWNER_INDEX)
 
     def _add_missing_columns(self) -> None:
         """Bring a database made by an earlier build up to ``SCHEMA``: columns it lacks are added.
@@ -264,13 +273,14 @@ class JobStore:
             wanted.executescript(SCHEMA)
             tables = [row[0] for row in wanted.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
             for table in tables:
-                have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                have = self._db.columns(table)
                 for _cid, name, kind, not_null, default, _pk in wanted.execute(f"PRAGMA table_info({table})"):
                     if name in have:
                         continue
                     if not_null and default is None:
                         raise sqlite3.OperationalError(
                             f"{self.path}: table {table} lacks column {name}, which cannot be added to old rows")
+                    kind = postgres_schema(kind) if self.dialect == "postgres" else kind
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"
                                      + (" NOT NULL" if not_null else "")
                                      + (f" DEFAULT {default}" if default is not None else ""))
@@ -288,13 +298,8 @@ class JobStore:
             if self._db.in_transaction:
                 yield
                 return
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._db.transaction():
                 yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     # -- jobs ---------------------------------------------------------------------------------
 
@@ -318,9 +323,9 @@ class JobStore:
                     (job_id, JobStatus.PENDING.value, source_path, output_path, profile, source_size, source_sha256,
                      source_mtime_ns, max_attempts, now, now),
                 ).fetchone()
-            except sqlite3.IntegrityError as exc:
+            except self._db.IntegrityError as exc:
                 if _is_output_owner_violation(exc):
-                    raise self._output_busy(output_path) from exc
+                    raise OutputBusy(output_path, "another job") from exc  # a race the check above lost
                 raise DuplicateJob(job_id) from exc
             if consumed_upload is not None:
                 self._db.execute("DELETE FROM uploads WHERE id = ?", (consumed_upload,))
@@ -366,10 +371,13 @@ class JobStore:
         """
         now = time.time() if now is None else now
         size_limit = max_source_size if max_source_size is not None else 2**62
+        # PostgreSQL: rows another master is claiming right now are skipped, not waited for (and not lost: a
+        # plain subquery would pick the same row, whose UPDATE then matches nothing once the other commits)
+        skip_locked = " FOR UPDATE SKIP LOCKED" if self.dialect == "postgres" else ""
         rows = self._move(
             Transition.CLAIM,
             "rowid = (SELECT rowid FROM jobs WHERE status = ? AND not_before <= ? AND source_size <= ?"
-            " ORDER BY rowid LIMIT 1)",
+            f" ORDER BY rowid LIMIT 1{skip_locked})",
             (JobStatus.PENDING.value, now, size_limit),
             now=now,
             set_sql="worker_id = :worker, lease_expires_at = :lease, attempts = attempts + 1, claimed_at = :now,"
@@ -521,9 +529,11 @@ class JobStore:
         with self._lock:
             try:
                 rows = self._db.execute(sql, named).fetchall()
-            except sqlite3.IntegrityError as exc:
+            except self._db.IntegrityError as exc:
                 if not _is_output_owner_violation(exc):
                     raise
+                if self._db.in_transaction and self.dialect == "postgres":  # the transaction is spoilt: no SELECT
+                    raise OutputBusy("(its output)", "another job") from exc
                 output = self._db.execute(f"SELECT output_path FROM jobs WHERE {condition}", named).fetchone()
                 raise self._output_busy(output[0] if output else "?") from exc
         return [Job.from_row(r) for r in rows]
@@ -551,7 +561,7 @@ class JobStore:
                 self._check_output_free(output_path)
             stale = self._db.execute("DELETE FROM uploads WHERE job_id = ? RETURNING *", (job_id,)).fetchall()
             row = self._db.execute(
-                "INSERT INTO uploads (id, job_id, worker_id, length, offset, temp_path, sha256, created_at, kind,"
+                "INSERT INTO uploads (id, job_id, worker_id, length, \"offset\", temp_path, sha256, created_at, kind,"
                 " profile, output_path, filename, attempt, expires_at, bucket_upload_id)"
                 " VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                 (upload_id, job_id, worker_id, length, temp_path, sha256, now, kind, profile, output_path,
@@ -576,7 +586,7 @@ class JobStore:
     def set_upload_offset(self, upload_id: str, offset: int, expires_at: float | None = None) -> None:
         """Where the upload's bytes end now; each PATCH that stores bytes also pushes its expiry back."""
         with self._lock:
-            self._db.execute("UPDATE uploads SET offset = ?, expires_at = COALESCE(?, expires_at) WHERE id = ?",
+            self._db.execute("UPDATE uploads SET \"offset\" = ?, expires_at = COALESCE(?, expires_at) WHERE id = ?",
                              (offset, expires_at, upload_id))
 
     def delete_expired_uploads(self, now: float | None = None) -> list[Upload]:
@@ -609,9 +619,11 @@ class JobStore:
         now = time.time() if now is None else now
         with self._lock:
             cursor = self._db.execute(
-                "INSERT OR REPLACE INTO bucket_uploads (job_id, attempt, upload_id, size, sha256, created_at)"
+                "INSERT INTO bucket_uploads (job_id, attempt, upload_id, size, sha256, created_at)"
                 " SELECT id, attempts, ?, ?, ?, ? FROM jobs WHERE id = ? AND status = 'processing'"
-                " AND worker_id = ?", (upload_id, size, sha256, now, job_id, worker_id))
+                " AND worker_id = ? ON CONFLICT (job_id) DO UPDATE SET attempt = excluded.attempt,"
+                " upload_id = excluded.upload_id, size = excluded.size, sha256 = excluded.sha256,"
+                " created_at = excluded.created_at", (upload_id, size, sha256, now, job_id, worker_id))
             return cursor.rowcount == 1
 
     def bucket_upload(self, job_id: str) -> BucketUpload | None:
@@ -694,7 +706,7 @@ class JobStore:
     def explain_waiting(self, online_since: float) -> None:
         """Say in each pending job that no online worker can hold it, when that is why it waits (and stop
         saying it once one can). A job needs room for its source and an output of about the same size."""
-        with self._lock, self._db:
+        with self._transaction():
             largest = self._db.execute("SELECT MAX(cache_free_bytes) FROM workers WHERE last_seen_at >= ?",
                                        (online_since,)).fetchone()[0]
             if largest is None:
@@ -728,8 +740,17 @@ def _human_size(size: int) -> str:
     return f"{size} B"
 
 
-def _is_output_owner_violation(exc: sqlite3.IntegrityError) -> bool:
-    return "jobs.output_path" in str(exc)
+def _is_output_owner_violation(exc: Exception) -> bool:
+    return "jobs.output_path" in str(exc) or "jobs_one_owner_per_output" in str(exc)
+
+
+def postgres_schema(sql: str) -> str:
+    """``SCHEMA`` (SQLite's types) for PostgreSQL: 64-bit integers, double floats, and ``seq``, the insertion
+    order SQLite keeps in ``rowid``."""
+    sql = re.sub(r"\bINTEGER\b", "BIGINT", sql)
+    sql = re.sub(r"\bREAL\b", "DOUBLE PRECISION", sql)
+    return sql.replace("CREATE TABLE IF NOT EXISTS jobs (",
+                       "CREATE TABLE IF NOT EXISTS jobs (\n    seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,")
 
 
 def _marks(items: Iterable[Any]) -> str:

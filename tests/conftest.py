@@ -45,25 +45,56 @@ def pytest_terminal_summary(terminalreporter):
 
 # One SeaweedFS for the whole test session: with xdist the controller starts it before the test processes and
 # hands them its address in the environment (they inherit it); a run without xdist starts it on first use.
+# PostgreSQL the same way (its port in CONVERTER_TEST_PG); each test makes a database of its own.
 S3_ENV = "CONVERTER_TEST_S3"
-_controller_s3 = None
+PG_ENV = "CONVERTER_TEST_PG"
+_controller_servers: list = []
 
 
 def pytest_configure(config):
-    global _controller_s3
     if hasattr(config, "workerinput") or os.environ.get(S3_ENV) or not getattr(config.option, "numprocesses", None):
         return
+    from tests.postgres import PostgreSQL
     from tests.seaweedfs import SeaweedFS
 
-    _controller_s3 = SeaweedFS(Path(tempfile.mkdtemp(prefix="converter-test-s3-"))).start()
-    os.environ[S3_ENV] = _controller_s3.endpoint
+    s3 = SeaweedFS(Path(tempfile.mkdtemp(prefix="converter-test-s3-"))).start()
+    _controller_servers.append(s3)
+    os.environ[S3_ENV] = s3.endpoint
+    postgres = PostgreSQL(Path(tempfile.mkdtemp(prefix="converter-test-pg-"))).start()
+    _controller_servers.append(postgres)
+    os.environ[PG_ENV] = str(postgres.port)
 
 
 def pytest_unconfigure(config):
-    if _controller_s3 is not None:
-        _controller_s3.stop()
-        shutil.rmtree(_controller_s3.workdir, ignore_errors=True)
-        os.environ.pop(S3_ENV, None)
+    for server in _controller_servers:
+        server.stop()
+        shutil.rmtree(server.workdir, ignore_errors=True)
+    _controller_servers.clear()
+    os.environ.pop(S3_ENV, None)
+    os.environ.pop(PG_ENV, None)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL 15 (initdb + pg_ctl in a temp dir), shared by the session: ``postgres.new_database()``
+    gives each test an empty database of its own."""
+    from tests.postgres import PostgreSQL
+
+    if os.environ.get(PG_ENV):
+        yield PostgreSQL.running_at(int(os.environ[PG_ENV]))
+        return
+    server = PostgreSQL(Path(tempfile.mkdtemp(prefix="converter-test-pg-"))).start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request, tmp_path) -> str:
+    """Where a store keeps its tables, on each backend: a SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "jobs.db")
+    return request.getfixturevalue("postgres").new_database()
 
 
 @pytest.fixture(scope="session")

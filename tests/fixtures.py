@@ -233,7 +233,7 @@ class Cluster:
     """A real master process and real worker processes, with the knobs fault tests need."""
 
     def __init__(self, tmp: Path, *, storage_root: Path | None = None, bucket=None, s3: dict | None = None,
-                 watch: dict | None = None, **jobs: Any):
+                 watch: dict | None = None, database: dict | None = None, **jobs: Any):
         self.tmp = tmp
         self.root = storage_root or tmp / "storage"
         self.port = free_port()
@@ -245,7 +245,7 @@ class Cluster:
         self.master_config = write_yaml(tmp / "master.yaml", {
             "server": {"host": "127.0.0.1", "port": self.port},
             "storage": self.storage,
-            "database": {"path": str(tmp / "master.db")},
+            "database": database or {"path": str(tmp / "master.db")},
             "jobs": {"lease_seconds": 5, "retry_delay": 0, "max_claim_wait": 5, **jobs},
             **({"watch": watch} if watch else {}),
         })

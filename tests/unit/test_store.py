@@ -7,8 +7,9 @@ from master.store import DuplicateJob, InvalidTransition, JobNotFound, JobStore,
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = JobStore(tmp_path / "jobs.db")
+def store(database):
+    """The store on each backend: SQLite, then PostgreSQL (the same tests, the same statements)."""
+    s = JobStore(database)
     yield s
     s.close()
 
@@ -76,6 +77,34 @@ class TestClaim:
             t.join()
         ids = [j for jobs in claimed.values() for j in jobs]
         assert len(ids) == 200 and len(set(ids)) == 200
+
+
+    def test_two_masters_on_one_postgresql_claim_each_job_exactly_once(self, postgres):
+        """Two stores (two masters' connections) on one database, two claimers each: 200 jobs, none twice,
+        none lost, and no claimer comes back empty while jobs are left (SKIP LOCKED, not a lost update)."""
+        url = postgres.new_database()
+        masters = [JobStore(url), JobStore(url)]
+        try:
+            for i in range(200):
+                add(masters[0], f"j{i}", f"out/{i}.mp4")
+            claimed: dict[str, list[str]] = {f"m{m}w{w}": [] for m in range(2) for w in range(2)}
+
+            def claimer(name: str) -> None:
+                store = masters[int(name[1])]
+                while (job := store.claim_next(name, 30)) is not None:
+                    claimed[name].append(job.id)
+
+            threads = [threading.Thread(target=claimer, args=(name,)) for name in claimed]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            ids = [j for jobs in claimed.values() for j in jobs]
+            assert len(ids) == 200 and len(set(ids)) == 200
+            assert masters[1].counts_by_status()["pending"] == 0
+        finally:
+            for store in masters:
+                store.close()
 
 
 class TestTransitions:

@@ -16,8 +16,8 @@ from tests.fixtures import master_config
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = JobStore(tmp_path / "master.db")
+def store(database):
+    s = JobStore(database)
     yield s
     s.close()
 

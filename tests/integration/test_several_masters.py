@@ -1,0 +1,52 @@
+"""Several masters, one queue: PostgreSQL holds the jobs, a bucket holds the files, any master serves any worker.
+
+Real processes: two ``converter-master`` on one PostgreSQL database and one SeaweedFS bucket prefix, a worker
+on each, jobs submitted to either. Every job is done exactly once, whichever master took it in.
+"""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from tests.fixtures import Cluster, ffmpeg_available, make_clip, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(not ffmpeg_available(), reason="ffmpeg not installed")]
+
+
+@pytest.fixture
+def two_masters(tmp_path, postgres, seaweedfs):
+    url = postgres.new_database()
+    prefix = seaweedfs.prefix()
+    masters = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        masters.append(Cluster(tmp_path / name, bucket=seaweedfs, s3={"prefix": prefix}, database={"url": url},
+                               lease_seconds=5))
+    yield masters
+    for master in masters:
+        master.stop()
+
+
+def test_jobs_submitted_to_either_master_are_each_done_once_by_workers_of_both(two_masters, tmp_path):
+    a, b = two_masters
+    clip = make_clip(tmp_path / "clip.mp4", seconds=1.0, size="640x360")
+    for i in range(6):
+        a.put_source(f"in/{i}.mp4", clip, with_digest=True)
+        (a if i % 2 else b).submit(f"in/{i}.mp4", f"out/{i}.mp4", f"j{i}")
+    a.add_worker("wa")
+    b.add_worker("wb")
+
+    def all_done():
+        jobs = requests.get(f"{b.url}/api/jobs", timeout=10).json()["jobs"]
+        return jobs if len(jobs) == 6 and all(job["status"] == "completed" for job in jobs) else None
+
+    jobs = wait_for(all_done, 180, 0.5, "six jobs to complete")
+    assert all(job["attempts"] == 1 for job in jobs)
+    assert {job["worker_id"] for job in jobs} <= {"wa", "wb"}
+    for job in jobs:
+        output = a.stored(job["output_path"])
+        assert output is not None and len(output) == job["output_size"]
+    assert requests.get(f"{a.url}/api/jobs/j3", timeout=10).json() == \
+        requests.get(f"{b.url}/api/jobs/j3", timeout=10).json()  # one queue, seen from either master
+    assert a.bucket.open_uploads() == []
