@@ -40,7 +40,7 @@ from master.object_store import ObjectStoreError
 from master.storage import BucketStorage, make_storage
 from master.store import JobStore
 from master.uploads import UploadRegistry
-from master.wakeup import WakeUpSignal
+from master.wakeup import JobNotices, WakeUpSignal
 from master.watch import BucketInboxWatcher, InboxWatcher
 
 log = logging.getLogger("converter.master")
@@ -128,9 +128,12 @@ class RunningMaster:
     wakeup: WakeUpSignal
     watcher: InboxWatcher | BucketInboxWatcher | None = None
     upload_reaper: "AbandonedUploadReaper | None" = None
+    notices: JobNotices | None = None
 
     def stop(self) -> None:
         self.reaper.stop()
+        if self.notices is not None:
+            self.notices.stop()
         if self.upload_reaper is not None:
             self.upload_reaper.stop()
         if self.watcher is not None:
@@ -175,6 +178,10 @@ def start_master(config: MasterConfig, store: JobStore, registry: CollectorRegis
 
     reaper = tornado.ioloop.PeriodicCallback(reap, max(config.jobs.lease_seconds / 4, 0.05) * 1000)
     reaper.start()
+    notices = None
+    if store.dialect == "postgres":
+        notices = JobNotices(str(store.path), wakeup, on_notice=metrics.job_notices.inc)
+        notices.start()
     upload_reaper = None
     if isinstance(services.storage, BucketStorage):
         upload_reaper = AbandonedUploadReaper(services.storage, store, metrics, grace=config.jobs.lease_seconds)
@@ -184,7 +191,7 @@ def start_master(config: MasterConfig, store: JobStore, registry: CollectorRegis
         watcher = BucketInboxWatcher(services) if services.storage.in_bucket else InboxWatcher(services)
         watcher.start()
     return RunningMaster(server=server, reaper=reaper, port=port, metrics=metrics, wakeup=wakeup,
-                         watcher=watcher, upload_reaper=upload_reaper)
+                         watcher=watcher, upload_reaper=upload_reaper, notices=notices)
 
 
 

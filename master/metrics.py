@@ -78,6 +78,11 @@ class MasterMetrics:
         self.uploads_aborted = Counter("converter_master_object_store_uploads_aborted",
                                        "Multipart uploads the master aborted because no job used them any more.",
                                        registry=registry)
+        self.jobs_claimed = Counter("converter_master_jobs_claimed", "Jobs this master handed to a worker.",
+                                    registry=registry)
+        self.job_notices = Counter("converter_master_job_notices",
+                                   "NOTIFY wake-ups heard from the database (PostgreSQL: jobs another master made"
+                                   " claimable).", registry=registry)
         self.http_duration = Histogram("converter_master_http_request_duration_seconds",
                                        "HTTP requests by handler class, method and status code.",
                                        ["handler", "method", "code"], buckets=HTTP_BUCKETS, registry=registry)
@@ -94,6 +99,7 @@ class MasterMetrics:
             {"version": package_version()})
 
     def job_claimed(self, job: Job) -> None:
+        self.jobs_claimed.inc()
         if job.attempts == 1 and job.claimed_at is not None:
             self.queue_wait.observe(max(0.0, job.claimed_at - job.created_at))
 

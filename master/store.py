@@ -329,7 +329,14 @@ class JobStore:
                 raise DuplicateJob(job_id) from exc
             if consumed_upload is not None:
                 self._db.execute("DELETE FROM uploads WHERE id = ?", (consumed_upload,))
+            self._notify_claimable([job_id])
         return Job.from_row(row)
+
+    def _notify_claimable(self, job_ids: list[str]) -> None:
+        """PostgreSQL: tell every master's listener (``master.wakeup.JobNotices``) that jobs can be claimed; sent
+        when the transaction commits, ids only. SQLite has one master, which wakes its own claimers."""
+        if self.dialect == "postgres" and job_ids:
+            self._db.execute("SELECT pg_notify('converter_jobs', ?)", (",".join(job_ids)[:7000],))
 
     def _output_busy(self, output_path: str) -> OutputBusy:
         row = self._db.execute(f"SELECT id FROM jobs WHERE output_path = ? AND status IN ({_marks(ACTIVE)})",
@@ -529,6 +536,8 @@ class JobStore:
         with self._lock:
             try:
                 rows = self._db.execute(sql, named).fetchall()
+                if transition.target is JobStatus.PENDING:
+                    self._notify_claimable([row["id"] for row in rows])
             except self._db.IntegrityError as exc:
                 if not _is_output_owner_violation(exc):
                     raise

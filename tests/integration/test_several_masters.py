@@ -50,3 +50,21 @@ def test_jobs_submitted_to_either_master_are_each_done_once_by_workers_of_both(t
     assert requests.get(f"{a.url}/api/jobs/j3", timeout=10).json() == \
         requests.get(f"{b.url}/api/jobs/j3", timeout=10).json()  # one queue, seen from either master
     assert a.bucket.open_uploads() == []
+
+
+def test_a_job_submitted_to_one_master_wakes_the_claimers_of_the_other(two_masters, tmp_path):
+    a, b = two_masters
+
+    def notices_heard(cluster: Cluster) -> float:
+        text = requests.get(f"{cluster.url}/metrics", timeout=10).text
+        line = next(line for line in text.splitlines() if line.startswith("converter_master_job_notices_total"))
+        return float(line.split()[1])
+
+    before = notices_heard(b)
+    a.bucket.put("in/x.mp4", b"x", {"sha256": "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"})
+    a.submit("in/x.mp4", "out/x.mp4", "n1")
+    wait_for(lambda: notices_heard(b) > before, 10, 0.1, "master b to hear of the job (LISTEN/NOTIFY)")
+    claimed = requests.post(f"{b.url}/api/worker/claim", json={"worker_id": "w", "wait": 5}, timeout=30)
+    assert claimed.status_code == 200 and claimed.json()["id"] == "n1"
+    assert requests.post(f"{a.url}/api/worker/claim", json={"worker_id": "w2", "wait": 0},
+                         timeout=30).status_code == 204  # taken once
