@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := ffmpeg curl prometheus mesa-vulkan-drivers postgresql-15
+APT_PACKAGES := ffmpeg curl prometheus mesa-vulkan-drivers postgresql-15 haproxy
 STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-s3 test test-unit test-integration setup system-deps venv clean bench-dispatch bench-transfer \

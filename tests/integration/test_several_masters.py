@@ -9,7 +9,10 @@ from __future__ import annotations
 import pytest
 import requests
 
+import signal
+
 from tests.fixtures import Cluster, ffmpeg_available, make_clip, wait_for
+from tests.haproxy import HAProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(not ffmpeg_available(), reason="ffmpeg not installed")]
 
@@ -68,3 +71,36 @@ def test_a_job_submitted_to_one_master_wakes_the_claimers_of_the_other(two_maste
     assert claimed.status_code == 200 and claimed.json()["id"] == "n1"
     assert requests.post(f"{a.url}/api/worker/claim", json={"worker_id": "w2", "wait": 0},
                          timeout=30).status_code == 204  # taken once
+
+
+def test_behind_haproxy_losing_a_master_loses_no_job(two_masters, tmp_path):
+    """Workers and users talk to HAProxy only; one master is killed mid-run; the other serves everything and
+    every job completes once (the killed master's claims are leases, which the survivor's reaper requeues)."""
+    a, b = two_masters
+    proxy = HAProxy(tmp_path, [a.port, b.port]).start()
+    try:
+        clip = make_clip(tmp_path / "clip.mp4", seconds=1.0, size="640x360")
+        for i in range(6):
+            a.put_source(f"in/{i}.mp4", clip, with_digest=True)
+            answer = requests.post(f"{proxy.url}/api/jobs", json={"id": f"h{i}", "source_path": f"in/{i}.mp4",
+                                                                 "output_path": f"out/{i}.mp4",
+                                                                 "profile": "h264-720p"}, timeout=30)
+            assert answer.status_code == 201, answer.text
+        a.add_worker("w1", master_url=proxy.url)
+        a.add_worker("w2", master_url=proxy.url)
+        wait_for(lambda: any(job["status"] == "completed" for job in
+                             requests.get(f"{proxy.url}/api/jobs", timeout=10).json()["jobs"]), 120, 0.3,
+                 "a first job to complete")
+        a.master.signal(signal.SIGKILL)
+        a.master.wait(10)
+
+        def all_done():
+            jobs = requests.get(f"{proxy.url}/api/jobs", timeout=10).json()["jobs"]
+            return jobs if all(job["status"] == "completed" for job in jobs) else None
+
+        jobs = wait_for(all_done, 180, 0.5, "every job to complete through the surviving master")
+        assert len(jobs) == 6
+        for job in jobs:
+            assert a.stored(job["output_path"]) is not None
+    finally:
+        proxy.stop()
