@@ -95,6 +95,14 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_owner_per_output ON jobs (output_path
 """
 
 
+# (number, what it does, how): applied once each, in order, at start-up (``JobStore._migrate``). A new schema change
+# is a new number at the end; a released migration is never edited.
+MIGRATIONS = (
+    (1, "the first schema", lambda store: store._create_schema()),
+    (2, "a partial index of pending jobs for claims", lambda store: store._index_claimable_jobs()),
+)
+
+
 class StoreError(Exception):
     """Base of the store's domain errors; handlers map them to API errors."""
 
@@ -250,16 +258,42 @@ class JobStore:
         self._lock = threading.RLock()
         self._db = open_database(path)
         self.dialect = self._db.dialect
-        if self.dialect == "postgres":
-            with self._db.transaction():
-                self._db.execute("SELECT pg_advisory_xact_lock(4242001)")  # one master migrates at a time
-                self._db.executescript(postgres_schema(SCHEMA))
-                self._add_missing_columns()
-                self._db.execute(OUTPUT_OWNER_INDEX)
-        else:
-            self._db.executescript(SCHEMA)
-            self._add_missing_columns()
-            self._db.execute(OUTPUT_OWNER_INDEX)
+        self.schema_version = self._migrate()
+
+    def _migrate(self) -> int:
+        """Apply the numbered ``MIGRATIONS`` the database has not had, in order, each in one transaction under
+        a lock (SQLite: the write lock; PostgreSQL: a transaction-level advisory lock, so two masters starting
+        at once migrate one after the other); the version the database is at."""
+        version = 0
+        for number, _name, apply in MIGRATIONS:
+            with self._transaction():
+                if self.dialect == "postgres":
+                    self._db.execute("SELECT pg_advisory_xact_lock(4242001)")
+                self._db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+                                 " applied_at REAL NOT NULL)")
+                done = self._db.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (number,)).fetchone()
+                if done is None:
+                    apply(self)
+                    self._db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                                     (number, time.time()))
+            version = number
+        return version
+
+    def _create_schema(self) -> None:
+        """Migration 1: the tables as this build knows them; a database made before numbered migrations gets the
+        columns it lacks (each nullable or with a default, so old rows read as NULL or the default)."""
+        schema = re.sub(r"--[^\n]*", "", postgres_schema(SCHEMA) if self.dialect == "postgres" else SCHEMA)
+        for statement in schema.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
+        self._add_missing_columns()
+        self._db.execute(OUTPUT_OWNER_INDEX)
+
+    def _index_claimable_jobs(self) -> None:
+        """Migration 2: claims look only at pending jobs, in insertion order; a partial index keeps that fast
+        however many finished jobs the table holds."""
+        order = "seq" if self.dialect == "postgres" else "not_before"
+        self._db.execute(f"CREATE INDEX IF NOT EXISTS jobs_claimable ON jobs ({order}) WHERE status = 'pending'")
 
     def _add_missing_columns(self) -> None:
         """Bring a database made by an earlier build up to ``SCHEMA``: columns it lacks are added.

@@ -43,6 +43,39 @@ class TestCreate:
         again.close()
 
 
+class TestMigrations:
+    def test_each_numbered_migration_is_applied_once_on_either_backend(self, database):
+        from master.store import MIGRATIONS
+        first = JobStore(database)
+        add(first)
+        assert first.schema_version == MIGRATIONS[-1][0]
+        first.close()
+        again = JobStore(database)  # a restart, or a second master: nothing applied twice, nothing lost
+        rows = again._db.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+        assert [row[0] for row in rows] == [number for number, _, _ in MIGRATIONS]
+        assert again.get_job("j1").status is JobStatus.PENDING
+        again.close()
+
+    def test_masters_starting_together_migrate_one_after_the_other(self, postgres):
+        url = postgres.new_database()
+        stores, errors = [], []
+
+        def start() -> None:
+            try:
+                stores.append(JobStore(url))
+            except Exception as exc:  # noqa: BLE001 - the test reports it
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [] and len(stores) == 4
+        for store in stores:
+            store.close()
+
+
 class TestClaim:
     def test_claim_takes_oldest_pending_and_leases_it(self, store):
         add(store, "a", "out/a.mp4", now=1)
