@@ -58,7 +58,7 @@ class ThreadedMaster:
         self.tokens = tokens
         config.storage.root.mkdir(parents=True, exist_ok=True)
         self.root = config.storage.root
-        self.store = JobStore(config.database.path)
+        self.store = JobStore(config.database.location())
         self._loop = asyncio.new_event_loop()
         self._running: RunningMaster | None = None
         started = threading.Event()

@@ -1,5 +1,6 @@
 """Every error case of the HTTP API, against a real master on a loopback port."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -8,9 +9,22 @@ import subprocess
 import pytest
 import requests
 
-from tests.fixtures import wait_for
+from master.config import DatabaseConfig
+from tests.fixtures import ThreadedMaster, master_config, wait_for
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def master(request, tmp_path):
+    """The master on each queue backend: every API case holds on SQLite and on PostgreSQL."""
+    config = master_config(tmp_path)
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres").new_database()
+        config = dataclasses.replace(config, database=DatabaseConfig(url=url))
+    running = ThreadedMaster(config)
+    yield running
+    running.stop()
 
 
 @pytest.fixture
