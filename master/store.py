@@ -100,6 +100,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_owner_per_output ON jobs (output_path
 MIGRATIONS = (
     (1, "the first schema", lambda store: store._create_schema()),
     (2, "a partial index of pending jobs for claims", lambda store: store._index_claimable_jobs()),
+    (3, "an index for listing jobs in submission order", lambda store: store._index_job_list()),
 )
 
 
@@ -289,6 +290,13 @@ class JobStore:
         self._add_missing_columns()
         self._db.execute(OUTPUT_OWNER_INDEX)
 
+    def _index_job_list(self) -> None:
+        """Migration 3: ``GET /api/jobs`` pages in submission order; without an index every page sorts the whole
+        table (71 ms a page at 20,000 jobs on PostgreSQL, ``bench/queue_history.py``)."""
+        order = "created_at, seq" if self.dialect == "postgres" else "created_at"
+        self._db.execute(f"CREATE INDEX IF NOT EXISTS jobs_by_creation ON jobs ({order})")
+        self._db.execute(f"CREATE INDEX IF NOT EXISTS jobs_by_status_creation ON jobs (status, {order})")
+
     def _index_claimable_jobs(self) -> None:
         """Migration 2: claims look only at pending jobs, in insertion order; a partial index keeps that fast
         however many finished jobs the table holds."""
@@ -417,9 +425,11 @@ class JobStore:
         skip_locked = " FOR UPDATE SKIP LOCKED" if self.dialect == "postgres" else ""
         rows = self._move(
             Transition.CLAIM,
-            "rowid = (SELECT rowid FROM jobs WHERE status = ? AND not_before <= ? AND source_size <= ?"
-            f" ORDER BY rowid LIMIT 1{skip_locked})",
-            (JobStatus.PENDING.value, now, size_limit),
+            # 'pending' written out, not a parameter: a prepared statement's generic plan cannot use the partial
+            # index of pending jobs for a parameter (measured: 17 ms a claim at 20,000 jobs instead of 0.3)
+            f"rowid = (SELECT rowid FROM jobs WHERE status = '{JobStatus.PENDING.value}' AND not_before <= ?"
+            f" AND source_size <= ? ORDER BY rowid LIMIT 1{skip_locked})",
+            (now, size_limit),
             now=now,
             set_sql="worker_id = :worker, lease_expires_at = :lease, attempts = attempts + 1, claimed_at = :now,"
                     " progress = 0, error = NULL, waiting = NULL",
