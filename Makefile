@@ -6,7 +6,7 @@ APT_PACKAGES := ffmpeg curl prometheus mesa-vulkan-drivers postgresql-15 haproxy
 STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-s3 test test-unit test-integration setup system-deps venv clean bench-dispatch bench-transfer \
-	bench-bandwidth bench-compression bench-wan bench-s3 \
+	bench-bandwidth bench-compression bench-wan bench-s3 bench-queue \
 	ansible-venv ansible-lint deploy-test
 
 demo: setup
@@ -71,6 +71,9 @@ bench-wan: setup
 
 bench-s3: setup
 	$(PY) bench/s3.py
+
+bench-queue: setup
+	$(PY) bench/queue_history.py
 
 ANSIBLE_VENV ?= /opt/converter-ansible/venv
 DEPLOY_APT_PACKAGES := debootstrap systemd-container openssh-client curl
