@@ -145,6 +145,10 @@ OVERVIEW = Dashboard(
               [Target(f"min by (instance) (converter_master_storage_free_bytes{{{F}}})", "{{instance}}")]),
         Panel("Master version", "Running master versions (converter_master_build_info).", "short",
               [Target(f"count by (version) (converter_master_build_info{{{F}}})", "{{version}}")], kind="stat"),
+        Panel("Claims per master", "Jobs each master handed to a worker per minute, and the NOTIFY wake-ups it heard "
+              "(PostgreSQL: jobs another master made claimable).", "cpm",
+              [per_minute("converter_master_jobs_claimed_total", by="instance", legend="claims {{instance}}"),
+               per_minute("converter_master_job_notices_total", by="instance", legend="notices {{instance}}")]),
         Row("Object storage"),
         Panel("Object store bytes", "Bytes to (upload) and from (download) the bucket: relayed by the master, and "
               "output parts workers sent straight to the store (counted when the master completes the upload).",
