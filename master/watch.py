@@ -25,22 +25,16 @@ from master.store import DuplicateJob, StoreError
 log = logging.getLogger("converter.master")
 
 
-class InboxWatcher:
+class PeriodicScan:
+    """Runs ``scan()`` every ``watch.interval`` on the IOLoop, never two at once; a failed scan is logged."""
+
     def __init__(self, services) -> None:
         self.services = services
         self.config = services.config
-        watch = self.config.watch
-        self.root = self.config.storage.root
-        self.inbox = self.root / watch.inbox
-        self.accepted = self.root / watch.accepted_dir
-        self._pending: dict[str, tuple[int, int, float]] = {}  # name → (size, mtime_ns, unchanged since)
         self._busy = False
         self._timer: tornado.ioloop.PeriodicCallback | None = None
 
     def start(self) -> None:
-        self.inbox.mkdir(parents=True, exist_ok=True)
-        self.accepted.mkdir(parents=True, exist_ok=True)
-        tornado.ioloop.IOLoop.current().spawn_callback(self.recover)
         self._timer = tornado.ioloop.PeriodicCallback(self._tick, self.config.watch.interval * 1000)
         self._timer.start()
 
@@ -48,20 +42,41 @@ class InboxWatcher:
         if self._timer is not None:
             self._timer.stop()
 
-    async def recover(self) -> None:
-        """Create the jobs of files that were moved aside but whose job a crash kept from being created."""
-        for path in sorted(self.accepted.iterdir()):
-            if path.is_file() and not path.name.startswith("."):
-                await self._submit(path, quiet_if_known=True)
-
     async def _tick(self) -> None:
         if self._busy:
             return
         self._busy = True
         try:
             await self.scan()
+        except (OSError, ObjectStoreError) as exc:
+            log.warning("watch folder: cannot look at the inbox: %s", exc)
         finally:
             self._busy = False
+
+    async def scan(self, now: float | None = None) -> None:
+        raise NotImplementedError
+
+
+class InboxWatcher(PeriodicScan):
+    def __init__(self, services) -> None:
+        super().__init__(services)
+        watch = self.config.watch
+        self.root = self.config.storage.root
+        self.inbox = self.root / watch.inbox
+        self.accepted = self.root / watch.accepted_dir
+        self._pending: dict[str, tuple[int, int, float]] = {}  # name → (size, mtime_ns, unchanged since)
+
+    def start(self) -> None:
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        self.accepted.mkdir(parents=True, exist_ok=True)
+        tornado.ioloop.IOLoop.current().spawn_callback(self.recover)
+        super().start()
+
+    async def recover(self) -> None:
+        """Create the jobs of files that were moved aside but whose job a crash kept from being created."""
+        for path in sorted(self.accepted.iterdir()):
+            if path.is_file() and not path.name.startswith("."):
+                await self._submit(path, quiet_if_known=True)
 
     async def scan(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -108,7 +123,7 @@ class InboxWatcher:
         log.info("watch folder: %s became job %s -> %s", relative, job.id, job.output_path)
 
 
-class BucketInboxWatcher:
+class BucketInboxWatcher(PeriodicScan):
     """``watch.inbox`` with the bucket backend: a key prefix in the bucket.
 
     An object under it whose size and ETag have not changed for ``watch.stable_seconds`` becomes a job, once per
@@ -118,32 +133,10 @@ class BucketInboxWatcher:
     """
 
     def __init__(self, services) -> None:
-        self.services = services
-        self.config = services.config
+        super().__init__(services)
         self.storage = services.storage
         self.inbox = self.config.watch.inbox.strip("/") + "/"
         self._pending: dict[str, tuple[int, str, float]] = {}  # relative key → (size, etag, unchanged since)
-        self._busy = False
-        self._timer: tornado.ioloop.PeriodicCallback | None = None
-
-    def start(self) -> None:
-        self._timer = tornado.ioloop.PeriodicCallback(self._tick, self.config.watch.interval * 1000)
-        self._timer.start()
-
-    def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.stop()
-
-    async def _tick(self) -> None:
-        if self._busy:
-            return
-        self._busy = True
-        try:
-            await self.scan()
-        except ObjectStoreError as exc:
-            log.warning("watch folder: cannot list the bucket's inbox: %s", exc)
-        finally:
-            self._busy = False
 
     async def scan(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now

@@ -33,19 +33,8 @@ class FileSendingHandler(BaseHandler):
         with file:
             stat = os.fstat(file.fileno())
             digest = await digest_of(path, stat)
-            etag = f'"sha256-{digest.hex()}"'
-            self.set_header("Content-Type", content_type_for(path.name))
-            self.set_header("Content-Disposition", attachment_disposition(path.name))
-            self.set_header("Accept-Ranges", "bytes")
-            self.set_header("ETag", etag)
-            self.set_header("Repr-Digest", repr_digest(digest))
-            first, last = self._requested_range(stat.st_size, etag, what)
-            if (first, last) != (0, stat.st_size - 1):
-                self.set_status(206)
-                self.set_header("Content-Range", f"bytes {first}-{last}/{stat.st_size}")
-                file.seek(first)
-            length = last - first + 1
-            self.set_header("Content-Length", str(length))
+            first, length = self._file_headers(path.name, stat.st_size, digest, what)
+            file.seek(first)
             if send_body:
                 await self._send(file, length)
 
@@ -57,26 +46,30 @@ class FileSendingHandler(BaseHandler):
         stored = await storage.head(relative)
         if stored is None:
             raise missing.error(f"the {what} is missing")
-        name = PurePosixPath(relative).name
+        first, length = self._file_headers(PurePosixPath(relative).name, stored.size, digest, what)
+        if send_body and length > 0:
+            body = await storage.call("get", storage.objects.read, storage.key(relative), first, first + length - 1)
+            try:
+                await self._send(body, length, read=lambda size: in_thread(body.read, size),
+                                 on_sent=storage.metrics.object_store_bytes.labels("download").inc)
+            finally:
+                body.close()
+
+    def _file_headers(self, name: str, size: int, digest: bytes, what: str) -> tuple[int, int]:
+        """Validators, type, disposition and the one ``Range`` asked for (206 when it is not the whole file):
+        where the body starts and how long it is."""
         etag = f'"sha256-{digest.hex()}"'
         self.set_header("Content-Type", content_type_for(name))
         self.set_header("Content-Disposition", attachment_disposition(name))
         self.set_header("Accept-Ranges", "bytes")
         self.set_header("ETag", etag)
         self.set_header("Repr-Digest", repr_digest(digest))
-        first, last = self._requested_range(stored.size, etag, what)
-        if (first, last) != (0, stored.size - 1):
+        first, last = self._requested_range(size, etag, what)
+        if (first, last) != (0, size - 1):
             self.set_status(206)
-            self.set_header("Content-Range", f"bytes {first}-{last}/{stored.size}")
-        length = last - first + 1
-        self.set_header("Content-Length", str(length))
-        if send_body and length > 0:
-            body = await storage.call("get", storage.objects.read, storage.key(relative), first, last)
-            try:
-                await self._send(body, length, read=lambda size: in_thread(body.read, size),
-                                 on_sent=storage.metrics.object_store_bytes.labels("download").inc)
-            finally:
-                body.close()
+            self.set_header("Content-Range", f"bytes {first}-{last}/{size}")
+        self.set_header("Content-Length", str(last - first + 1))
+        return first, last - first + 1
 
     def _requested_range(self, size: int, etag: str, what: str) -> tuple[int, int]:
         if_range = self.request.headers.get("If-Range")
