@@ -75,6 +75,7 @@ class Master:
     port: int = 0
     host: str = "127.0.0.1"
     server_extra: str = ""  # more lines of the server: section, e.g. "  outbound_limit: 1000000\n"
+    storage_extra: str = ""  # more lines of the storage: section, e.g. "  backend: s3\n  s3:\n    bucket: b\n"
     prefix: tuple[str, ...] = ()  # e.g. ("ip", "netns", "exec", "ns") to run it in a network namespace
     script: Path | None = None  # run this Python script (taking --config) instead of converter-master
     proc: subprocess.Popen | None = None
@@ -103,6 +104,7 @@ class Master:
             f"  port: {self.port}\n"
             + self.server_extra +
             f"storage:\n  root: {self.storage}\n"
+            + self.storage_extra +
             f"database:\n  path: {self.workdir / 'converter.db'}\n"
             + self.extra_config
         )
