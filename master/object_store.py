@@ -27,9 +27,6 @@ from urllib.parse import quote
 
 from converter_common.protocol import MAX_PARTS, MIN_PART_SIZE, part_count, part_size_for
 
-import boto3
-import botocore.exceptions
-from botocore.config import Config
 
 _CONTROL = {chr(c) for c in range(0x20)} | {"\x7f"}
 _UNAVAILABLE_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "503", "500"}
@@ -152,8 +149,12 @@ class ObjectBody:
     def read(self, size: int) -> bytes:
         try:
             return self._body.read(size)
-        except (botocore.exceptions.BotoCoreError, OSError) as exc:
+        except OSError as exc:
             raise ObjectStoreUnavailable(type(exc).__name__, f"reading the object was cut: {exc}") from None
+        except Exception as exc:
+            if isinstance(exc, _botocore().exceptions.BotoCoreError):
+                raise ObjectStoreUnavailable(type(exc).__name__, f"reading the object was cut: {exc}") from None
+            raise
 
     def close(self) -> None:
         self._body.close()
@@ -164,6 +165,9 @@ class ObjectStore:
 
     def __init__(self, settings: S3Settings, client=None) -> None:
         self.settings = settings
+        import boto3  # here, not at the top: it costs a master ~8 MB of memory, and only the s3 backend needs it
+        from botocore.config import Config
+
         self._s3 = client or boto3.client(
             "s3", endpoint_url=settings.endpoint, region_name=settings.region,
             aws_access_key_id=settings.access_key, aws_secret_access_key=settings.secret_key,
@@ -321,10 +325,16 @@ class ObjectStore:
     def _call(self, operation: str, **params):
         try:
             return getattr(self._s3, operation)(Bucket=self.settings.bucket, **params)
-        except botocore.exceptions.ClientError as exc:
+        except _botocore().exceptions.ClientError as exc:
             error = exc.response.get("Error", {})
             code = str(error.get("Code", "Unknown"))
             kind = ObjectStoreUnavailable if code in _UNAVAILABLE_CODES else ObjectStoreError
             raise kind(code, error.get("Message") or str(exc)) from None
-        except (botocore.exceptions.BotoCoreError, OSError) as exc:  # connection refused, timeouts, DNS
+        except (_botocore().exceptions.BotoCoreError, OSError) as exc:  # connection refused, timeouts, DNS
             raise ObjectStoreUnavailable(type(exc).__name__, str(exc)) from None
+
+
+def _botocore():
+    """botocore, imported once an ``ObjectStore`` exists (so it is already loaded when an error is judged)."""
+    import botocore.exceptions
+    return botocore

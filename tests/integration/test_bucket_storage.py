@@ -32,8 +32,9 @@ def backend(any_cluster):
 
 @pytest.fixture
 def bucketed(tmp_path, seaweedfs):
-    """A master that keeps its files in the bucket, with 5 MiB parts and short leases."""
-    cluster = Cluster(tmp_path, bucket=seaweedfs, s3={"part_size": "5MiB"}, lease_seconds=2)
+    """A master that keeps its files in the bucket, with 5 MiB parts (and leases long enough for a test's hand-made
+    worker, which sends no heartbeats, on a busy machine)."""
+    cluster = Cluster(tmp_path, bucket=seaweedfs, s3={"part_size": "5MiB"}, lease_seconds=60)
     yield cluster
     cluster.stop()
 
@@ -199,7 +200,15 @@ def test_an_expired_url_is_refused_and_asking_again_gives_a_working_one(tmp_path
         cluster.stop()
 
 
-def test_an_abandoned_upload_is_aborted_and_leaves_no_parts(bucketed):
+def test_an_abandoned_upload_is_aborted_and_leaves_no_parts(tmp_path, seaweedfs):
+    bucketed = Cluster(tmp_path, bucket=seaweedfs, s3={"part_size": "5MiB"}, lease_seconds=2)
+    try:
+        _abandon_an_upload(bucketed)
+    finally:
+        bucketed.stop()
+
+
+def _abandon_an_upload(bucketed: Cluster) -> None:
     submit_one(bucketed)
     hand = PresignedWorker(bucketed)
     hand.claim()
