@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Deployment test: boot one master and two worker containers (systemd-nspawn, Debian 12), deploy them with the real
+# Deployment test: boot two master and two worker containers (systemd-nspawn, Debian 12), deploy them with the real
 # `ansible-playbook ansible/deploy.yml` over SSH, then check the running cluster. Run as root: `make deploy-test`.
 #
-# Every container shares the host network, so each one gets its own ports: sshd 2221 (master), 2222, 2223 (workers);
-# master API 18080; worker metrics 9101, 9102; Prometheus (on the master container) 19090; SeaweedFS (on the master
-# container, role converter_seaweedfs) S3 17333 and its gRPC 17334, its master 17335/17336, volume server 17337/17338,
-# filer 17339/17340. All bound to 127.0.0.1.
+# Every container shares the host network, so each one gets its own ports: sshd 2221 (master), 2224 (master2), 2222,
+# 2223 (workers); master APIs 18080 (master), 18081 (master2); worker metrics 9101, 9102; on the master container
+# also Prometheus 19090, SeaweedFS (role converter_seaweedfs) S3 17333 and its gRPC 17334, its master 17335/17336,
+# volume server 17337/17338, filer 17339/17340, PostgreSQL (converter_postgresql) 15432 and HAProxy
+# (converter_haproxy) 18090. All bound to 127.0.0.1.
 #
-# Object storage: the master runs with storage.backend s3 against that SeaweedFS when the converter source supports
+# Object storage: the masters run with storage.backend s3 against that SeaweedFS when the converter source supports
 # it (master/config.py knows `backend`); for an older source it stays on local storage and SeaweedFS is deployed and
 # checked alone. DEPLOY_TEST_STORAGE=local or s3 overrides the detection.
+#
+# Several masters: with s3 storage and a source whose master knows database.url (PostgreSQL), both masters share the
+# queue in PostgreSQL and sit behind HAProxy, which the workers and this script talk to; otherwise (or with
+# DEPLOY_TEST_SCALE_OUT=0) there is one master with SQLite, no master2 container, no PostgreSQL or HAProxy.
 #
 # Environment:
 #   DEPLOY_TEST_CACHE   where the root filesystem and the dependency wheelhouse are cached
@@ -17,6 +22,7 @@
 #   ANSIBLE_VENV        venv with ansible-core + ansible-lint (default /opt/converter-ansible/venv; created if missing)
 #   DEPLOY_TEST_KEEP=1  leave the work dir (logs, inventory) behind; containers and mounts are always removed
 #   DEPLOY_TEST_STORAGE local|s3: the master's storage backend (default: s3 when the converter source supports it)
+#   DEPLOY_TEST_SCALE_OUT=0  one master on SQLite, as before the scale-out layout (default: two masters when possible)
 #   DEPLOY_TEST_SOURCE  source tree the converter wheel is built from (default: this checkout's working tree), e.g.
 #                       a `git archive HEAD | tar -x -C DIR` export to test a committed state; the roles and units
 #                       always come from this checkout
@@ -31,14 +37,21 @@ PY=${PY:-$REPO/.venv/bin/python}
 PIP=${PIP:-$REPO/.venv/bin/pip}
 MASTER_PORT=18080
 PROM_PORT=19090
-declare -A SSH_PORT=([master]=2221 [worker1]=2222 [worker2]=2223)
+HAPROXY_PORT=18090
+PG_PORT=15432
+declare -A SSH_PORT=([master]=2221 [worker1]=2222 [worker2]=2223 [master2]=2224)
+declare -A API_PORT=([master]=$MASTER_PORT [master2]=18081)
+# Inventory names: not "master", which is also the group's name (a play for `hosts: master` would get the host only).
+declare -A INV=([master]=master1 [master2]=master2 [worker1]=worker1 [worker2]=worker2)
 declare -A METRICS_PORT=([worker1]=9101 [worker2]=9102)
 declare -A SWFS_PORT=([s3]=17333 [s3_grpc]=17334 [master]=17335 [master_grpc]=17336 [volume]=17337 [volume_grpc]=17338
                       [filer]=17339 [filer_grpc]=17340)
 S3_PORT=${SWFS_PORT[s3]}
 S3_BUCKET=media
-CONTAINERS=(master worker1 worker2)
+CONTAINERS=(master worker1 worker2)  # plus master2 in the scale-out layout (set once the source is inspected)
+MASTERS=(master)
 WORKERS=(worker1 worker2)
+API_URL="http://127.0.0.1:$MASTER_PORT"  # where jobs go: the master, or HAProxy in front of both masters
 
 T0=$(date +%s)
 PHASES=()
@@ -68,7 +81,7 @@ skip() { RESULTS+=("SKIP  $*"); log "SKIP  $*"; }
 for tool in systemd-nspawn debootstrap ssh curl; do
   command -v "$tool" >/dev/null || { echo "run_deploy_test.sh: $tool missing (apt-get install systemd-container debootstrap openssh-client curl)" >&2; exit 1; }
 done
-for port in "${SSH_PORT[@]}" "${METRICS_PORT[@]}" "${SWFS_PORT[@]}" $MASTER_PORT $PROM_PORT; do
+for port in "${SSH_PORT[@]}" "${METRICS_PORT[@]}" "${SWFS_PORT[@]}" "${API_PORT[@]}" $PROM_PORT $HAPROXY_PORT $PG_PORT; do
   if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
     echo "run_deploy_test.sh: port $port is already in use on 127.0.0.1 (a container left running?)" >&2
     exit 1
@@ -135,8 +148,8 @@ api() { # curl, with the admin bearer token once the playbook has generated it
   if [[ -n "$ADMIN_TOKEN" ]]; then curl -sS --max-time 10 -H "Authorization: Bearer $ADMIN_TOKEN" "$@"
   else curl -sS --max-time 10 "$@"; fi
 }
-job_field() { # job_field ID FIELD
-  api "http://127.0.0.1:$MASTER_PORT/api/jobs/$1" | "$PY" -c "import json,sys; print(json.load(sys.stdin).get('$2'))"
+job_field() { # job_field ID FIELD [BASE_URL]
+  api "${3:-$API_URL}/api/jobs/$1" | "$PY" -c "import json,sys; print(json.load(sys.stdin).get('$2'))"
 }
 wait_job_status() { # wait_job_status ID WANTED TIMEOUT; prints the last status
   local id=$1 want=$2 deadline=$(($(date +%s) + $3)) status=""
@@ -151,7 +164,7 @@ wait_job_status() { # wait_job_status ID WANTED TIMEOUT; prints the last status
 submit_job() { # submit_job SOURCE OUTPUT -> prints the job id
   api -f -X POST -H 'Content-Type: application/json' \
     -d "{\"source_path\":\"$1\",\"output_path\":\"$2\",\"profile\":\"h264-720p\"}" \
-    "http://127.0.0.1:$MASTER_PORT/api/jobs" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["id"])'
+    "$API_URL/api/jobs" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["id"])'
 }
 worker_running_ffmpeg() { # prints the worker container whose converter user runs ffmpeg now
   local w
@@ -172,6 +185,33 @@ wait_processing_on_worker() { # wait until the job runs ffmpeg on some worker; p
 }
 recap_changed() { # total changed= over the PLAY RECAP of a playbook log
   sed -n '/PLAY RECAP/,$p' "$1" | grep -o 'changed=[0-9]*' | cut -d= -f2 | awk '{s+=$1} END {print s+0}'
+}
+listening_of() { # listening_of HOST PID: the LISTEN sockets of one process, sorted, on one line
+  on "$1" python3 - "$2" <<'PYEOF' | sort | tr '\n' ' '
+import os, sys  # from its fds and /proc/net/tcp* (the image has no ss)
+fds = f"/proc/{sys.argv[1]}/fd"
+links = [os.readlink(f"{fds}/{fd}") for fd in os.listdir(fds)]
+inodes = {link[8:-1] for link in links if link.startswith("socket:[")}
+found = set()
+for table in ("tcp", "tcp6"):
+    for line in open(f"/proc/net/{table}").readlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and fields[9] in inodes:
+            addr, port = fields[1].split(":")
+            ip = ".".join(str(int(addr[i:i + 2], 16)) for i in (6, 4, 2, 0)) if len(addr) == 8 else f"[{addr}]"
+            found.add(f"{ip}:{int(port, 16)}")
+print("\n".join(found))
+PYEOF
+}
+established_to() { # established_to HOST PID PORT: how many TCP connections the process has to 127.0.0.1:PORT
+  on "$1" python3 - "$2" "$3" <<'PYEOF'
+import os, sys
+fds = f"/proc/{sys.argv[1]}/fd"
+inodes = {os.readlink(f"{fds}/{fd}")[8:-1] for fd in os.listdir(fds)}
+want = f"0100007F:{int(sys.argv[2]):04X}"
+print(sum(1 for line in open("/proc/net/tcp").readlines()[1:]
+          if line.split()[3] == "01" and line.split()[2] == want and line.split()[9] in inodes))
+PYEOF
 }
 recap_failed() {
   sed -n '/PLAY RECAP/,$p' "$1" | grep -oE '(failed|unreachable)=[0-9]*' | cut -d= -f2 | awk '{s+=$1} END {print s+0}'
@@ -194,7 +234,15 @@ if grep -q admin_token_file "$SRC/master/config.py"; then AUTH=true; else AUTH=f
 if grep -qw backend "$SRC/master/config.py"; then STORAGE_BACKEND=s3; else STORAGE_BACKEND=local; fi
 STORAGE_BACKEND=${DEPLOY_TEST_STORAGE:-$STORAGE_BACKEND}
 [[ $STORAGE_BACKEND == local || $STORAGE_BACKEND == s3 ]] || { echo "DEPLOY_TEST_STORAGE: local or s3" >&2; exit 1; }
-log "converter source: $SRC; sd_notify in the daemons: $SD_NOTIFY; worker.metrics_port in the worker config: $WORKER_METRICS; token auth: $AUTH; master storage: $STORAGE_BACKEND"
+# Several masters need a shared queue (database.url, PostgreSQL) and shared files (the bucket).
+SCALE_OUT=false
+if [[ ${DEPLOY_TEST_SCALE_OUT:-1} != 0 && $STORAGE_BACKEND == s3 ]] && grep -q password_file "$SRC/master/config.py"; then
+  SCALE_OUT=true
+  CONTAINERS=(master master2 worker1 worker2)
+  MASTERS=(master master2)
+  API_URL="http://127.0.0.1:$HAPROXY_PORT"
+fi
+log "converter source: $SRC; sd_notify in the daemons: $SD_NOTIFY; worker.metrics_port in the worker config: $WORKER_METRICS; token auth: $AUTH; master storage: $STORAGE_BACKEND; masters: ${MASTERS[*]}$([[ $SCALE_OUT == true ]] && echo " (PostgreSQL, behind HAProxy)")"
 
 phase "rootfs (debootstrap, cached)"
 ROOTFS=$("$REPO/tests/deploy/build_rootfs.sh" "$CACHE" 2>"$WORK/rootfs.log" | tail -1) \
@@ -283,20 +331,19 @@ all:
     converter_common_wheelhouse: $WHEELHOUSE
   children:
     master:
+      vars:
+        converter_master_listen_host: 127.0.0.1
+        converter_master_sd_notify: $SD_NOTIFY
+        converter_master_auth: $AUTH
+        converter_master_extra_config:
+          jobs: {lease_seconds: 15, retry_delay: 1}
+        converter_master_storage_backend: $STORAGE_BACKEND
+        converter_master_s3_endpoint: http://127.0.0.1:$S3_PORT
+        converter_master_s3_bucket: $S3_BUCKET
+        converter_master_s3_access_key: "{{ converter_seaweedfs_access_key }}"
+        converter_master_s3_secret_key: "{{ converter_seaweedfs_secret_key }}"
       hosts:
-        master:
-          ansible_port: ${SSH_PORT[master]}
-          converter_master_port: $MASTER_PORT
-          converter_master_listen_host: 127.0.0.1
-          converter_master_sd_notify: $SD_NOTIFY
-          converter_master_auth: $AUTH
-          converter_master_extra_config:
-            jobs: {lease_seconds: 15, retry_delay: 1}
-          converter_master_storage_backend: $STORAGE_BACKEND
-          converter_master_s3_endpoint: http://127.0.0.1:$S3_PORT
-          converter_master_s3_bucket: $S3_BUCKET
-          converter_master_s3_access_key: "{{ converter_seaweedfs_access_key }}"
-          converter_master_s3_secret_key: "{{ converter_seaweedfs_secret_key }}"
+$(for m in "${MASTERS[@]}"; do printf '        %s:\n          ansible_port: %s\n          converter_master_port: %s\n' "${INV[$m]}" "${SSH_PORT[$m]}" "${API_PORT[$m]}"; done)
     workers:
       vars:
         converter_worker_sd_notify: $SD_NOTIFY
@@ -314,13 +361,13 @@ all:
           converter_worker_metrics_port: ${METRICS_PORT[worker2]}
     monitoring:
       hosts:
-        master:
+        ${INV[master]}:
       vars:
         converter_monitoring_listen_address: 127.0.0.1:$PROM_PORT
         converter_monitoring_scrape_interval: 2s
     object_store:
       hosts:
-        master:
+        ${INV[master]}:
       vars:
         converter_seaweedfs_wheelhouse: $SWFS_WHEELHOUSE
         converter_seaweedfs_buckets: [$S3_BUCKET]
@@ -337,6 +384,23 @@ all:
         # graceful stop (its filer waits 15 s for its gRPC streams).
         converter_seaweedfs_unit_overrides: [TimeoutStopSec=5s]
 EOF
+# Scale-out: PostgreSQL and HAProxy on the master container too. group_vars/all.yml derives the masters'
+# database.url and password from [database] and the workers' master URL from [haproxy].
+if [[ $SCALE_OUT == true ]]; then
+  cat >>"$WORK/inventory.yml" <<EOF
+    database:
+      hosts:
+        ${INV[master]}:
+      vars:
+        converter_postgresql_port: $PG_PORT
+    haproxy:
+      hosts:
+        ${INV[master]}:
+      vars:
+        converter_haproxy_bind_address: 127.0.0.1
+        converter_haproxy_port: $HAPROXY_PORT
+EOF
+fi
 log "inventory: $WORK/inventory.yml"
 
 export ANSIBLE_CONFIG="$REPO/ansible/ansible.cfg"
@@ -354,7 +418,7 @@ else
   grep -E 'fatal:|FAILED|ERROR' "$WORK/playbook1.log" | tail -20
   fail "ansible-playbook deploy.yml exited $rc (log: $WORK/playbook1.log)"
   for name in "${CONTAINERS[@]}"; do
-    on "$name" 'journalctl -u converter-master -u converter-worker -u prometheus -u seaweedfs --no-pager' >"$WORK/$name.journal.log" 2>/dev/null
+    on "$name" 'journalctl -u converter-master -u converter-worker -u prometheus -u seaweedfs -u postgresql@15-main -u haproxy --no-pager' >"$WORK/$name.journal.log" 2>/dev/null
     grep -v -E ' (systemd|sshd)\[' "$WORK/$name.journal.log" | tail -n 30 | sed "s/^/[$name] /"
   done
   exit 1
@@ -387,7 +451,7 @@ check_unit() { # check_unit HOST UNIT
   fi
   if [[ "$props" == *"User=converter"* ]]; then pass "$host: $unit runs as converter"; else fail "$host: $unit user ($props)"; fi
 }
-check_unit master converter-master.service
+for m in "${MASTERS[@]}"; do check_unit "$m" converter-master.service; done
 # The master has no ExecReload (it cannot reload in place): `systemctl reload` is refused and leaves it running.
 pid=$(on master systemctl show -p MainPID --value converter-master.service)
 if reload_out=$(on master systemctl reload converter-master.service 2>&1); then
@@ -417,7 +481,7 @@ for name in master worker1; do
 done
 # The shipped unit files went in unchanged.
 for name in "${CONTAINERS[@]}"; do
-  unit=converter-worker.service; [[ $name == master ]] && unit=converter-master.service
+  unit=converter-worker.service; [[ " ${MASTERS[*]} " == *" $name "* ]] && unit=converter-master.service
   if on "$name" cat "/etc/systemd/system/$unit" | cmp -s - "$REPO/systemd/$unit"; then
     pass "$name: /etc/systemd/system/$unit is systemd/$unit"
   else
@@ -436,16 +500,18 @@ for name in "${CONTAINERS[@]}"; do
 done
 if [[ $ok == 1 && -n "$ctl_worker" ]]; then pass "worker token from the controller on every host (root:root 0600)"
 else fail "worker token missing, different or not 0600 on some host"; fi
-if [[ -n "$ctl_admin" && "$(on master cat /etc/converter/admin-token)" == "$(cat "$WORK/credentials/admin_token")" ]] \
-   && ! on worker1 test -e /etc/converter/admin-token && ! on worker2 test -e /etc/converter/admin-token; then
-  pass "admin token from the controller on the master only"
+ok=1
+for m in "${MASTERS[@]}"; do [[ "$(on "$m" cat /etc/converter/admin-token)" == "$(cat "$WORK/credentials/admin_token")" ]] || ok=0; done
+for w in "${WORKERS[@]}"; do on "$w" test -e /etc/converter/admin-token && ok=0; done
+if [[ -n "$ctl_admin" && $ok == 1 ]]; then
+  pass "admin token from the controller on the master(s) only (${MASTERS[*]})"
 else
-  fail "admin token missing on the master or present on a worker"
+  fail "admin token missing on a master or present on a worker"
 fi
 if [[ $AUTH == true ]]; then
   code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -X POST -H 'Content-Type: application/json' \
-    -d '{"source_path":"in/x.mp4","output_path":"out/x.mp4","profile":"h264-720p"}' "http://127.0.0.1:$MASTER_PORT/api/jobs")
-  if [[ $code == 401 || $code == 403 ]]; then pass "anonymous POST /api/jobs refused ($code)"
+    -d '{"source_path":"in/x.mp4","output_path":"out/x.mp4","profile":"h264-720p"}' "$API_URL/api/jobs")
+  if [[ $code == 401 || $code == 403 ]]; then pass "anonymous POST $API_URL/api/jobs refused ($code)"
   else fail "anonymous POST /api/jobs answered $code, want 401/403"; fi
 else
   skip "token auth: not in this converter build"
@@ -470,22 +536,7 @@ else
 fi
 # Only the S3 gateway may listen beyond loopback; here it is bound to 127.0.0.1 too (shared host network), so check
 # that weed listens on exactly the eight ports given (no WebDAV, Iceberg, Lance: Lance's default is 9101, a worker's).
-listening=$(on master python3 - "$(on master systemctl show -p MainPID --value seaweedfs.service)" <<'PYEOF' | sort | tr '\n' ' '
-import os, sys  # the LISTEN sockets of one process, from its fds and /proc/net/tcp* (the image has no ss)
-fds = f"/proc/{sys.argv[1]}/fd"
-links = [os.readlink(f"{fds}/{fd}") for fd in os.listdir(fds)]
-inodes = {link[8:-1] for link in links if link.startswith("socket:[")}
-found = set()
-for table in ("tcp", "tcp6"):
-    for line in open(f"/proc/net/{table}").readlines()[1:]:
-        fields = line.split()
-        if fields[3] == "0A" and fields[9] in inodes:
-            addr, port = fields[1].split(":")
-            ip = ".".join(str(int(addr[i:i + 2], 16)) for i in (6, 4, 2, 0)) if len(addr) == 8 else f"[{addr}]"
-            found.add(f"{ip}:{int(port, 16)}")
-print("\n".join(found))
-PYEOF
-)
+listening=$(listening_of master "$(on master systemctl show -p MainPID --value seaweedfs.service)")
 want=$(for p in "${SWFS_PORT[@]}"; do printf '127.0.0.1:%s\n' "$p"; done | sort | tr '\n' ' ')
 if [[ "$listening" == "$want" ]]; then pass "master: weed listens on 127.0.0.1 at the 8 configured ports only"
 else fail "master: weed listens on '$listening', want '$want'"; fi
@@ -508,7 +559,7 @@ if [[ $STORAGE_BACKEND == s3 ]]; then
   # The running master's private copy (systemctl show prints LoadCredential= as [unprintable] on Debian 12).
   cred=$(on master "stat -c '%a' /run/credentials/converter-master.service/s3-credentials" 2>&1)
   if [[ $perm == "root:root 600" && $cred =~ ^[0-7]00$ ]] \
-     && on master grep -q "credentials_file: .{CREDENTIALS_DIRECTORY}/s3-credentials" /etc/converter/master.yaml; then
+     && on master "grep -q 'credentials_file: .{CREDENTIALS_DIRECTORY}/s3-credentials' /etc/converter/master.yaml"; then
     pass "master: S3 credentials root:root 0600, the service's LoadCredential= copy $cred, named by master.yaml"
   else
     fail "master: S3 credentials '$perm', the service's copy: '$cred', master.yaml: $(on master grep -A8 '^storage:' /etc/converter/master.yaml | tr '\n' ' ')"
@@ -537,6 +588,134 @@ fi
 code=$(s3 -o /dev/null -w '%{http_code}' -X PUT "http://127.0.0.1:$S3_PORT/deploy-test-other-$$")
 if [[ $code == 403 ]]; then pass "S3: the identity may not create buckets (PUT bucket: 403)"
 else fail "S3: PUT of a new bucket answered $code, want 403"; fi
+
+# --------------------------------------------------------------------------------------------------------------
+phase "scale-out (PostgreSQL + HAProxy)"
+pg_master() { # pg_master SQL: psql as postgres on the master container (peer auth over the socket), one value a line
+  on master "cd / && runuser -u postgres -- psql -XAtq -p $PG_PORT -d converter -c \"$1\""
+}
+haproxy_servers() { # "name status" of each server of the backend, from HAProxy's stats socket
+  on master python3 - <<'PYEOF'
+import csv, io, socket
+s = socket.socket(socket.AF_UNIX)
+s.connect("/run/haproxy/admin.sock")
+s.sendall(b"show stat\n")
+data = b""
+while chunk := s.recv(65536):
+    data += chunk
+for row in csv.DictReader(io.StringIO(data.decode().lstrip("# "))):
+    if row["pxname"] == "converter_masters" and row["svname"] not in ("FRONTEND", "BACKEND"):
+        print(row["svname"], row["status"])
+PYEOF
+}
+wait_haproxy() { # wait_haproxy WANTED TIMEOUT: until the servers' "name status" lines equal WANTED; prints them
+  local deadline=$(($(date +%s) + $2)) got=""
+  while :; do
+    got=$(haproxy_servers 2>/dev/null | sort | tr '\n' ' ')
+    [[ "$got" == "$1" ]] && { echo "$got"; return 0; }
+    (($(date +%s) >= deadline)) && { echo "$got"; return 1; }
+    sleep 0.5
+  done
+}
+if [[ $SCALE_OUT == true ]]; then
+  DB_PASSWORD=$(cat "$WORK/credentials/db_password" 2>/dev/null)
+  # PostgreSQL: the role's cluster, on the configured address only; its rules let in the masters' role only.
+  state=$(on master systemctl is-active postgresql@15-main.service 2>/dev/null)
+  listening=$(listening_of master "$(on master systemctl show -p MainPID --value postgresql@15-main.service)")
+  if [[ $state == active && "$listening" == "127.0.0.1:$PG_PORT " ]]; then
+    pass "master: postgresql@15-main is active, listens on 127.0.0.1:$PG_PORT only"
+  else
+    fail "master: postgresql@15-main is $state, listens on '$listening' (want 127.0.0.1:$PG_PORT)"
+  fi
+  rules=$(pg_master "SELECT concat_ws(' ', type, database, user_name, address, netmask, auth_method, error) FROM pg_hba_file_rules ORDER BY line_number" | tr '\n' ';')
+  want="local {all} {postgres} peer;host {converter} {converter} 127.0.0.1 255.255.255.255 scram-sha-256;"
+  if [[ "$rules" == "$want" ]]; then pass "master: pg_hba.conf is 'local all postgres peer' and one scram-sha-256 rule for the masters' address"
+  else fail "master: pg_hba.conf rules '$rules', want '$want'"; fi
+  # Live, from a worker container with hand-made startup packets (no client library there): the masters' address
+  # is asked for a SCRAM password; another source address (127.0.0.5, any 127/8 address is local), another role or
+  # another database is turned away by pg_hba before any password.
+  probes=$(on worker1 python3 - "$PG_PORT" <<'PYEOF'
+import socket, struct, sys
+def probe(source, user, db):
+    params = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in (("user", user), ("database", db))) + b"\0"
+    with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5, source_address=(source, 0)) as s:
+        s.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+        kind, length = s.recv(1), struct.unpack("!i", s.recv(4))[0]
+        body = b""
+        while len(body) < length - 4:
+            body += s.recv(length - 4 - len(body))
+    if kind == b"R":  # AuthenticationSASL: the mechanisms offered
+        return "password " + body[4:].split(b"\0")[0].decode()
+    fields = dict((f[:1].decode(), f[1:].decode()) for f in body.split(b"\0") if f)
+    return "refused" if "no pg_hba.conf entry" in fields.get("M", "") else f"other {kind} {fields.get('M')}"
+for source, user, db in (("127.0.0.1", "converter", "converter"), ("127.0.0.5", "converter", "converter"),
+                         ("127.0.0.1", "postgres", "converter"), ("127.0.0.1", "converter", "postgres")):
+    print(f"{source}/{user}/{db}: {probe(source, user, db)}")
+PYEOF
+)
+  want="127.0.0.1/converter/converter: password SCRAM-SHA-256;127.0.0.5/converter/converter: refused;127.0.0.1/postgres/converter: refused;127.0.0.1/converter/postgres: refused;"
+  if [[ "$(tr '\n' ';' <<<"$probes")" == "$want" ]]; then
+    pass "pg_hba from worker1: the masters' address gets a SCRAM password request; 127.0.0.5, role postgres, database postgres refused"
+  else
+    fail "pg_hba from worker1: $(tr '\n' ';' <<<"$probes") (want $want)"
+  fi
+  # Each master process holds a connection to PostgreSQL; the schema they made is owned by the converter role.
+  conns=$(pg_master "SELECT count(*) FROM pg_stat_activity WHERE usename = 'converter' AND datname = 'converter'")
+  tables=$(pg_master "SELECT count(*) || ' ' || count(*) FILTER (WHERE tableowner <> 'converter') FROM pg_tables WHERE schemaname = 'public'")
+  per_master=$(for m in "${MASTERS[@]}"; do
+    printf '%s=%s ' "$m" "$(established_to "$m" "$(on "$m" systemctl show -p MainPID --value converter-master.service)" "$PG_PORT")"; done)
+  if [[ ! "$per_master" =~ =0\  && "$tables" =~ ^[1-9][0-9]*\ 0$ ]]; then
+    pass "PostgreSQL: connections of each master process: $per_master(role converter: $conns); the schema (${tables% *} tables) is owned by converter"
+  else
+    fail "PostgreSQL: connections of each master process: $per_master(role converter: $conns); tables 'count foreign-owned': '$tables'"
+  fi
+  # The password: on the masters in /etc/converter/db-password only, named by master.yaml, on no command line.
+  for m in "${MASTERS[@]}"; do
+    perm=$(on "$m" "stat -c '%U:%G %a' /etc/converter/db-password")
+    cred=$(on "$m" "stat -c '%a' /run/credentials/converter-master.service/db-password" 2>&1)
+    files=$(on "$m" 'grep -rlF -f - /etc /opt/converter /var/lib/converter /var/lib/postgresql 2>/dev/null | tr "\n" " "' <<<"$DB_PASSWORD")
+    procs=$(on "$m" 'grep -lF -f - /proc/[0-9]*/cmdline /proc/[0-9]*/environ 2>/dev/null | wc -l' <<<"$DB_PASSWORD")
+    if [[ -n "$DB_PASSWORD" && $perm == "root:root 600" && $cred =~ ^[0-7]00$ && "$files" == "/etc/converter/db-password " \
+          && $procs == 0 ]] \
+       && on "$m" "grep -q 'password_file: .{CREDENTIALS_DIRECTORY}/db-password' /etc/converter/master.yaml" \
+       && on "$m" "grep -q 'url: postgresql://converter@127.0.0.1:$PG_PORT/converter' /etc/converter/master.yaml"; then
+      pass "$m: database password only in /etc/converter/db-password (root:root 0600, the service's copy $cred), master.yaml names it and the URL"
+    else
+      fail "$m: database password '$perm', copy '$cred', found in '$files', $procs processes; master.yaml: $(on "$m" grep -A3 '^database:' /etc/converter/master.yaml | tr '\n' ' ')"
+    fi
+  done
+  # HAProxy: valid config, both masters UP by their /healthz, requests through it answered.
+  state=$(on master systemctl is-active haproxy.service 2>/dev/null)
+  if [[ $state == active ]] && on master haproxy -c -q -f /etc/haproxy/haproxy.cfg; then
+    pass "master: haproxy.service is active, haproxy -c accepts /etc/haproxy/haproxy.cfg"
+  else
+    fail "master: haproxy.service is $state, haproxy -c: $(on master haproxy -c -f /etc/haproxy/haproxy.cfg 2>&1 | tail -3)"
+  fi
+  want_up=$(for m in "${MASTERS[@]}"; do printf '%s UP\n' "${INV[$m]}"; done | sort | tr '\n' ' ')
+  if got=$(wait_haproxy "$want_up" 20); then pass "HAProxy: servers $got(by GET /healthz)"
+  else fail "HAProxy servers: '$got', want '$want_up'"; fi
+  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$API_URL/healthz")
+  if [[ $code == 200 ]]; then pass "GET $API_URL/healthz through HAProxy: 200"; else fail "GET $API_URL/healthz through HAProxy: $code"; fi
+  # One master stopped: HAProxy takes it out within fall x inter and every request still gets an answer.
+  t_stop=$(date +%s)
+  on master2 systemctl stop converter-master.service
+  if got=$(wait_haproxy "${INV[master]} UP ${INV[master2]} DOWN " 15); then
+    took=$(($(date +%s) - t_stop)); codes=""
+    for _ in 1 2 3 4 5 6 7 8 9 10; do codes+="$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$API_URL/healthz") "; done
+    if [[ "$codes" == "$(printf '200 %.0s' {1..10})" ]]; then
+      pass "master2 stopped: HAProxy marked it DOWN in ${took} s; 10 requests through HAProxy all answered 200"
+    else
+      fail "master2 stopped: requests through HAProxy answered: $codes"
+    fi
+  else
+    fail "master2 stopped: HAProxy servers '$got', want ${INV[master]} UP, ${INV[master2]} DOWN"
+  fi
+  on master2 systemctl start converter-master.service || fail "master2: converter-master does not start again"
+  if got=$(wait_haproxy "$want_up" 30); then pass "master2 started again: HAProxy has both masters UP"
+  else fail "master2 started again: HAProxy servers '$got'"; fi
+else
+  skip "several masters: one master on SQLite ($([[ $STORAGE_BACKEND != s3 ]] && echo "storage $STORAGE_BACKEND" || echo "no database.url in this converter build or DEPLOY_TEST_SCALE_OUT=0"))"
+fi
 
 # --------------------------------------------------------------------------------------------------------------
 phase "conversion job"
@@ -568,12 +747,17 @@ if job1=$(submit_job in/short.mp4 out/short.mp4); then
   if [[ "$status" == completed ]]; then
     probe=$(output_probe out/short.mp4)
     if [[ "$probe" == "h264,720" ]]; then
-      pass "job $job1 completed by $(job_field "$job1" worker_id) in $(($(date +%s) - t_job)) s; output is h264 720p ($STORAGE_BACKEND storage)"
+      pass "job $job1 completed by $(job_field "$job1" worker_id) in $(($(date +%s) - t_job)) s; output is h264 720p ($STORAGE_BACKEND storage, through $API_URL)"
     else
       fail "job $job1 completed but the output probes as '$probe'"
     fi
+    if [[ $SCALE_OUT == true ]]; then  # one queue: each master, asked directly, knows the job
+      seen=$(for m in "${MASTERS[@]}"; do printf '%s=%s ' "$m" "$(job_field "$job1" status "http://127.0.0.1:${API_PORT[$m]}")"; done)
+      if [[ "$seen" == "$(printf '%s=completed ' "${MASTERS[@]}")" ]]; then pass "job $job1 as each master reports it: $seen"
+      else fail "job $job1 as each master reports it: $seen"; fi
+    fi
   else
-    fail "job $job1 ended as '$status': $(api "http://127.0.0.1:$MASTER_PORT/api/jobs/$job1")"
+    fail "job $job1 ended as '$status': $(api "$API_URL/api/jobs/$job1")"
   fi
 else
   fail "POST /api/jobs refused the job"
@@ -588,21 +772,22 @@ for r in json.load(sys.stdin)["data"]["result"]:
     print(r["metric"]["job"], r["metric"]["instance"], r["value"][1])'
 }
 # Targets whose /metrics is not in this build yet are reported as SKIP; do not wait for them.
-want_up=3
-grep -rqs '/metrics' "$SRC/master" || want_up=$((want_up - 1))
-[[ $WORKER_METRICS == true ]] || want_up=$((want_up - 2))
+n_want=$((${#MASTERS[@]} + ${#WORKERS[@]}))
+want_up=$n_want
+grep -rqs '/metrics' "$SRC/master" || want_up=$((want_up - ${#MASTERS[@]}))
+[[ $WORKER_METRICS == true ]] || want_up=$((want_up - ${#WORKERS[@]}))
 deadline=$(($(date +%s) + 30))
 while :; do
   up_lines=$(prom_up 2>/dev/null)
   n_up=$(grep -c ' 1$' <<<"$up_lines")
   n_targets=$(grep -c . <<<"$up_lines")
-  ((n_up >= want_up && n_targets >= 3)) && break
+  ((n_up >= want_up && n_targets >= n_want)) && break
   (($(date +%s) >= deadline)) && break
   sleep 2
 done
 echo "$up_lines" | sed 's/^/  up: /'
 n_targets=$(grep -c . <<<"$up_lines")
-if [[ $n_targets == 3 ]]; then pass "prometheus has the 3 targets generated from the inventory"; else fail "prometheus targets: $n_targets, want 3"; fi
+if [[ $n_targets == "$n_want" ]]; then pass "prometheus has the $n_want targets generated from the inventory"; else fail "prometheus targets: $n_targets, want $n_want"; fi
 while read -r job inst val; do
   [[ -z "$job" ]] && continue
   if [[ "$val" == 1 ]]; then
@@ -662,7 +847,7 @@ if job2=$(submit_job in/long.mp4 out/long-kill.mp4) && victim=$(wait_processing_
   if [[ "$status" == completed ]]; then
     pass "job $job2 killed in flight still completed (attempts=$(job_field "$job2" attempts), worker $(job_field "$job2" worker_id))"
   else
-    fail "job $job2 after SIGKILL ended as '$status': $(api "http://127.0.0.1:$MASTER_PORT/api/jobs/$job2")"
+    fail "job $job2 after SIGKILL ended as '$status': $(api "$API_URL/api/jobs/$job2")"
   fi
 else
   fail "SIGKILL check: job never ran on a worker (status $(job_field "${job2:-none}" status 2>/dev/null))"
@@ -686,7 +871,7 @@ if job3=$(submit_job in/long.mp4 out/long-stop.mp4) && victim=$(wait_processing_
   if [[ "$status" == completed ]]; then
     pass "job $job3 given back on stop and completed by $(job_field "$job3" worker_id)"
   else
-    fail "job $job3 after stop ended as '$status': $(api "http://127.0.0.1:$MASTER_PORT/api/jobs/$job3")"
+    fail "job $job3 after stop ended as '$status': $(api "$API_URL/api/jobs/$job3")"
   fi
   on "$victim" systemctl start converter-worker || fail "$victim: converter-worker does not start again"
 else
@@ -695,6 +880,6 @@ fi
 
 phase_end
 for name in "${CONTAINERS[@]}"; do
-  on "$name" 'journalctl -u converter-master -u converter-worker -u seaweedfs --no-pager -o short-monotonic' >"$WORK/$name.journal.log" 2>/dev/null || true
+  on "$name" 'journalctl -u converter-master -u converter-worker -u seaweedfs -u postgresql@15-main -u haproxy --no-pager -o short-monotonic' >"$WORK/$name.journal.log" 2>/dev/null || true
 done
 exit 0
