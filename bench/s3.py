@@ -46,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
-from transfer import parse_size, sha256_speed, steal_seconds, upload_protocol  # noqa: E402
+from transfer import fmt_row, parse_size, sha256_speed, steal_seconds, upload_protocol  # noqa: E402
 
 sys.path.insert(0, str(benchlib.REPO))
 
@@ -385,13 +385,6 @@ class Harness:
                     self.results.setdefault(key, []).append(fn())
             self.vacuum()
             print(f"  run {run + 1}/{self.args.runs} done", file=sys.stderr, flush=True)
-
-
-def fmt_row(name: str, times: list[float], size: int, note: str = "") -> str:
-    med = benchlib.median(times)
-    rates = [size / t / MB for t in times]
-    return (f"| {name} | {len(times)} | {med:.3f} | {size / med / MB:.0f} | {min(rates):.0f}–{max(rates):.0f} "
-            f"| {note} |")
 
 
 def main(argv: list[str] | None = None) -> int:
