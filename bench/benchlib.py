@@ -78,6 +78,7 @@ class Master:
     storage_extra: str = ""  # more lines of the storage: section, e.g. "  backend: s3\n  s3:\n    bucket: b\n"
     prefix: tuple[str, ...] = ()  # e.g. ("ip", "netns", "exec", "ns") to run it in a network namespace
     script: Path | None = None  # run this Python script (taking --config) instead of converter-master
+    python: Path | None = None  # run the master with this interpreter (e.g. ``master_only_python()``)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
 
@@ -116,6 +117,9 @@ class Master:
             "--config", str(config)]
         if self.script is not None:
             cmd = [sys.executable, str(self.script), "--config", str(config)]
+        if self.python is not None:  # the code of this checkout (cwd), the packages of that environment
+            cmd = [str(self.python), "-c", "import sys; from master.main import main; sys.exit(main(sys.argv[1:]))",
+                   "--config", str(config)]
         if profile_to is not None:  # cProfile writes the file when the master exits on SIGINT
             code = ("import cProfile, sys; from master.main import main; "
                     "cProfile.run('main(sys.argv[2:])', sys.argv[1])")
@@ -135,6 +139,25 @@ class Master:
         if self.log_path is None or not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+
+def master_only_python(directory: Path = REPO / "bench" / "out" / "venv-master") -> Path:
+    """The Python of a virtual environment holding only what a deployed master has (``pyproject.toml``: the
+    dependencies and the ``master`` extra), made once and kept: a master's memory measured in the development
+    venv would count the test and bench packages too (boto3, which smart_open imports when it is installed)."""
+    import tomllib
+
+    python = directory / "bin" / "python"
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = sorted(project["dependencies"] + project["optional-dependencies"]["master"])
+    stamp = directory / "requirements.txt"
+    if python.exists() and stamp.exists() and stamp.read_text().splitlines() == wanted:
+        return python
+    shutil.rmtree(directory, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(directory)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *wanted], check=True)
+    stamp.write_text("\n".join(wanted) + "\n")
+    return python
 
 
 class RssSampler:

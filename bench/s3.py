@@ -20,7 +20,8 @@ Each of our upload runs is a fresh job (POST /api/jobs, claimed with POST /api/w
 of its own; every uploaded object is deleted after its run and SeaweedFS vacuumed between runs.
 
 Also: the s3 master's CPU time during our s3 transfers / their wall time (% of one core: it only hands out URLs
-and keeps the books), peak RSS of the s3 master (psutil sampling, 20 ms) and of the process running our worker
+and keeps the books), peak RSS of the s3 master (psutil sampling, 20 ms; both masters run in an environment
+holding only the master's packages, ``benchlib.master_only_python``, as a deployment has) and of the process running our worker
 client (``/usr/bin/time -v``; the client runs in a subprocess of its own), CPU seconds per GiB by process.
 Prints the machine, tables and, last, one line
 ``s3: dl_vs_boto3=.. up_vs_boto3=.. master_cpu_pct_during_transfer=.. master_rss_mb=.. worker_rss_mb=.. ...``.
@@ -166,7 +167,8 @@ class Harness:
         self.boto3_env = {**os.environ, "AWS_ACCESS_KEY_ID": self.seaweed.access_key,
                           "AWS_SECRET_ACCESS_KEY": self.seaweed.secret_key}
         # master S: the bucket backend; the source object carries its SHA-256 (x-amz-meta-sha256) as a client's would
-        self.m_s3 = benchlib.Master(self.work / "master-s3", extra_config=f"jobs:\n  lease_seconds: {LEASE}\n")
+        self.m_s3 = benchlib.Master(self.work / "master-s3", extra_config=f"jobs:\n  lease_seconds: {LEASE}\n",
+                                    python=benchlib.master_only_python())
         self.m_s3.storage.mkdir(parents=True)
         storage = self.seaweed.master_storage(self.m_s3.workdir, self.m_s3.storage, part_size=self.args.part_size)
         self.prefix = storage["s3"]["prefix"]
@@ -177,7 +179,8 @@ class Harness:
         self.m_s3.start()
         self.masters.append(self.m_s3)
         # master L: the local backend, its source a hard link of src.bin
-        self.m_local = benchlib.Master(self.work / "master-local", extra_config=f"jobs:\n  lease_seconds: {LEASE}\n")
+        self.m_local = benchlib.Master(self.work / "master-local", extra_config=f"jobs:\n  lease_seconds: {LEASE}\n",
+                                       python=benchlib.master_only_python())
         self.m_local.storage.mkdir(parents=True)
         os.link(self.src, self.m_local.storage / "src.bin")
         self.m_local.start()

@@ -54,7 +54,7 @@ class S3Config:
     region: str = "us-east-1"
     prefix: str = ""  # every key is <prefix>/<path>; the same path rules as for files apply
     # AWS shared-credentials file ([default] aws_access_key_id / aws_secret_access_key), readable by the owner only;
-    # unset: boto3's standard chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws, instance roles)
+    # unset: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY(/AWS_SESSION_TOKEN), else ~/.aws/credentials (AWS_PROFILE)
     credentials_file: Path | None = None
     presign_expiry: Duration = 3600.0  # how long a URL handed to a worker or client stays valid
     part_size: Size = 64 * MiB  # multipart upload part size (doubled for a file that would need > 10,000 parts)

@@ -13,23 +13,35 @@ uploads are created without a checksum algorithm (which would make CompleteMulti
 and each part's checksum is checked by the store when the part arrives; an expired URL gets 403
 ``AccessDenied`` "Request has expired".
 
-Errors are ``ObjectStoreError`` (the store said no: a missing object, access denied, a bad part) or
-``ObjectStoreUnavailable`` (the store could not be reached or failed: worth trying again).
+Requests are signed with SigV4 (``master.sigv4``) and sent with ``http.client``, one kept-alive connection
+per thread. Errors are ``ObjectStoreError`` (the store said no: a missing object, access denied, a bad part)
+or ``ObjectStoreUnavailable`` (the store could not be reached or failed: worth trying again).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import http.client
 import os
+import threading
+import time
+import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import PurePosixPath
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
+from xml.sax.saxutils import escape
 
 from converter_common.protocol import MAX_PARTS, MIN_PART_SIZE, part_count, part_size_for
+from master.sigv4 import EMPTY_SHA256, Credentials, Signer
 
 
 _CONTROL = {chr(c) for c in range(0x20)} | {"\x7f"}
-_UNAVAILABLE_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "503", "500"}
+_UNAVAILABLE_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
+ATTEMPTS = 3  # a request the store failed (5xx) or that was cut is sent again, after 0.2 s then 0.4 s
+TIMEOUT = 60.0  # seconds to connect, and between two reads of an answer
+SEND_BLOCK = 1 << 20
 
 
 class ObjectStoreError(Exception):
@@ -52,8 +64,9 @@ class ObjectExists(ObjectStoreError):
 class S3Settings:
     endpoint: str
     bucket: str
-    access_key: str | None = None  # None: boto3's standard credential chain
-    secret_key: str | None = None
+    access_key: str
+    secret_key: str
+    session_token: str | None = None
     region: str = "us-east-1"
     prefix: str = ""
     presign_expiry: float = 3600.0
@@ -64,6 +77,9 @@ class S3Settings:
             raise ValueError(f"part_size must be 5 MiB..5 GiB, got {self.part_size}")
         if not 1 <= self.presign_expiry <= 7 * 24 * 3600:
             raise ValueError(f"presign_expiry must be 1 s..7 days, got {self.presign_expiry}")
+
+    def __repr__(self) -> str:
+        return f"S3Settings(endpoint={self.endpoint!r}, bucket={self.bucket!r}, access_key={self.access_key!r})"
 
 
 @dataclass(frozen=True)
@@ -105,8 +121,8 @@ class PresignedPart:
 
 
 class FileSlice:
-    """Bytes ``[start, start + length)`` of an open file as a seekable stream, so that boto3 reads a part in
-    blocks (to sign and send it) instead of the master holding a whole part in memory."""
+    """Bytes ``[start, start + length)`` of an open file as a stream, so that a part is sent in blocks
+    instead of the master holding a whole part in memory."""
 
     def __init__(self, file, start: int, length: int) -> None:
         self._file, self._start, self._length, self._position = file, start, length, 0
@@ -121,13 +137,16 @@ class FileSlice:
         self._position += len(data)
         return data
 
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._length}[whence]
-        self._position = max(0, min(self._length, base + offset))
-        return self._position
+    def rewind(self) -> None:
+        self._position = 0
 
-    def tell(self) -> int:
-        return self._position
+    def sha256(self) -> bytes:
+        """The slice's SHA-256 (read once; the slice is then rewound to be sent)."""
+        hasher = hashlib.sha256()
+        while block := self.read(SEND_BLOCK):
+            hasher.update(block)
+        self.rewind()
+        return hasher.digest()
 
     def __len__(self) -> int:
         return self._length
@@ -137,9 +156,9 @@ class ObjectBody:
     """An object's bytes as they arrive: ``read(n)`` (a cut or a timeout is ``ObjectStoreUnavailable``), ``close()``.
     ``etag`` is the store's ETag: the MD5 of the bytes for an object stored in one PUT (``plain_md5``)."""
 
-    def __init__(self, body, etag: str) -> None:
-        self._body = body
-        self.etag = etag.strip('"')
+    def __init__(self, response: http.client.HTTPResponse, connection: http.client.HTTPConnection) -> None:
+        self._response, self._connection = response, connection
+        self.etag = (response.getheader("ETag") or "").strip('"')
 
     @property
     def plain_md5(self) -> str | None:
@@ -148,31 +167,33 @@ class ObjectBody:
 
     def read(self, size: int) -> bytes:
         try:
-            return self._body.read(size)
-        except OSError as exc:
+            return self._response.read(size)
+        except (OSError, http.client.HTTPException) as exc:
             raise ObjectStoreUnavailable(type(exc).__name__, f"reading the object was cut: {exc}") from None
-        except Exception as exc:
-            if isinstance(exc, _botocore().exceptions.BotoCoreError):
-                raise ObjectStoreUnavailable(type(exc).__name__, f"reading the object was cut: {exc}") from None
-            raise
 
     def close(self) -> None:
-        self._body.close()
+        self._response.close()
+        self._connection.close()
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def xml(self) -> ElementTree.Element:
+        return _strip_namespaces(ElementTree.fromstring(self.body))
 
 
 class ObjectStore:
-    """One bucket (and key prefix) of an S3-compatible store, through boto3."""
+    """One bucket (and key prefix) of an S3-compatible store."""
 
-    def __init__(self, settings: S3Settings, client=None) -> None:
+    def __init__(self, settings: S3Settings) -> None:
         self.settings = settings
-        import boto3  # here, not at the top: it costs a master ~8 MB of memory, and only the s3 backend needs it
-        from botocore.config import Config
-
-        self._s3 = client or boto3.client(
-            "s3", endpoint_url=settings.endpoint, region_name=settings.region,
-            aws_access_key_id=settings.access_key, aws_secret_access_key=settings.secret_key,
-            config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
-                          retries={"max_attempts": 3, "mode": "standard"}))
+        self._signer = Signer(settings.endpoint, settings.region,
+                              Credentials(settings.access_key, settings.secret_key, settings.session_token))
+        self._connections = threading.local()
 
     def key(self, relative: str) -> str:
         """The key of a storage-relative path: the same rules as for files (no ``..``, not absolute, no
@@ -189,9 +210,11 @@ class ObjectStore:
     # -- reading ----------------------------------------------------------------------------------
 
     def head(self, key: str) -> StoredObject:
-        response = self._call("head_object", Key=key)
-        return StoredObject(size=response["ContentLength"], etag=response["ETag"],
-                            metadata=dict(response.get("Metadata", {})))
+        answer = self._request("HEAD", key)
+        metadata = {name[len("x-amz-meta-"):].lower(): value for name, value in answer.headers.items()
+                    if name.lower().startswith("x-amz-meta-")}
+        return StoredObject(size=int(answer.headers.get("Content-Length", 0)), etag=answer.headers.get("ETag", ""),
+                            metadata=metadata)
 
     def exists(self, key: str) -> bool:
         try:
@@ -204,40 +227,56 @@ class ObjectStore:
 
     def presigned_get(self, key: str, filename: str | None = None) -> str:
         """A URL anyone holding it may GET (with Range) until ``presign_expiry`` passes."""
-        params = {"Key": key}
+        query = {}
         if filename:
-            params["ResponseContentDisposition"] = f"attachment; filename*=UTF-8''{quote(filename, safe='')}"
-        return self._presign("get_object", params)
+            query["response-content-disposition"] = f"attachment; filename*=UTF-8''{quote(filename, safe='')}"
+        return self._presign("GET", key, query)
 
-    def read(self, key: str, first: int | None = None, last: int | None = None) -> "ObjectBody":
+    def read(self, key: str, first: int | None = None, last: int | None = None) -> ObjectBody:
         """The object's body, whole or bytes ``first..last``."""
-        params = {"Key": key}
-        if first is not None:
-            params["Range"] = f"bytes={first}-{'' if last is None else last}"
-        response = self._call("get_object", **params)
-        return ObjectBody(response["Body"], response.get("ETag", ""))
+        headers = {} if first is None else {"Range": f"bytes={first}-{'' if last is None else last}"}
+        for attempt in range(ATTEMPTS):
+            connection = self._new_connection()
+            try:
+                connection.request("GET", self._signer.url(self._path(key)),
+                                   headers=self._signer.headers("GET", self._path(key), {}, headers))
+                response = connection.getresponse()
+                if response.status < 300:
+                    return ObjectBody(response, connection)
+                answer = _Answer(response.status, response.headers, response.read())
+                connection.close()
+                _raise_for(answer, "GET")
+            except (OSError, http.client.HTTPException) as exc:
+                connection.close()
+                error = ObjectStoreUnavailable(type(exc).__name__, str(exc))
+            except ObjectStoreUnavailable as exc:
+                error = exc
+            _pause(attempt)
+        raise error
 
     def list_keys(self, prefix: str) -> list[StoredKey]:
         """Every object whose key starts with ``prefix`` (paged), with its size and last change."""
         keys: list[StoredKey] = []
         token = None
         while True:
-            params = {"Prefix": prefix, **({"ContinuationToken": token} if token else {})}
-            response = self._call("list_objects_v2", **params)
-            keys += [StoredKey(o["Key"], o["Size"], o["LastModified"].timestamp(), o.get("ETag", ""))
-                     for o in response.get("Contents", [])]
-            if not response.get("IsTruncated"):
+            query = {"list-type": "2", "prefix": prefix, **({"continuation-token": token} if token else {})}
+            page = self._request("GET", None, query).xml()
+            keys += [StoredKey(item.findtext("Key", ""), int(item.findtext("Size", "0")),
+                               _timestamp(item.findtext("LastModified", "")), item.findtext("ETag", ""))
+                     for item in page.iter("Contents")]
+            if page.findtext("IsTruncated") != "true":
                 return keys
-            token = response["NextContinuationToken"]
+            token = page.findtext("NextContinuationToken")
 
     def delete(self, key: str) -> None:
-        self._call("delete_object", Key=key)
+        self._request("DELETE", key)
 
     # -- writing a file the master holds (a body relayed through it) -------------------------------
 
     def put_file(self, key: str, path: str, metadata: dict[str, str], on_bytes=None) -> int:
         """Store the file at ``path`` under ``key`` only if no object is there (else ``ObjectExists``), as a
-        multipart upload of ``part_size`` parts; a failure aborts the upload. Returns the bytes sent."""
+        multipart upload of ``part_size`` parts, each checked by the store against its SHA-256; a failure
+        aborts the upload. Returns the bytes sent."""
         size = os.path.getsize(path)
         part_size = part_size_for(size, self.settings.part_size)
         upload_id = self.start_upload(key, metadata)
@@ -246,60 +285,70 @@ class ObjectStore:
             with open(path, "rb") as file:
                 for number in range(1, part_count(size, part_size) + 1):
                     start = (number - 1) * part_size
-                    length = min(part_size, size - start)
-                    etag = self._call("upload_part", Key=key, UploadId=upload_id, PartNumber=number,
-                                      Body=FileSlice(file, start, length), ContentLength=length)["ETag"]
-                    parts.append(StoredPart(number, length, etag))
+                    part = FileSlice(file, start, min(part_size, size - start))
+                    parts.append(self._put_part(key, upload_id, number, part))
                     if on_bytes is not None:
-                        on_bytes(length)
+                        on_bytes(len(part))
             self.complete(key, upload_id, parts)
         except BaseException:
             self.abort(key, upload_id)
             raise
         return size
 
+    def _put_part(self, key: str, upload_id: str, number: int, part: FileSlice) -> StoredPart:
+        digest = part.sha256()
+        answer = self._request("PUT", key, {"partNumber": str(number), "uploadId": upload_id},
+                               {"x-amz-checksum-sha256": base64.b64encode(digest).decode("ascii"),
+                                "Content-Length": str(len(part))}, part, digest.hex())
+        return StoredPart(number, len(part), answer.headers.get("ETag", ""))
+
     # -- multipart upload ------------------------------------------------------------------------
 
     def start_upload(self, key: str, metadata: dict[str, str] | None = None) -> str:
         """Create a multipart upload of ``key``; its upload id."""
-        return self._call("create_multipart_upload", Key=key, Metadata=metadata or {})["UploadId"]
+        headers = {f"x-amz-meta-{name}": value for name, value in (metadata or {}).items()}
+        return self._request("POST", key, {"uploads": ""}, headers).xml().findtext("UploadId", "")
 
     def presigned_part(self, key: str, upload_id: str, number: int, sha256: bytes) -> PresignedPart:
         """A PUT for part ``number`` whose bytes must have ``sha256``: the store refuses other bytes."""
         if not 1 <= number <= MAX_PARTS:
             raise ValueError(f"part number must be 1..{MAX_PARTS}")
-        checksum = base64.b64encode(sha256).decode("ascii")
-        url = self._presign("upload_part", {"Key": key, "UploadId": upload_id, "PartNumber": number,
-                                            "ChecksumSHA256": checksum})
-        return PresignedPart(number=number, url=url, headers={"x-amz-checksum-sha256": checksum})
+        headers = {"x-amz-checksum-sha256": base64.b64encode(sha256).decode("ascii")}
+        url = self._presign("PUT", key, {"partNumber": str(number), "uploadId": upload_id}, headers)
+        return PresignedPart(number=number, url=url, headers=headers)
 
     def stored_parts(self, key: str, upload_id: str) -> list[StoredPart]:
         """The parts the store holds, in order (what a worker need not send again after a cut)."""
         parts: list[StoredPart] = []
-        marker = 0
+        marker = "0"
         while True:
-            response = self._call("list_parts", Key=key, UploadId=upload_id, PartNumberMarker=marker)
-            parts += [StoredPart(number=p["PartNumber"], size=p["Size"], etag=p["ETag"])
-                      for p in response.get("Parts", [])]
-            if not response.get("IsTruncated"):
+            page = self._request("GET", key, {"uploadId": upload_id, "part-number-marker": marker}).xml()
+            parts += [StoredPart(number=int(part.findtext("PartNumber", "0")), size=int(part.findtext("Size", "0")),
+                                 etag=part.findtext("ETag", "")) for part in page.iter("Part")]
+            if page.findtext("IsTruncated") != "true":
                 return parts
-            marker = response["NextPartNumberMarker"]
+            marker = page.findtext("NextPartNumberMarker", "")
 
     def complete(self, key: str, upload_id: str, parts: list[StoredPart]) -> None:
         """Join the parts into the object at ``key``, only if no object is there: ``ObjectExists`` otherwise
         (the upload is then still open; abort it)."""
+        listing = "".join(f"<Part><PartNumber>{part.number}</PartNumber><ETag>{escape(part.etag)}</ETag></Part>"
+                          for part in parts)
+        body = f'<CompleteMultipartUpload xmlns="{_S3_XMLNS}">{listing}</CompleteMultipartUpload>'.encode()
         try:
-            self._call("complete_multipart_upload", Key=key, UploadId=upload_id, IfNoneMatch="*",
-                       MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]})
+            answer = self._request("POST", key, {"uploadId": upload_id},
+                                   {"If-None-Match": "*", "Content-Type": "application/xml"}, body,
+                                   hashlib.sha256(body).hexdigest())
         except ObjectStoreError as exc:
             if exc.code in ("PreconditionFailed", "412"):
                 raise ObjectExists(exc.code, f"an object exists at {key!r}; it was not replaced") from None
             raise
+        _raise_for(answer, "POST")  # S3 may answer 200 and put the error in the body
 
     def abort(self, key: str, upload_id: str) -> None:
         """Drop an upload and its parts; one already gone is fine."""
         try:
-            self._call("abort_multipart_upload", Key=key, UploadId=upload_id)
+            self._request("DELETE", key, {"uploadId": upload_id})
         except ObjectStoreError as exc:
             if exc.code != "NoSuchUpload":
                 raise
@@ -307,34 +356,95 @@ class ObjectStore:
     def open_uploads(self) -> list[OpenUpload]:
         """Every multipart upload under the prefix not yet completed or aborted (paged)."""
         uploads: list[OpenUpload] = []
-        markers: dict = {}
+        markers: dict[str, str] = {}
         while True:
-            response = self._call("list_multipart_uploads", Prefix=self.settings.prefix.strip("/"), **markers)
-            uploads += [OpenUpload(u["Key"], u["UploadId"], u["Initiated"].timestamp())
-                        for u in response.get("Uploads", [])]
-            if not response.get("IsTruncated"):
+            query = {"uploads": "", "prefix": self.settings.prefix.strip("/"), **markers}
+            page = self._request("GET", None, query).xml()
+            uploads += [OpenUpload(upload.findtext("Key", ""), upload.findtext("UploadId", ""),
+                                   _timestamp(upload.findtext("Initiated", ""))) for upload in page.iter("Upload")]
+            if page.findtext("IsTruncated") != "true":
                 return uploads
-            markers = {"KeyMarker": response["NextKeyMarker"], "UploadIdMarker": response["NextUploadIdMarker"]}
+            markers = {"key-marker": page.findtext("NextKeyMarker", ""),
+                       "upload-id-marker": page.findtext("NextUploadIdMarker", "")}
 
     # -- internals --------------------------------------------------------------------------------
 
-    def _presign(self, operation: str, params: dict) -> str:
-        return self._s3.generate_presigned_url(operation, Params={"Bucket": self.settings.bucket, **params},
-                                               ExpiresIn=int(self.settings.presign_expiry))
+    def _path(self, key: str | None) -> str:
+        return f"/{self.settings.bucket}" + (f"/{key}" if key is not None else "")
 
-    def _call(self, operation: str, **params):
+    def _presign(self, method: str, key: str, query: dict[str, str], headers: dict[str, str] | None = None) -> str:
+        return self._signer.presign(method, self._path(key), query, headers, int(self.settings.presign_expiry))
+
+    def _request(self, method: str, key: str | None, query: dict[str, str] | None = None,
+                 headers: dict[str, str] | None = None, body: bytes | FileSlice | None = None,
+                 payload_sha256: str = EMPTY_SHA256) -> _Answer:
+        """Send one signed request (again, up to ``ATTEMPTS`` times, when the store failed or the connection was
+        cut); its answer, or the store's refusal as an ``ObjectStoreError``."""
+        path, query = self._path(key), query or {}
+        for attempt in range(ATTEMPTS):
+            if isinstance(body, FileSlice):
+                body.rewind()
+            signed = self._signer.headers(method, path, query, headers or {}, payload_sha256)
+            try:
+                answer = self._exchange(method, self._signer.url(path, query), signed, body)
+                return _raise_for(answer, method)
+            except ObjectStoreUnavailable as exc:
+                error = exc
+            _pause(attempt)
+        raise error
+
+    def _exchange(self, method: str, url: str, headers: dict[str, str], body) -> _Answer:
+        connection = getattr(self._connections, "connection", None) or self._new_connection()
+        self._connections.connection = connection
         try:
-            return getattr(self._s3, operation)(Bucket=self.settings.bucket, **params)
-        except _botocore().exceptions.ClientError as exc:
-            error = exc.response.get("Error", {})
-            code = str(error.get("Code", "Unknown"))
-            kind = ObjectStoreUnavailable if code in _UNAVAILABLE_CODES else ObjectStoreError
-            raise kind(code, error.get("Message") or str(exc)) from None
-        except (_botocore().exceptions.BotoCoreError, OSError) as exc:  # connection refused, timeouts, DNS
-            raise ObjectStoreUnavailable(type(exc).__name__, str(exc)) from None
+            connection.request(method, url, body=body, headers=headers)
+            response = connection.getresponse()
+            return _Answer(response.status, response.headers, response.read())
+        except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, a cut answer
+            connection.close()
+            self._connections.connection = None
+            raise ObjectStoreUnavailable(type(exc).__name__, str(exc) or type(exc).__name__) from None
+
+    def _new_connection(self) -> http.client.HTTPConnection:
+        endpoint = urlsplit(self.settings.endpoint)
+        if endpoint.scheme == "https":
+            return http.client.HTTPSConnection(endpoint.netloc, timeout=TIMEOUT, blocksize=SEND_BLOCK)
+        return http.client.HTTPConnection(endpoint.netloc, timeout=TIMEOUT, blocksize=SEND_BLOCK)
 
 
-def _botocore():
-    """botocore, imported once an ``ObjectStore`` exists (so it is already loaded when an error is judged)."""
-    import botocore.exceptions
-    return botocore
+_S3_XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
+
+
+def _raise_for(answer: _Answer, method: str) -> _Answer:
+    """``answer`` if it is a success; else the store's error (code and message from its XML body, or the HTTP
+    status for a HEAD, whose answer has no body)."""
+    code, message = str(answer.status), f"HTTP {answer.status}"
+    if answer.body.lstrip().startswith(b"<"):
+        try:
+            root = answer.xml()
+        except ElementTree.ParseError:
+            root = None
+        if root is not None and root.tag == "Error":
+            code, message = root.findtext("Code", code), root.findtext("Message", message)
+        elif answer.status < 300:
+            return answer
+    elif answer.status < 300:
+        return answer
+    kind = ObjectStoreUnavailable if answer.status >= 500 or code in _UNAVAILABLE_CODES else ObjectStoreError
+    raise kind(code, message)
+
+
+def _pause(attempt: int) -> None:
+    if attempt + 1 < ATTEMPTS:
+        time.sleep(0.2 * 2 ** attempt)
+
+
+def _strip_namespaces(root: ElementTree.Element) -> ElementTree.Element:
+    for element in root.iter():
+        element.tag = element.tag.rsplit("}", 1)[-1]
+    return root
+
+
+def _timestamp(iso: str) -> float:
+    """Unix time of an S3 timestamp (``2026-12-03T14:00:00.000Z``)."""
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()

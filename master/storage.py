@@ -6,7 +6,7 @@ backend holds them: under ``storage.root`` (``LocalStorage``, the embedded defau
 what is at an output's name (``place`` raises ``FileExistsError``: a rename that may not replace, an S3
 write with ``If-None-Match: *``) and answer the same questions for job intake and delivery.
 
-Every call to the bucket runs in a thread (boto3 blocks) and is counted: bytes by direction, errors by
+Every call to the bucket runs in a thread (its requests block) and is counted: bytes by direction, errors by
 operation, presigned URLs by operation.
 """
 
@@ -31,6 +31,7 @@ from master.metrics import MasterMetrics
 from master.paths import check_output_parent, require_file, resolve_in_root, storage_relative
 from master.object_store import (ObjectExists, ObjectStore, ObjectStoreError, ObjectStoreUnavailable, OpenUpload,
                                  PresignedPart, S3Settings, StoredKey, StoredObject, StoredPart)
+from master.sigv4 import Credentials
 
 log = logging.getLogger("converter.master")
 SHA256_METADATA = "sha256"  # x-amz-meta-sha256: the object's SHA-256 (hex), set by us or by whoever stored it
@@ -266,24 +267,41 @@ def make_storage(config: MasterConfig, metrics: MasterMetrics) -> Storage:
     return BucketStorage(config, metrics) if config.storage.in_bucket else LocalStorage(config.storage.root)
 
 
-def s3_settings(config: S3Config) -> S3Settings:
-    access_key = secret_key = None
-    if config.credentials_file is not None:
-        access_key, secret_key = read_credentials(Path(os.path.expandvars(str(config.credentials_file))))
-    return S3Settings(endpoint=config.endpoint, bucket=config.bucket, access_key=access_key, secret_key=secret_key,
+def s3_settings(config: S3Config, environ: dict[str, str] | None = None) -> S3Settings:
+    credentials = s3_credentials(config, os.environ if environ is None else environ)
+    return S3Settings(endpoint=config.endpoint, bucket=config.bucket, access_key=credentials.access_key,
+                      secret_key=credentials.secret_key, session_token=credentials.session_token,
                       region=config.region, prefix=config.prefix, presign_expiry=config.presign_expiry,
                       part_size=config.part_size)
 
 
-def read_credentials(path: Path) -> tuple[str, str]:
-    """The ``[default]`` keys of an AWS shared-credentials file; ``ValueError`` with a one-line reason."""
+def s3_credentials(config: S3Config, environ) -> Credentials:
+    """The keys the master signs with, from the first of: ``storage.s3.credentials_file``; the environment's
+    ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (and ``AWS_SESSION_TOKEN``); the shared-credentials file
+    (``AWS_SHARED_CREDENTIALS_FILE``, else ``~/.aws/credentials``), profile ``AWS_PROFILE`` or ``default``.
+    ``ValueError`` with a one-line reason when none holds keys."""
+    if config.credentials_file is not None:
+        return read_credentials(Path(os.path.expandvars(str(config.credentials_file))))
+    if environ.get("AWS_ACCESS_KEY_ID") and environ.get("AWS_SECRET_ACCESS_KEY"):
+        return Credentials(environ["AWS_ACCESS_KEY_ID"], environ["AWS_SECRET_ACCESS_KEY"],
+                           environ.get("AWS_SESSION_TOKEN") or None)
+    shared = Path(environ.get("AWS_SHARED_CREDENTIALS_FILE") or Path("~/.aws/credentials").expanduser())
+    if shared.is_file():
+        return read_credentials(shared, environ.get("AWS_PROFILE") or "default")
+    raise ValueError("storage.s3: no credentials: set storage.s3.credentials_file, or AWS_ACCESS_KEY_ID and "
+                     "AWS_SECRET_ACCESS_KEY, or write ~/.aws/credentials")
+
+
+def read_credentials(path: Path, profile: str = "default") -> Credentials:
+    """The keys of ``[profile]`` in an AWS shared-credentials file; ``ValueError`` with a one-line reason."""
     parser = configparser.ConfigParser()
     try:
         parser.read_string(path.read_text(encoding="utf-8"))
-        section = parser["default"]
-        return section["aws_access_key_id"].strip(), section["aws_secret_access_key"].strip()
+        section = parser[profile]
+        token = section.get("aws_session_token", "").strip() or None
+        return Credentials(section["aws_access_key_id"].strip(), section["aws_secret_access_key"].strip(), token)
     except (OSError, configparser.Error, KeyError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not an AWS credentials file with a [default] aws_access_key_id and "
+        raise ValueError(f"{path}: not an AWS credentials file with a [{profile}] aws_access_key_id and "
                          f"aws_secret_access_key ({exc.__class__.__name__})") from None
 
 
