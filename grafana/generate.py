@@ -149,6 +149,17 @@ OVERVIEW = Dashboard(
               "(PostgreSQL: jobs another master made claimable).", "cpm",
               [per_minute("converter_master_jobs_claimed_total", by="instance", legend="claims {{instance}}"),
                per_minute("converter_master_job_notices_total", by="instance", legend="notices {{instance}}")]),
+        Panel("Database connections", "Connections of each master to the queue's database, in use and idle, and "
+              "statements waiting for one (PostgreSQL: its connection pool; SQLite: its one connection).", "short",
+              [Target(f"sum by (instance, state) (converter_master_db_connections{{{F}}})", "{{state}} {{instance}}"),
+               Target(f"sum by (instance) (converter_master_db_waiting{{{F}}})", "waiting {{instance}}")]),
+        Panel("Database reachable", "1 while a master reaches the queue's database, 0 while it is away (it then "
+              "answers 503 and /healthz reports not ready); reconnections per minute of its pool and of its NOTIFY "
+              "listener.", "short",
+              [Target(f"min by (instance) (converter_master_db_available{{{F}}})", "reachable {{instance}}"),
+               per_minute("converter_master_db_reconnects_total", by="instance", legend="pool reconnects {{instance}}"),
+               per_minute("converter_master_job_notices_reconnects_total", by="instance",
+                          legend="listener reconnects {{instance}}")]),
         Row("Object storage"),
         Panel("Object store bytes", "Bytes to (upload) and from (download) the bucket: relayed by the master, and "
               "output parts workers sent straight to the store (counted when the master completes the upload).",
@@ -406,6 +417,17 @@ def doc_text() -> str:
             if m.side == side:
                 labels = ", ".join(f"`{label}`" for label in m.labels) or "none"
                 out.append(f"| `{m.name}` | {m.kind} | {labels} | {_cell(m.help)} |")
+    out += ["", "### Several masters (PostgreSQL)", "",
+            "Every master exposes its own figures; sum or compare them by `instance`. Those that matter with several",
+            "masters: `converter_master_jobs_claimed_total` (claims per master), `converter_master_job_notices_total`",
+            "(NOTIFY wake-ups heard), `converter_master_db_connections{state}` and `converter_master_db_waiting` (the",
+            "connection pool), `converter_master_db_available` (0 while the database is away: the master answers 503",
+            "and `/healthz` reports not ready) and the two reconnect counters (`converter_master_db_reconnects_total`",
+            "for the pool, `converter_master_job_notices_reconnects_total` for the NOTIFY listener).",
+            "",
+            "There is no leader-status metric because there is no leader: every periodic duty (lease reaper, upload",
+            "expiry, abandoned bucket uploads, watch-folder scan) is a guarded, idempotent statement that every master",
+            "runs at once (`docs/architecture.md`, \"Several masters\"), so no master is ever special."]
     out += ["", "## Dashboards", "",
             "Every dashboard has a `datasource` variable (type Prometheus) and multi-value `job` and `instance`",
             "variables (all = `.+`, refreshed on time-range change). Every panel uses `${datasource}`, every selector",

@@ -17,6 +17,7 @@ from converter_common import protocol
 from converter_common.ratelimit import TokenBucket
 from master.auth import Tokens
 from master.config import MasterConfig
+from master.database import DatabaseUnavailable
 from master.http_server import JsonErrorHTTPServer
 from master.handlers.base import NotFoundHandler, Services
 from master.handlers.bucket_transfer import OutputCompleteHandler, OutputPartsHandler, SourceUrlHandler
@@ -165,6 +166,13 @@ def start_master(config: MasterConfig, store: JobStore, registry: CollectorRegis
     store.extend_live_leases(time.time() + config.jobs.lease_seconds)
 
     def reap() -> None:
+        first_miss = store.available  # the database logs its outage; one line here says the reaper waits for it
+        try:
+            reap_round()
+        except DatabaseUnavailable as exc:
+            (log.warning if first_miss else log.debug)("lease reaper: round skipped: %s", exc)
+
+    def reap_round() -> None:
         for job in store.requeue_expired():
             log.warning("lease of job %s expired: now %s (attempt %d/%d)", job.id, job.status.value,
                         job.attempts, job.max_attempts)
@@ -180,7 +188,8 @@ def start_master(config: MasterConfig, store: JobStore, registry: CollectorRegis
     reaper.start()
     notices = None
     if store.dialect == "postgres":
-        notices = JobNotices(str(store.path), wakeup, on_notice=metrics.job_notices.inc)
+        notices = JobNotices(str(store.path), wakeup, on_notice=metrics.job_notices.inc,
+                             on_reconnect=metrics.job_notices_reconnects.inc)
         notices.start()
     upload_reaper = None
     if isinstance(services.storage, BucketStorage):
@@ -227,7 +236,7 @@ class AbandonedUploadReaper:
         self._busy = True
         try:
             await self.run_once()
-        except ObjectStoreError as exc:
+        except (ObjectStoreError, DatabaseUnavailable) as exc:
             log.warning("could not look for abandoned uploads: %s", exc)
         finally:
             self._busy = False

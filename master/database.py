@@ -6,17 +6,25 @@ few differences as each statement is run (``?`` and ``:name`` placeholders, ``ro
 Statements that must differ in meaning, not spelling (a claim that skips rows another master has locked), ask
 ``database.dialect``.
 
-Both keep one connection guarded by the store's lock: a master's statements are short, and one connection
-per master keeps the row locks of a claim and its update on the same session.
+Both run their statements on the thread that calls them (the IOLoop's), one at a time under the store's lock:
+a master's statements are short (``docs/benchmarks.md``, "PostgreSQL connections", measured that against a
+bounded thread pool). PostgreSQL takes its connection from a small pool that replaces broken ones, so a
+restart of the database costs requests a 503 while it is down and nothing once it is back.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
+import threading
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
+
+log = logging.getLogger("converter.master")
 
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 _MAX2 = re.compile(r"\bMAX\(([^(),]+),([^(),]+)\)")
@@ -73,6 +81,12 @@ class SqliteDatabase:
     def columns(self, table: str) -> set[str]:
         return {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
 
+    available = True
+    reconnects = 0
+
+    def pool_state(self) -> "PoolState":
+        return PoolState(in_use=0, idle=1, waiting=0)
+
     def close(self) -> None:
         self._db.close()
 
@@ -100,51 +114,172 @@ def _row_factory(cursor):
     return make
 
 
+class Rows:
+    """A statement's result, read before its connection went back to the pool: ``fetchone``, ``fetchall``,
+    ``rowcount`` and iteration, as a cursor offers them."""
+
+    def __init__(self, cursor) -> None:
+        self._rows = cursor.fetchall() if cursor.description is not None else []
+        self.rowcount = cursor.rowcount
+
+    def fetchone(self):
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list:
+        return list(self._rows)
+
+    def __iter__(self):
+        return iter(self._rows)
+
+
+@dataclass
+class PoolState:
+    """What the pool is doing now, for the metrics."""
+
+    in_use: int
+    idle: int
+    waiting: int
+
+
 class PostgresDatabase:
-    """A PostgreSQL database (psycopg 3), one autocommit connection; transactions are explicit."""
+    """A PostgreSQL database (psycopg 3) through a small ``psycopg_pool.ConnectionPool`` of autocommit connections;
+    transactions are explicit and keep one connection, bound to the thread that opened them.
+
+    The pool replaces a broken connection in its own worker threads, so connecting never blocks the IOLoop.
+    While the database is away (a connection broke, or none could be had within ``wait`` seconds) every
+    statement raises ``DatabaseUnavailable`` at once instead of waiting, except one probe every
+    ``PROBE_SECONDS``; the first statement to get a connection again ends the outage.
+    """
 
     dialect = "postgres"
+    PROBE_SECONDS = 0.5
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool_size: int = 2, wait: float = 2.0) -> None:
         import psycopg
+        import psycopg_pool
 
         self.IntegrityError = psycopg.IntegrityError
+        self._url, self._wait = url, wait
+        self.reconnects = 0  # outages that ended: the converter_master_db_reconnects counter
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # a line per attempt; _lost and _back say it once
+        self._broken = (psycopg.OperationalError, psycopg.InterfaceError)
+        self._PoolTimeout = psycopg_pool.PoolTimeout
+        self._check_reachable(psycopg)
+        # reconnect_timeout: the pool gives up a connection attempt soon and starts a fresh one on the next
+        # demand (its own back-off doubles without a cap, which could leave a master waiting minutes after
+        # the database is back)
+        self._pool = psycopg_pool.ConnectionPool(
+            url, min_size=1, max_size=pool_size, open=False, name="converter", reconnect_timeout=2.0,
+            kwargs={"autocommit": True, "row_factory": _row_factory, "connect_timeout": 5})
         try:
-            self._db = psycopg.connect(url, autocommit=True, row_factory=_row_factory, connect_timeout=10)
-        except psycopg.Error as exc:
+            self._pool.open(wait=True, timeout=15)
+        except psycopg_pool.PoolTimeout as exc:
+            self._pool.close()
             raise DatabaseUnavailable(f"{redacted(url)}: {exc}") from None
-        self._depth = 0
+        self._held = threading.local()
+        self._state_lock = threading.Lock()
+        self._down_since: float | None = None
+        self._next_probe = 0.0
+
+    def _check_reachable(self, psycopg) -> None:
+        """At start-up, one plain connection: its error says why (a wrong password, no such database)."""
+        try:
+            psycopg.connect(self._url, connect_timeout=10).close()
+        except psycopg.Error as exc:
+            raise DatabaseUnavailable(f"{redacted(self._url)}: {exc}") from None
+
+    @property
+    def available(self) -> bool:
+        return self._down_since is None
 
     @property
     def in_transaction(self) -> bool:
-        return self._depth > 0
+        return getattr(self._held, "connection", None) is not None
 
-    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()):
-        return self._db.execute(translate(sql, named=isinstance(params, dict)), params or None)
+    def pool_state(self) -> PoolState:
+        stats = self._pool.get_stats()
+        size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
+        return PoolState(in_use=max(size - idle, 0), idle=idle, waiting=stats.get("requests_waiting", 0))
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Rows:
+        with self._connection() as connection:
+            return Rows(connection.execute(translate(sql, named=isinstance(params, dict)), params or None))
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        with self._db.cursor() as cursor:
+        with self._connection() as connection, connection.cursor() as cursor:
             cursor.executemany(translate(sql, named=False), list(rows))
 
     def executescript(self, script: str) -> None:
-        self._db.execute(script)
+        with self._connection() as connection:
+            connection.execute(script)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        with self._db.transaction():
-            self._depth += 1
+        with self._connection() as connection, connection.transaction():
+            self._held.connection = connection
             try:
                 yield
             finally:
-                self._depth -= 1
+                self._held.connection = None
 
     def columns(self, table: str) -> set[str]:
-        rows = self._db.execute("SELECT column_name FROM information_schema.columns WHERE table_name = %s",
-                                (table,)).fetchall()
+        rows = self.execute("SELECT column_name FROM information_schema.columns WHERE table_name = ?", (table,))
         return {row[0] for row in rows}
 
     def close(self) -> None:
-        self._db.close()
+        self._pool.close()
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """This thread's transaction's connection, or one from the pool for one statement."""
+        held = getattr(self._held, "connection", None)
+        if held is not None:
+            yield held
+            return
+        connection = self._checkout()
+        try:
+            yield connection
+        except self._broken as exc:
+            if connection.broken or connection.closed:
+                raise self._lost(exc) from None
+            raise
+        finally:
+            self._pool.putconn(connection)
+
+    def _checkout(self) -> Any:
+        """A connection from the pool; ``DatabaseUnavailable`` at once while the database is known to be away."""
+        now = time.monotonic()
+        with self._state_lock:
+            probing = self._down_since is not None
+            if probing and now < self._next_probe:
+                raise DatabaseUnavailable(f"the database has been unreachable for {now - self._down_since:.0f} s")
+            self._next_probe = now + self.PROBE_SECONDS
+        try:
+            connection = self._pool.getconn(timeout=0.05 if probing else self._wait)
+        except self._PoolTimeout as exc:
+            raise self._lost(exc) from None
+        if probing:
+            self._back()
+        return connection
+
+    def _lost(self, exc: BaseException) -> DatabaseUnavailable:
+        with self._state_lock:
+            first = self._down_since is None
+            if first:
+                self._down_since = time.monotonic()
+                self._next_probe = self._down_since + self.PROBE_SECONDS
+        if first:
+            log.error("database %s unreachable: %s; requests that need it answer 503 until it is back",
+                      redacted(self._url), " ".join(str(exc).split()))
+            self._pool.check()  # its other idle connections broke with this one: replaced in the background
+        return DatabaseUnavailable(f"the database is unreachable: {' '.join(str(exc).split())}")
+
+    def _back(self) -> None:
+        with self._state_lock:
+            since, self._down_since = self._down_since, None
+        if since is not None:
+            self.reconnects += 1
+            log.warning("database %s reachable again after %.1f s", redacted(self._url), time.monotonic() - since)
 
 
 def translate(sql: str, *, named: bool) -> str:

@@ -100,6 +100,10 @@ DIGEST_MISMATCH = ErrorKind(400, protocol.DIGEST_MISMATCH)
 SIZE_MISMATCH = ErrorKind(400, "size_mismatch")
 OUTPUT_MISSING = ErrorKind(400, "output_missing", "no converted file where shared-storage workers write it")
 
+# -- the queue's database -------------------------------------------------------------------------
+DATABASE_UNAVAILABLE = ErrorKind(503, "database_unavailable", "the job queue's database is unreachable; try again",
+                                 headers=RETRY_SOON)
+
 # -- object storage (storage.backend s3) ----------------------------------------------------------
 OBJECT_STORE_UNAVAILABLE = ErrorKind(503, "object_store_unavailable", headers=RETRY_SOON)
 OBJECT_STORE_REFUSED = ErrorKind(502, "object_store_refused")  # access denied, bucket missing or full

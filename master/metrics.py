@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 from converter_common.version import package_version
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from master.database import DatabaseUnavailable
 from master.paths import free_bytes
 from master.store import Job, JobStore
 
@@ -20,16 +22,46 @@ HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 
 
 class JobsByStatusCollector(Collector):
-    """``converter_master_jobs{status}`` read from SQLite at scrape time, so it can never drift."""
+    """``converter_master_jobs{status}`` read from the database at scrape time, so it can never drift (absent while
+    the database is unreachable)."""
 
     def __init__(self, store: JobStore):
         self._store = store
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            counts = self._store.counts_by_status()
+        except DatabaseUnavailable:
+            return
         family = GaugeMetricFamily("converter_master_jobs", "Jobs in the queue by status.", labels=["status"])
-        for status, count in sorted(self._store.counts_by_status().items()):
+        for status, count in sorted(counts.items()):
             family.add_metric([status], count)
         yield family
+
+
+class DatabaseCollector(Collector):
+    """The queue's database connections, read at scrape time: the pool's connections by state (SQLite: its one
+    connection, always idle between statements), requests waiting for one, and outages that ended."""
+
+    def __init__(self, store: JobStore):
+        self._store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        state = self._store.connection_state()
+        connections = GaugeMetricFamily("converter_master_db_connections",
+                                        "Connections to the queue's database, by state (in_use, idle).",
+                                        labels=["state"])
+        connections.add_metric(["in_use"], state.in_use)
+        connections.add_metric(["idle"], state.idle)
+        yield connections
+        yield GaugeMetricFamily("converter_master_db_waiting", "Statements waiting for a database connection.",
+                                value=state.waiting)
+        yield GaugeMetricFamily("converter_master_db_available",
+                                "1 while the queue's database answers, 0 while it is unreachable.",
+                                value=1 if self._store.available else 0)
+        yield CounterMetricFamily("converter_master_db_reconnects",
+                                  "Times the queue's database became reachable again after an outage.",
+                                  value=self._store.reconnects)
 
 
 class MasterMetrics:
@@ -37,6 +69,7 @@ class MasterMetrics:
                  online_window: Callable[[], float]):
         self.registry = registry
         registry.register(JobsByStatusCollector(store))
+        registry.register(DatabaseCollector(store))
         self.jobs_submitted = Counter("converter_master_jobs_submitted", "Jobs accepted by POST /api/jobs.",
                                       registry=registry)
         self.jobs_completed = Counter("converter_master_jobs_completed", "Jobs whose output was stored.",
@@ -83,15 +116,18 @@ class MasterMetrics:
         self.job_notices = Counter("converter_master_job_notices",
                                    "NOTIFY wake-ups heard from the database (PostgreSQL: jobs another master made"
                                    " claimable).", registry=registry)
+        self.job_notices_reconnects = Counter("converter_master_job_notices_reconnects",
+                                              "Times the NOTIFY listening connection listened again after losing"
+                                              " the database.", registry=registry)
         self.http_duration = Histogram("converter_master_http_request_duration_seconds",
                                        "HTTP requests by handler class, method and status code.",
                                        ["handler", "method", "code"], buckets=HTTP_BUCKETS, registry=registry)
         workers_seen = Gauge("converter_master_workers_seen", "Workers that ever registered.", registry=registry)
-        workers_seen.set_function(lambda: len(store.list_workers()))
+        workers_seen.set_function(_unless_unavailable(lambda: len(store.list_workers())))
         workers_active = Gauge("converter_master_workers_active", "Workers seen within the online window.",
                                registry=registry)
-        workers_active.set_function(
-            lambda: sum(1 for w in store.list_workers() if time.time() - w.last_seen_at <= online_window()))
+        workers_active.set_function(_unless_unavailable(
+            lambda: sum(1 for w in store.list_workers() if time.time() - w.last_seen_at <= online_window())))
         free = Gauge("converter_master_storage_free_bytes", "Free bytes on the storage root's filesystem.",
                      registry=registry)
         free.set_function(lambda: free_bytes(storage_root))
@@ -115,3 +151,11 @@ class MasterMetrics:
             self.jobs_requeued.labels(reason).inc()
 
 
+def _unless_unavailable(read: Callable[[], float]) -> Callable[[], float]:
+    """A gauge's reading, NaN while the database is unreachable (the rest of the scrape still answers)."""
+    def reading() -> float:
+        try:
+            return read()
+        except DatabaseUnavailable:
+            return math.nan
+    return reading

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from master.database import open_database
+from master.database import PoolState, open_database
 from master.states import ACTIVE, JobStatus, Transition
 
 SCHEMA = """
@@ -252,7 +252,8 @@ class UploadNotFound(StoreError):
 
 class JobStore:
     """The queue, in SQLite (a file) or PostgreSQL (``postgresql://...``, shared by several masters). Thread-safe:
-    one connection guarded by a lock (calls are short)."""
+    one statement at a time under a lock (calls are short). With PostgreSQL each takes a connection from a small
+    pool; while the database is unreachable every call raises ``DatabaseUnavailable`` (``master/database.py``)."""
 
     def __init__(self, path: str | Path):
         self.path = path
@@ -332,6 +333,20 @@ class JobStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    @property
+    def available(self) -> bool:
+        """False while the database is known to be unreachable (PostgreSQL; SQLite always answers)."""
+        return self._db.available
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the database came back after being unreachable."""
+        return self._db.reconnects
+
+    def connection_state(self) -> PoolState:
+        """The database connections: in use, idle, and requests waiting for one."""
+        return self._db.pool_state()
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:

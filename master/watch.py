@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 import tornado.ioloop
 
 from master.errors import ApiError
+from master.database import DatabaseUnavailable
 from master.object_store import ObjectStoreError
 from master.intake import default_outputs
 from master.paths import storage_relative
@@ -33,6 +34,7 @@ class PeriodicScan:
         self.config = services.config
         self._busy = False
         self._timer: tornado.ioloop.PeriodicCallback | None = None
+        self._interrupted = False  # a round stopped by the database being away: files may wait in accepted/
 
     def start(self) -> None:
         self._timer = tornado.ioloop.PeriodicCallback(self._tick, self.config.watch.interval * 1000)
@@ -50,6 +52,9 @@ class PeriodicScan:
             await self.scan()
         except (OSError, ObjectStoreError) as exc:
             log.warning("watch folder: cannot look at the inbox: %s", exc)
+        except DatabaseUnavailable as exc:
+            log.warning("watch folder: round skipped: %s", exc)
+            self._interrupted = True
         finally:
             self._busy = False
 
@@ -79,6 +84,9 @@ class InboxWatcher(PeriodicScan):
                 await self._submit(path, quiet_if_known=True)
 
     async def scan(self, now: float | None = None) -> None:
+        if self._interrupted:
+            await self.recover()
+            self._interrupted = False
         now = time.monotonic() if now is None else now
         present = set()
         for entry in os.scandir(self.inbox):

@@ -1,9 +1,10 @@
 """A real PostgreSQL for the tests: Debian's postgresql-15, ``initdb`` + ``pg_ctl`` in a temp dir, on loopback.
 
 One server per test session (``tests/conftest.py``: the xdist controller starts it, as it does SeaweedFS);
-each test gets a database of its own (``PostgreSQL.new_database()``). Run as root, the server runs as the
-``postgres`` system user, which the Debian package creates. Local connections use a password (scram), as
-a deployment would.
+each test gets a database of its own (``PostgreSQL.new_database()``). A test that stops the server starts one
+of its own (``PostgreSQL(workdir).start()``), which ``stop`` and ``start`` again keep on the same port and data.
+Run as root, the server runs as the ``postgres`` system user, which the Debian package creates. Local connections
+use a password (scram), as a deployment would.
 """
 
 from __future__ import annotations
@@ -44,18 +45,22 @@ class PostgreSQL:
     def start(self) -> "PostgreSQL":
         if not (BIN / "initdb").exists():
             raise RuntimeError("PostgreSQL 15 not found: `make setup` installs postgresql-15")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        password_file = self.workdir / "pwfile"
-        password_file.write_text(PASSWORD + "\n")
-        self._as_server_user_owns(self.workdir, password_file)
-        self._run(BIN / "initdb", "-D", str(self.data), "-U", USER, "--auth=scram-sha-256",
-                  f"--pwfile={password_file}", "-E", "UTF8", "--locale=C.UTF-8")
+        if not self.data.exists():
+            self._initdb()
         options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.workdir}"
                    " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
         self._run(BIN / "pg_ctl", "-D", str(self.data), "-l", str(self.workdir / "postgres.log"), "-o", options,
                   "-w", "start")
         wait_for(self._ready, 30, 0.1, "PostgreSQL to accept connections")
         return self
+
+    def _initdb(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        password_file = self.workdir / "pwfile"
+        password_file.write_text(PASSWORD + "\n")
+        self._as_server_user_owns(self.workdir, password_file)
+        self._run(BIN / "initdb", "-D", str(self.data), "-U", USER, "--auth=scram-sha-256",
+                  f"--pwfile={password_file}", "-E", "UTF8", "--locale=C.UTF-8")
 
     def _ready(self) -> bool:
         import psycopg
@@ -73,9 +78,11 @@ class PostgreSQL:
             connection.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "immediate") -> None:
+        """``pg_ctl stop -m mode``: ``immediate`` (a crash, recovered at the next start) or ``fast`` (clients
+        disconnected, a clean shutdown)."""
         if self.data is not None and (self.data / "postmaster.pid").exists():
-            self._run(BIN / "pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop", check=False)
+            self._run(BIN / "pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
 
     def _run(self, *command, check: bool = True) -> None:
         argv = [str(part) for part in command]

@@ -16,6 +16,7 @@ from converter_common.ratelimit import TokenBucket
 from master import errors
 from master.auth import Access, Tokens
 from master.config import MasterConfig
+from master.database import DatabaseUnavailable
 from master.errors import ApiError
 from master.intake import JobIntake
 from master.metrics import MasterMetrics
@@ -158,6 +159,8 @@ class BaseHandler(tornado.web.RequestHandler):
             e = errors.from_store_error(e)
         elif isinstance(e, ObjectStoreError):
             e = errors.from_object_store(e)
+        elif isinstance(e, DatabaseUnavailable):
+            e = errors.DATABASE_UNAVAILABLE.error()
         if isinstance(e, ApiError):
             if not self._finished:
                 self.clear()

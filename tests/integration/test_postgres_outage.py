@@ -1,0 +1,108 @@
+"""PostgreSQL restarted under a running master: it reports not ready while the database is away, answers 503
+(never 500), and once the database is back it serves again without a restart and every job completes once.
+
+The restarted PostgreSQL is one of the test's own (the session's server is shared by every test process).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.fixtures import Cluster, ffmpeg_available, make_clip, wait_for
+from tests.postgres import PostgreSQL
+
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(not ffmpeg_available(), reason="ffmpeg not installed")]
+
+JOBS = 4
+
+
+@pytest.fixture
+def private_postgres():
+    """A PostgreSQL of this test alone, which it may stop and start again (same port, same data)."""
+    server = PostgreSQL(Path(tempfile.mkdtemp(prefix="converter-test-pg-own-"))).start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+class Watcher:
+    """Asks a master's /healthz and job list every 50 ms in a thread; remembers every status code it got."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.seen: list[tuple[str, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        session = requests.Session()
+        while not self._stop.wait(0.05):
+            for path in ("/healthz", "/api/jobs"):
+                try:
+                    self.seen.append((path, session.get(self.url + path, timeout=5).status_code))
+                except requests.RequestException:
+                    self.seen.append((path, 0))
+
+    def stop(self) -> list[tuple[str, int]]:
+        self._stop.set()
+        self._thread.join(10)
+        return self.seen
+
+
+def health(url: str) -> requests.Response:
+    return requests.get(f"{url}/healthz", timeout=5)
+
+
+def metric(url: str, name: str) -> float:
+    line = next(line for line in requests.get(f"{url}/metrics", timeout=10).text.splitlines()
+                if line.startswith(name + " "))
+    return float(line.split()[1])
+
+
+def test_a_postgresql_restart_mid_run_loses_no_job_and_needs_no_master_restart(private_postgres, tmp_path):
+    master = Cluster(tmp_path, database={"url": private_postgres.new_database()}, lease_seconds=5)
+    try:
+        clip = make_clip(tmp_path / "clip.mp4", seconds=1.0, size="640x360")
+        for i in range(JOBS):
+            master.put_source(f"in/{i}.mp4", clip)
+            master.submit(f"in/{i}.mp4", f"out/{i}.mp4", f"pg{i}")
+        master.add_worker("w1")
+        watcher = Watcher(master.url)
+        wait_for(lambda: master.job("pg0")["status"] == "completed", 120, 0.1, "a first job to complete")
+
+        private_postgres.stop("fast")
+        down = wait_for(lambda: (lambda r: [r] if r.status_code == 503 else None)(health(master.url)), 30, 0.05,
+                        "/healthz to report not ready")[0]
+        assert down.json()["error"] == "database_unavailable" and down.headers["Retry-After"]
+        claim = requests.post(f"{master.url}/api/worker/claim", json={"worker_id": "probe", "wait": 2}, timeout=10)
+        assert claim.status_code in (204, 503)
+        assert requests.get(f"{master.url}/api/jobs", timeout=10).status_code == 503
+        assert metric(master.url, "converter_master_db_available") == 0  # /metrics answers meanwhile
+
+        private_postgres.start()
+        wait_for(lambda: health(master.url).status_code == 200, 30, 0.05, "/healthz to report ready again")
+
+        def all_done():
+            jobs = requests.get(f"{master.url}/api/jobs", timeout=10).json()["jobs"]
+            return jobs if len(jobs) == JOBS and all(job["status"] == "completed" for job in jobs) else None
+
+        jobs = wait_for(all_done, 180, 0.2, "every job to complete after the restart")
+        seen = watcher.stop()
+        assert [code for _, code in seen if code >= 500 and code != 503] == []
+        assert any(code == 503 for path, code in seen if path == "/healthz")
+        for job in jobs:
+            output = master.stored(job["output_path"])
+            assert output is not None and len(output) == job["output_size"]
+        assert metric(master.url, "converter_master_jobs_completed_total") == JOBS  # none completed twice
+        assert metric(master.url, "converter_master_db_reconnects_total") >= 1
+        wait_for(lambda: metric(master.url, "converter_master_job_notices_reconnects_total") >= 1, 30, 0.1,
+                 "the NOTIFY listener to listen again")
+    finally:
+        master.stop()
