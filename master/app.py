@@ -30,11 +30,14 @@ from master.handlers.lease import FailHandler, HeartbeatHandler, ReleaseHandler
 from master.handlers.metrics import MetricsHandler
 from master.handlers.openapi import OpenApiHandler
 from master.handlers.profiles import ProfilesHandler
+from master.handlers.queue import QueueHandler, QueuePauseHandler, QueueResumeHandler
+from master.handlers.stats import StatsHandler
 from master.handlers.source_uploads import SourceUploadCompleteHandler, SourceUploadHandler, SourceUploadsHandler
 from master.handlers.tus import TusCreationHandler, TusUploadHandler
 from master.handlers.upload_video import UploadVideoHandler
 from master.handlers.worker_complete import WorkerCompleteHandler
-from master.handlers.workers import WorkerRegisterHandler, WorkersHandler
+from master.handlers.workers import (WorkerPauseHandler, WorkerRegisterHandler, WorkerResumeHandler,
+                                     WorkersHandler)
 from master.intake import JobIntake
 from master.metrics import MasterMetrics
 from master.object_store import ObjectStoreError
@@ -48,6 +51,7 @@ log = logging.getLogger("converter.master")
 access_log = logging.getLogger("tornado.access")
 
 JOB = r"(?P<job_id>[^/]+)"
+WORKER = r"(?P<worker_id>[^/]+)"
 
 
 def make_app(config: MasterConfig, store: JobStore, wakeup: WakeUpSignal | None = None,
@@ -72,6 +76,12 @@ def make_app(config: MasterConfig, store: JobStore, wakeup: WakeUpSignal | None 
         (protocol.job_path(JOB, "retry"), JobRetryHandler),
         (protocol.job_path(JOB, "output"), JobOutputHandler),
         (r"/api/workers", WorkersHandler),
+        (rf"/api/workers/{WORKER}/pause", WorkerPauseHandler),
+        (rf"/api/workers/{WORKER}/resume", WorkerResumeHandler),
+        (r"/api/queue", QueueHandler),
+        (r"/api/queue/pause", QueuePauseHandler),
+        (r"/api/queue/resume", QueueResumeHandler),
+        (r"/api/stats", StatsHandler),
         (protocol.WORKER_REGISTER, WorkerRegisterHandler),
         (protocol.WORKER_CLAIM, ClaimHandler),
         (protocol.WORKER_HEARTBEAT, HeartbeatHandler),
@@ -172,7 +182,14 @@ def start_master(config: MasterConfig, store: JobStore, registry: CollectorRegis
         except DatabaseUnavailable as exc:
             (log.warning if first_miss else log.debug)("lease reaper: round skipped: %s", exc)
 
+    reconnects_seen = store.reconnects
+
     def reap_round() -> None:
+        nonlocal reconnects_seen
+        if store.reconnects != reconnects_seen:
+            # No heartbeat could be recorded while the database was away: as at start-up, one lease to renew them.
+            store.extend_live_leases(time.time() + config.jobs.lease_seconds)
+            reconnects_seen = store.reconnects
         for job in store.requeue_expired():
             log.warning("lease of job %s expired: now %s (attempt %d/%d)", job.id, job.status.value,
                         job.attempts, job.max_attempts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,10 @@ def health(url: str) -> requests.Response:
     return requests.get(f"{url}/healthz", timeout=5)
 
 
+def jobs_of(master: Cluster) -> list[dict]:
+    return requests.get(f"{master.url}/api/jobs", timeout=10).json()["jobs"]
+
+
 def metric(url: str, name: str) -> float:
     line = next(line for line in requests.get(f"{url}/metrics", timeout=10).text.splitlines()
                 if line.startswith(name + " "))
@@ -76,6 +81,8 @@ def test_a_postgresql_restart_mid_run_loses_no_job_and_needs_no_master_restart(p
         master.add_worker("w1")
         watcher = Watcher(master.url)
         wait_for(lambda: master.job("pg0")["status"] == "completed", 120, 0.1, "a first job to complete")
+        running = wait_for(lambda: next((job for job in jobs_of(master) if job["status"] == "processing"), None),
+                           60, 0.05, "a job to be running")
 
         private_postgres.stop("fast")
         down = wait_for(lambda: (lambda r: [r] if r.status_code == 503 else None)(health(master.url)), 30, 0.05,
@@ -86,17 +93,20 @@ def test_a_postgresql_restart_mid_run_loses_no_job_and_needs_no_master_restart(p
         assert requests.get(f"{master.url}/api/jobs", timeout=10).status_code == 503
         assert metric(master.url, "converter_master_db_available") == 0  # /metrics answers meanwhile
 
+        # Down for longer than the running job's lease: its worker could renew nothing meanwhile.
+        wait_for(lambda: time.time() > running["lease_expires_at"] + 1, 30, 0.1, "the running job's lease to end")
         private_postgres.start()
         wait_for(lambda: health(master.url).status_code == 200, 30, 0.05, "/healthz to report ready again")
 
         def all_done():
-            jobs = requests.get(f"{master.url}/api/jobs", timeout=10).json()["jobs"]
+            jobs = jobs_of(master)
             return jobs if len(jobs) == JOBS and all(job["status"] == "completed" for job in jobs) else None
 
         jobs = wait_for(all_done, 180, 0.2, "every job to complete after the restart")
         seen = watcher.stop()
         assert [code for _, code in seen if code >= 500 and code != 503] == []
         assert any(code == 503 for path, code in seen if path == "/healthz")
+        assert [job["attempts"] for job in jobs] == [1] * JOBS  # the lease was extended, not lost, after the outage
         for job in jobs:
             output = master.stored(job["output_path"])
             assert output is not None and len(output) == job["output_size"]
