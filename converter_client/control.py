@@ -19,10 +19,13 @@ class WorkerControl:
         self.http = http
         self.worker_id = worker_id
 
-    def register(self, capabilities: dict[str, Any], concurrency: int, hostname: str) -> dict[str, Any]:
-        return self._call(protocol.WORKER_REGISTER, {
-            "worker_id": self.worker_id, "hostname": hostname, "capabilities": capabilities,
-            "concurrency": concurrency})
+    def register(self, capabilities: dict[str, Any], concurrency: int, hostname: str,
+                 schedule: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = {"worker_id": self.worker_id, "hostname": hostname, "capabilities": capabilities,
+                "concurrency": concurrency}
+        if schedule is not None:
+            body["schedule"] = schedule  # worker.schedule: its windows, whether it is inside one, the next change
+        return self._call(protocol.WORKER_REGISTER, body)
 
     def claim(self, wait: float, cache_free_bytes: int | None = None) -> dict[str, Any] | None:
         """The next job, waiting up to ``wait`` seconds for one; None if none came."""

@@ -36,6 +36,7 @@ class Profile:
     audio_bitrate: str
     description: str
     codec: str = "h264"  # the output's codec as ffprobe names it (checked before upload)
+    priority: int = 0  # a job's priority when its submission names none (claims take the highest first)
     alternative_encoders: tuple[str, ...] = ()  # CPU encoders to use when ``video_codec`` is missing
     filter: str = ""  # "", "denoise" (nlmeans) or "deinterlace" (bwdif)
     subtitles: str = "keep"

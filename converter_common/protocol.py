@@ -39,6 +39,11 @@ TUS_VERSION = "1.0.0"
 TUS_HEADERS = {"Tus-Resumable": TUS_VERSION}
 TUS_CONTENT_TYPE = "application/offset+octet-stream"
 
+# -- job priorities: claims take the highest first, then the oldest ------------------------------------
+PRIORITY_MIN = -1000
+PRIORITY_MAX = 1000
+CLAIMS_PAUSED_HEADER = "X-Claims-Paused"  # on a claim's 204: "queue" or "worker" while claims are paused
+
 # -- failure causes (POST /api/worker/fail) ---------------------------------------------------------
 CAUSE_SOURCE = "source"  # the job's input cannot be converted anywhere: not the worker's fault
 CAUSE_WORKER = "worker"  # the host failed (FFmpeg crashed, disk full, GPU gone): counts toward quarantine

@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from converter_common.protocol import PRIORITY_MAX, PRIORITY_MIN
 from converterctl import errors, tables
 from converterctl.client import Client, quote_id
 from converterctl.errors import CliError, Failed, TimedOut, UsageError
-from converterctl.progress import JobBoard
+from converterctl.progress import JobBoard, human_bytes
 from converterctl.transfer import SourceRequest, download_output, upload_source
 from converterctl.upload_state import UploadStateFile, default_state_path
 
@@ -26,9 +27,9 @@ DEFAULT_URL = "http://localhost:8080"
 DEFAULT_PROFILE = "h264-720p"
 STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
 TERMINAL = {"completed", "failed", "cancelled"}
-JOB_FIELDS = ("id", "status", "profile", "source_path", "output_path", "source_size", "output_size", "progress",
-              "attempts", "max_attempts", "worker_id", "error", "created_at", "claimed_at", "finished_at",
-              "updated_at", "lease_expires_at")
+JOB_FIELDS = ("id", "status", "priority", "profile", "source_path", "output_path", "source_size", "output_size",
+              "saved_bytes", "progress", "attempts", "max_attempts", "worker_id", "error", "created_at", "claimed_at",
+              "finished_at", "updated_at", "lease_expires_at")
 
 
 class Context:
@@ -74,6 +75,8 @@ def cmd_submit(ctx: Context) -> int:
         body = {"source_path": args.source, "output_path": args.output, "profile": args.profile}
         if args.id:
             body["id"] = args.id
+        if args.priority is not None:
+            body["priority"] = args.priority
         job = ctx.client.json("POST", "/api/jobs", json=body)
     if args.watch:
         if not args.json:
@@ -86,7 +89,7 @@ def cmd_submit(ctx: Context) -> int:
 def _submit_upload(ctx: Context, path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"--upload: {path} is not a readable file")
-    request = SourceRequest(ctx.args.profile, ctx.args.output or None, ctx.args.id or None)
+    request = SourceRequest(ctx.args.profile, ctx.args.output or None, ctx.args.id or None, ctx.args.priority)
     state = UploadStateFile(default_state_path(), warn=lambda message: ctx.say(f"warning: {message}"))
     return upload_source(ctx.client, path, request, state, resume=not ctx.args.no_resume,
                          show_progress=ctx.show_progress, notify=ctx.say)
@@ -126,12 +129,78 @@ def cmd_retry(ctx: Context) -> int:
     return errors.EXIT_OK
 
 
+def cmd_priority(ctx: Context) -> int:
+    job = ctx.client.json("PATCH", f"/api/jobs/{quote_id(ctx.args.job)}", json={"priority": ctx.args.priority})
+    ctx.emit(job, lambda j: f"job {j['id']} now has priority {j['priority']}")
+    return errors.EXIT_OK
+
+
 def cmd_workers(ctx: Context) -> int:
     data = ctx.client.json("GET", "/api/workers")
-    rows = [(w["id"], w.get("hostname", ""), "yes" if w.get("online") else "no", w.get("concurrency"),
+    rows = [(w["id"], w.get("hostname", ""), "yes" if w.get("online") else "no", _claiming(w), w.get("concurrency"),
              ",".join(w.get("jobs") or []) or "-", tables.ago(w.get("last_seen_at"))) for w in data["workers"]]
-    ctx.emit(data, lambda _: tables.table(("ID", "HOST", "ONLINE", "SLOTS", "JOBS", "LAST SEEN"), rows))
+    ctx.emit(data, lambda _: tables.table(("ID", "HOST", "ONLINE", "CLAIMS", "SLOTS", "JOBS", "LAST SEEN"), rows))
     return errors.EXIT_OK
+
+
+def _claiming(worker: dict[str, Any]) -> str:
+    """Whether the worker takes jobs now, or why not."""
+    reasons = [name for name in ("paused", "scheduled_off", "quarantined") if worker.get(name)]
+    return ",".join(reasons) or "open"
+
+
+def cmd_worker_pause(ctx: Context) -> int:
+    return _worker_action(ctx, "pause")
+
+
+def cmd_worker_resume(ctx: Context) -> int:
+    return _worker_action(ctx, "resume")
+
+
+def _worker_action(ctx: Context, action: str) -> int:
+    worker = ctx.client.json("POST", f"/api/workers/{quote_id(ctx.args.worker)}/{action}")
+    ctx.emit(worker, lambda w: f"worker {w['id']} is {'paused' if w['paused'] else 'claiming again'}"
+                               f"{' (running: ' + ', '.join(w['jobs']) + ')' if w.get('jobs') else ''}")
+    return errors.EXIT_OK
+
+
+def cmd_queue(ctx: Context) -> int:
+    path = "/api/queue" if ctx.args.action == "status" else f"/api/queue/{ctx.args.action}"
+    state = ctx.client.json("GET" if ctx.args.action == "status" else "POST", path)
+    ctx.emit(state, _queue_line)
+    return errors.EXIT_OK
+
+
+def _queue_line(state: dict[str, Any]) -> str:
+    jobs = state.get("jobs") or {}
+    counts = ", ".join(f"{jobs[s]} {s}" for s in ("pending", "processing") if s in jobs)
+    since = f" since {tables.format_value('paused_at', state['paused_at'])}" if state.get("paused") else ""
+    return f"queue {'paused' + since if state.get('paused') else 'running'} ({counts})"
+
+
+def cmd_stats(ctx: Context) -> int:
+    data = ctx.client.json("GET", "/api/stats", params={"days": ctx.args.days})
+    ctx.emit(data, _stats_text)
+    return errors.EXIT_OK
+
+
+def _stats_text(data: dict[str, Any]) -> str:
+    headers = ("JOBS", "SOURCE", "OUTPUT", "SAVED", "SAVED %")
+
+    def cells(row: dict[str, Any]) -> tuple:
+        ratio = f"{100 * row['saved_bytes'] / row['source_bytes']:.1f}%" if row["source_bytes"] else "-"
+        return (row["jobs"], human_bytes(row["source_bytes"]), human_bytes(row["output_bytes"]),
+                _signed_bytes(row["saved_bytes"]), ratio)
+
+    blocks = [tables.table(("TOTAL", *headers), [("all", *cells(data["totals"]))])]
+    for key, title in (("by_profile", "PROFILE"), ("by_worker", "WORKER"), ("by_day", "DAY (UTC)")):
+        name = {"by_profile": "profile", "by_worker": "worker_id", "by_day": "day"}[key]
+        blocks.append(tables.table((title, *headers), [(row[name] or "-", *cells(row)) for row in data[key]]))
+    return "\n\n".join(blocks)
+
+
+def _signed_bytes(size: int) -> str:
+    return ("-" if size < 0 else "") + human_bytes(abs(size))
 
 
 def cmd_profiles(ctx: Context) -> int:
@@ -225,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("-o", "--output", metavar="PATH", help="output path in storage (default for --upload: "
                                                                "converted/<name>.<ext>)")
     submit.add_argument("--id", help="job id (default: chosen for you)")
+    submit.add_argument("--priority", type=_priority, metavar="N",
+                        help="claims take the highest first (-1000..1000; default: the profile's, 0)")
     submit.add_argument("--no-resume", action="store_true",
                         help="with --upload: start a new upload even if an earlier run left this one unfinished")
     submit.add_argument("-w", "--watch", action="store_true", help="then watch the job until it ends")
@@ -238,7 +309,22 @@ def build_parser() -> argparse.ArgumentParser:
     command("show", cmd_show, "show one job").add_argument("job", metavar="JOB")
     command("cancel", cmd_cancel, "cancel a pending or processing job").add_argument("job", metavar="JOB")
     command("retry", cmd_retry, "requeue a failed or cancelled job").add_argument("job", metavar="JOB")
+    priority = command("priority", cmd_priority, "change a pending job's priority (higher is claimed first)")
+    priority.add_argument("job", metavar="JOB")
+    priority.add_argument("priority", type=_priority, metavar="N", help="-1000..1000")
     command("workers", cmd_workers, "list the workers the master knows")
+    worker = command("worker", lambda ctx: ctx.args.worker_handler(ctx), "pause or resume one worker")
+    worker_actions = worker.add_subparsers(dest="worker_action", required=True, metavar="ACTION")
+    for action, handler, text in (("pause", cmd_worker_pause, "finish its running jobs, then claim nothing"),
+                                  ("resume", cmd_worker_resume, "claim jobs again")):
+        sub = worker_actions.add_parser(action, parents=common, help=text, description=text)
+        sub.set_defaults(worker_handler=handler)
+        sub.add_argument("worker", metavar="WORKER_ID")
+    queue = command("queue", cmd_queue, "pause or resume the whole queue, or show its state")
+    queue.add_argument("action", choices=("status", "pause", "resume"), nargs="?", default="status",
+                       help="pause: running jobs finish, nothing new is claimed; resume; status (default)")
+    stats = command("stats", cmd_stats, "space saved by completed jobs: in total, by profile, worker and day")
+    stats.add_argument("--days", type=int, default=30, help="days listed by day (default: %(default)s)")
     command("profiles", cmd_profiles, "list the conversion profiles")
 
     watch = command("watch", cmd_watch, "live progress of jobs until they end (default: all active jobs)")
@@ -256,6 +342,16 @@ def _watch_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interval", type=_positive, default=1.0, help="seconds between polls (default: 1)")
     parser.add_argument("--max-time", type=_positive, default=24 * 3600.0,
                         help="give up after this many seconds (exit 5; default: one day)")
+
+
+def _priority(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise argparse.ArgumentTypeError(f"must be {PRIORITY_MIN}..{PRIORITY_MAX}, got {value}")
+    return value
 
 
 def _positive(text: str) -> float:

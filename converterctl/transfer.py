@@ -45,6 +45,10 @@ class SourceRequest:
     profile: str
     output_path: str | None = None
     job_id: str | None = None
+    priority: int | None = None  # None: the profile's default
+
+    def priority_field(self) -> dict[str, Any]:
+        return {} if self.priority is None else {"priority": self.priority}
 
 
 def upload_source(client: Client, path: Path, request: SourceRequest, state: UploadStateFile, *,
@@ -121,7 +125,8 @@ class SourceUpload:
     def _create(self) -> None:
         created = self.tus.create(self.key.size, {
             "profile": self.request.profile, "id": self.job_id, "output_path": self.request.output_path or "",
-            "filename": self.path.name, "sha256": self.sha256})
+            "filename": self.path.name, "sha256": self.sha256,
+            **{key: str(value) for key, value in self.request.priority_field().items()}})
         self.current = RememberedUpload(created.location, self.job_id, time.time(),
                                         parse_upload_expires(created.expires))
         self.offset = 0
@@ -228,7 +233,7 @@ class BucketSourceUpload(SourceUpload):
     def _create(self) -> None:
         answer = self.client.json("POST", protocol.SOURCE_UPLOADS, json={
             **self._declared(), "profile": self.request.profile, "id": self.job_id,
-            "output_path": self.request.output_path, "filename": self.path.name})
+            "output_path": self.request.output_path, "filename": self.path.name, **self.request.priority_field()})
         self.current = RememberedUpload(f"{protocol.SOURCE_UPLOADS}/{answer['upload_id']}", self.job_id, time.time(),
                                         answer.get("expires_at"))
         self.state.remember(self.key, self.current)

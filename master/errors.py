@@ -16,8 +16,8 @@ from typing import Mapping
 
 from converter_common import protocol
 from master.object_store import ObjectStoreError, ObjectStoreUnavailable
-from master.store import (DuplicateJob, DuplicateUpload, InvalidTransition, JobNotFound, NotOwner, OutputBusy,
-                          StoreError, UploadNotFound)
+from master.store import (DuplicateJob, DuplicateUpload, InvalidTransition, JobNotFound, JobNotPending, NotOwner,
+                          OutputBusy, StoreError, UploadNotFound, WorkerNotFound)
 
 
 class ApiError(Exception):
@@ -85,6 +85,10 @@ SOURCE_NOT_FOUND = ErrorKind(400, "source_not_found")  # a submitted source_path
 SOURCE_MISSING = ErrorKind(404, "source_not_found")  # a job's source, gone when a worker downloads it
 OUTPUT_NOT_FOUND = ErrorKind(404, "output_not_found")
 RANGE_NOT_SATISFIABLE = ErrorKind(416, "range_not_satisfiable")
+INVALID_PRIORITY = ErrorKind(400, "invalid_priority",
+                            f"priority must be an integer {protocol.PRIORITY_MIN}..{protocol.PRIORITY_MAX}")
+JOB_NOT_PENDING = ErrorKind(409, "job_not_pending")  # a priority change of a job already claimed or ended
+WORKER_NOT_FOUND = ErrorKind(404, "worker_not_found")
 
 # -- receiving files ------------------------------------------------------------------------------
 INSUFFICIENT_STORAGE = ErrorKind(507, "insufficient_storage", "not enough free space on the master for this upload")
@@ -185,4 +189,5 @@ def from_store_error(exc: StoreError) -> ApiError:
 
 
 _STORE_REFUSALS = ((DuplicateJob, DUPLICATE_JOB), (OutputBusy, OUTPUT_BUSY), (InvalidTransition, INVALID_JOB_STATE),
-                   (NotOwner, NOT_LEASE_OWNER), (UploadNotFound, UPLOAD_NOT_FOUND))
+                   (NotOwner, NOT_LEASE_OWNER), (UploadNotFound, UPLOAD_NOT_FOUND), (JobNotPending, JOB_NOT_PENDING),
+                   (WorkerNotFound, WORKER_NOT_FOUND))

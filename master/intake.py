@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 import tornado.ioloop
 
+from converter_common import protocol
 from converter_common.digest import file_sha256
 from converter_common.profiles import BUILTIN_PROFILES
 from master import errors
@@ -31,6 +32,7 @@ CONVERTED_DIR = "converted"
 INCOMING_DIR = "incoming"  # where uploaded sources are kept, under names the server chooses
 _UNSAFE_NAME = re.compile(r"[^\w.\- ]+")
 _EXTENSION = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
+_PRIORITY_TEXT = re.compile(r"^[+-]?[0-9]{1,5}$")
 
 
 class JobIntake:
@@ -67,17 +69,19 @@ class JobIntake:
         if await self.storage.exists(output):
             raise errors.OUTPUT_EXISTS.error()
 
-    async def from_stored_file(self, *, job_id: str, source: str, outputs: list[str], profile: str) -> Job:
+    async def from_stored_file(self, *, job_id: str, source: str, outputs: list[str], profile: str,
+                               priority: int | None = None) -> Job:
         """A job for a file already in storage (JSON submission, watch folder): hashed, then inserted."""
         facts = await self.storage.source(source, "source_path")
         for output in outputs:
             check_output_name(output, source, profile)
         digest = facts.sha256 or await self.storage.digest(source)
         return await self._insert(job_id=job_id, source=source, facts=SourceFacts(facts.size, facts.mtime_ns, digest),
-                                  outputs=outputs, profile=profile)
+                                  outputs=outputs, profile=profile, priority=priority)
 
     async def from_received_file(self, *, job_id: str, received: Path, client_name: str, output_path: str | None,
-                                 profile: str, sha256: bytes, upload_id: str | None = None) -> Job:
+                                 profile: str, sha256: bytes, upload_id: str | None = None,
+                                 priority: int | None = None) -> Job:
         """A job for a file just received (multipart or tus): ``received`` is kept under ``incoming/``; if no
         job can be made of it, it is removed. A tus upload (``upload_id``) is forgotten with the insert."""
         outputs = self.outputs_for(output_path, client_name, profile, job_id)
@@ -97,13 +101,13 @@ class JobIntake:
             facts = await self.storage.source(source, "source_path")
             return await self._insert(job_id=job_id, source=source, facts=SourceFacts(facts.size, facts.mtime_ns,
                                                                                        sha256),
-                                      outputs=outputs, profile=profile, upload_id=upload_id)
+                                      outputs=outputs, profile=profile, upload_id=upload_id, priority=priority)
         except BaseException:
             await self.storage.remove(source)
             raise
 
     async def from_bucket_object(self, *, job_id: str, source: str, client_name: str, output_path: str | None,
-                                 profile: str, sha256: bytes, upload_id: str) -> Job:
+                                 profile: str, sha256: bytes, upload_id: str, priority: int | None = None) -> Job:
         """A job for a source a client just sent straight to the bucket (``source``, named by
         ``new_source_name``); if no job can be made of it, the object is removed."""
         try:
@@ -113,14 +117,16 @@ class JobIntake:
             facts = await self.storage.source(source, "source_path")
             return await self._insert(job_id=job_id, source=source,
                                       facts=SourceFacts(facts.size, facts.mtime_ns, sha256),
-                                      outputs=outputs, profile=profile, upload_id=upload_id)
+                                      outputs=outputs, profile=profile, upload_id=upload_id, priority=priority)
         except BaseException:
             await self.storage.remove(source)
             raise
 
     async def _insert(self, *, job_id: str, source: str, facts: SourceFacts, outputs: list[str], profile: str,
-                      upload_id: str | None = None) -> Job:
-        """The job, writing to the first of ``outputs`` that is free (not in storage, no active job writing it)."""
+                      upload_id: str | None = None, priority: int | None = None) -> Job:
+        """The job, writing to the first of ``outputs`` that is free (not in storage, no active job writing it);
+        without a ``priority`` of its own it takes its profile's."""
+        priority = BUILTIN_PROFILES[profile].priority if priority is None else priority
         free = [output for output in outputs if not await self.storage.exists(output)] or outputs[-1:]
         for index, output in enumerate(free):
             await self.check_output(output, source, profile)
@@ -128,7 +134,7 @@ class JobIntake:
                 job = self.store.create_job(
                     job_id=job_id, source_path=source, output_path=output, profile=profile, source_size=facts.size,
                     source_sha256=facts.sha256.hex(), source_mtime_ns=facts.mtime_ns,
-                    max_attempts=self.config.jobs.max_attempts, consumed_upload=upload_id)
+                    max_attempts=self.config.jobs.max_attempts, consumed_upload=upload_id, priority=priority)
             except OutputBusy:
                 if index == len(free) - 1:
                     raise
@@ -137,6 +143,31 @@ class JobIntake:
             self.wakeup.send()
             return job
         raise AssertionError("unreachable")
+
+
+def check_priority(value: object) -> int | None:
+    """A job's priority as a request gives it: absent (None: the profile's), or a JSON integer in range."""
+    if value is None:
+        return None
+    low, high = protocol.PRIORITY_MIN, protocol.PRIORITY_MAX
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise errors.INVALID_PRIORITY.error(f"priority must be an integer {low}..{high}, got {_shown(value)}")
+    return value
+
+
+def priority_from_text(text: str | None) -> int | None:
+    """A priority sent as text (a multipart field, tus metadata): empty or absent is None."""
+    if not text:
+        return None
+    if not _PRIORITY_TEXT.fullmatch(text.strip()):
+        raise errors.INVALID_PRIORITY.error(f"priority must be an integer {protocol.PRIORITY_MIN}.."
+                                            f"{protocol.PRIORITY_MAX}, got {_shown(text)}")
+    return check_priority(int(text.strip()))
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def new_job_id() -> str:

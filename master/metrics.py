@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+from converter_common.profiles import BUILTIN_PROFILES
 from converter_common.version import package_version
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -64,12 +65,40 @@ class DatabaseCollector(Collector):
                                   value=self._store.reconnects)
 
 
+class ClaimsPausedCollector(Collector):
+    """Whether claims are paused, read from the database at scrape time: ``converter_master_queue_paused`` (0/1)
+    and ``converter_master_workers_not_claiming{reason}``: workers paused by an operator, and workers outside their
+    ``worker.schedule`` windows as they last said."""
+
+    def __init__(self, store: JobStore):
+        self._store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            paused_at, workers = self._store.queue_paused_at(), self._store.list_workers()
+        except DatabaseUnavailable:
+            return
+        yield GaugeMetricFamily("converter_master_queue_paused", "1 while the whole queue is paused (no claims).",
+                                value=0 if paused_at is None else 1)
+        family = GaugeMetricFamily("converter_master_workers_not_claiming",
+                                   "Workers that claim nothing now: paused by an operator, or outside their"
+                                   " schedule.", labels=["reason"])
+        family.add_metric(["paused"], sum(1 for w in workers if w.paused_at is not None))
+        family.add_metric(["scheduled_off"], sum(1 for w in workers if w.scheduled_off))
+        yield family
+
+
 class MasterMetrics:
     def __init__(self, registry: CollectorRegistry, store: JobStore, storage_root: Path,
                  online_window: Callable[[], float]):
         self.registry = registry
         registry.register(JobsByStatusCollector(store))
         registry.register(DatabaseCollector(store))
+        registry.register(ClaimsPausedCollector(store))
+        self.bytes_saved = Counter("converter_master_bytes_saved", "Source bytes minus output bytes of completed"
+                                   " jobs whose output is smaller, by profile.", ["profile"], registry=registry)
+        for profile in BUILTIN_PROFILES:
+            self.bytes_saved.labels(profile)
         self.jobs_submitted = Counter("converter_master_jobs_submitted", "Jobs accepted by POST /api/jobs.",
                                       registry=registry)
         self.jobs_completed = Counter("converter_master_jobs_completed", "Jobs whose output was stored.",
@@ -141,6 +170,8 @@ class MasterMetrics:
 
     def job_completed(self, job: Job) -> None:
         self.jobs_completed.inc()
+        if job.saved_bytes is not None and job.saved_bytes > 0:
+            self.bytes_saved.labels(job.profile).inc(job.saved_bytes)
         if job.finished_at is not None:
             self.job_duration.observe(max(0.0, job.finished_at - job.created_at))
 

@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at       REAL NOT NULL,
     claimed_at       REAL,
     finished_at      REAL,
-    waiting          TEXT   -- why a pending job is not being claimed, when the master can tell
+    waiting          TEXT,  -- why a pending job is not being claimed, when the master can tell
+    priority         INTEGER NOT NULL DEFAULT 0  -- claims take the highest first, then the oldest
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, not_before);
 CREATE TABLE IF NOT EXISTS workers (
@@ -59,7 +60,13 @@ CREATE TABLE IF NOT EXISTS workers (
     last_seen_at  REAL NOT NULL,
     consecutive_failures INTEGER NOT NULL DEFAULT 0,
     quarantined_until    REAL NOT NULL DEFAULT 0,
-    cache_free_bytes     INTEGER  -- what it last said it can hold (claim's cache_free_bytes)
+    cache_free_bytes     INTEGER, -- what it last said it can hold (claim's cache_free_bytes)
+    paused_at            REAL,    -- an operator paused it (POST /api/workers/<id>/pause): its claims get nothing
+    schedule             TEXT     -- JSON its registration reported: worker.schedule windows, open now or not
+);
+CREATE TABLE IF NOT EXISTS queue_pause (  -- one row while the whole queue is paused: no claim gets a job
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    paused_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS uploads (
     id          TEXT PRIMARY KEY,
@@ -76,7 +83,8 @@ CREATE TABLE IF NOT EXISTS uploads (
     filename    TEXT,
     attempt     INTEGER,                         -- output uploads: the job's attempt that made it
     expires_at  REAL,                            -- tus expiration: removed when not continued by then
-    bucket_upload_id TEXT                        -- a source sent straight to the bucket: its S3 multipart upload
+    bucket_upload_id TEXT,                       -- a source sent straight to the bucket: its S3 multipart upload
+    priority    INTEGER                          -- source uploads: the priority asked for (NULL: the profile's)
 );
 CREATE TABLE IF NOT EXISTS bucket_uploads (  -- storage.backend s3: the multipart upload of a job's output attempt
     job_id     TEXT PRIMARY KEY,
@@ -89,6 +97,10 @@ CREATE TABLE IF NOT EXISTS bucket_uploads (  -- storage.backend s3: the multipar
 """
 # One writer per output path: at most one pending or processing job may name it (create, retry, requeue
 # all pass through this index, so no code path can give an output two owners).
+# Claims give nothing while the queue is paused or the claiming worker (``:worker``) is; both uncorrelated, so each
+# database evaluates them once per claim, before it reads the index of claimable jobs.
+_CLAIMS_OPEN = ("NOT EXISTS (SELECT 1 FROM queue_pause)"
+                " AND NOT EXISTS (SELECT 1 FROM workers WHERE id = :worker AND paused_at IS NOT NULL)")
 OUTPUT_OWNER_INDEX = """
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_owner_per_output ON jobs (output_path)
     WHERE status IN ('pending', 'processing')
@@ -101,6 +113,7 @@ MIGRATIONS = (
     (1, "the first schema", lambda store: store._create_schema()),
     (2, "a partial index of pending jobs for claims", lambda store: store._index_claimable_jobs()),
     (3, "an index for listing jobs in submission order", lambda store: store._index_job_list()),
+    (4, "job priorities, queue and worker pauses, worker schedules", lambda store: store._add_priorities_and_pauses()),
 )
 
 
@@ -137,6 +150,18 @@ class InvalidTransition(StoreError):
         super().__init__(f"job {job.id!r} is {job.status.value}, must be {wanted} to become {transition.target.value}")
         self.job = job
         self.transition = transition
+
+
+class JobNotPending(StoreError):
+    def __init__(self, job: "Job"):
+        super().__init__(f"job {job.id!r} is {job.status.value}; only a pending job's priority can change")
+        self.job = job
+
+
+class WorkerNotFound(StoreError):
+    def __init__(self, worker_id: str):
+        super().__init__(f"no worker with id {worker_id!r} has registered")
+        self.worker_id = worker_id
 
 
 class GuardFailed(StoreError):
@@ -179,6 +204,7 @@ class Job:
     claimed_at: float | None
     finished_at: float | None
     waiting: str | None = None
+    priority: int = 0
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Job":
@@ -189,7 +215,13 @@ class Job:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["status"] = self.status.value
+        data["saved_bytes"] = self.saved_bytes
         return data
+
+    @property
+    def saved_bytes(self) -> int | None:
+        """Source bytes minus output bytes once an output is stored (negative when the output is larger)."""
+        return None if self.output_size is None else self.source_size - self.output_size
 
 
 _JOB_FIELDS = tuple(Job.__dataclass_fields__)
@@ -206,9 +238,16 @@ class Worker:
     consecutive_failures: int
     quarantined_until: float
     cache_free_bytes: int | None = None
+    paused_at: float | None = None
+    schedule: dict[str, Any] | None = None  # what its registration reported (``worker.schedule``)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def scheduled_off(self) -> bool:
+        """Outside its ``worker.schedule`` windows when it last said."""
+        return bool(self.schedule) and self.schedule.get("open") is False
 
 
 @dataclass(frozen=True)
@@ -230,6 +269,7 @@ class Upload:
     attempt: int | None = None
     expires_at: float | None = None
     bucket_upload_id: str | None = None  # a source sent straight to the bucket (temp_path is then its key)
+    priority: int | None = None  # a source upload: the job's priority (None: the profile's default)
 
 
 @dataclass(frozen=True)
@@ -304,6 +344,15 @@ class JobStore:
         order = "seq" if self.dialect == "postgres" else "not_before"
         self._db.execute(f"CREATE INDEX IF NOT EXISTS jobs_claimable ON jobs ({order}) WHERE status = 'pending'")
 
+    def _add_priorities_and_pauses(self) -> None:
+        """Migration 4: ``jobs.priority``, ``workers.paused_at`` and ``schedule``, the ``queue_pause`` table; the
+        partial index of claimable jobs is remade in claim order (highest priority, then oldest), so a claim still
+        reads one index entry however many jobs are pending or finished (``bench/queue_history.py``)."""
+        self._create_schema()  # every statement is IF NOT EXISTS: adds only the new table and columns
+        self._db.execute("DROP INDEX IF EXISTS jobs_claimable")
+        order = "priority DESC, seq" if self.dialect == "postgres" else "priority DESC"  # SQLite appends rowid
+        self._db.execute(f"CREATE INDEX jobs_claimable ON jobs ({order}) WHERE status = 'pending'")
+
     def _add_missing_columns(self) -> None:
         """Bring a database made by an earlier build up to ``SCHEMA``: columns it lacks are added.
 
@@ -362,7 +411,7 @@ class JobStore:
 
     def create_job(self, *, job_id: str, source_path: str, output_path: str, profile: str,
                    source_size: int, source_sha256: str, source_mtime_ns: int, max_attempts: int,
-                   consumed_upload: str | None = None, now: float | None = None) -> Job:
+                   consumed_upload: str | None = None, priority: int = 0, now: float | None = None) -> Job:
         """A new pending job; a source upload it was made from (``consumed_upload``) is forgotten with it."""
         now = time.time() if now is None else now
         with self._transaction():
@@ -375,10 +424,10 @@ class JobStore:
             try:
                 row = self._db.execute(
                     "INSERT INTO jobs (id, status, source_path, output_path, profile, source_size, source_sha256,"
-                    " source_mtime_ns, max_attempts, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                    " source_mtime_ns, max_attempts, created_at, updated_at, priority)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                     (job_id, JobStatus.PENDING.value, source_path, output_path, profile, source_size, source_sha256,
-                     source_mtime_ns, max_attempts, now, now),
+                     source_mtime_ns, max_attempts, now, now, priority),
                 ).fetchone()
             except self._db.IntegrityError as exc:
                 if _is_output_owner_violation(exc):
@@ -429,7 +478,8 @@ class JobStore:
 
     def claim_next(self, worker_id: str, lease_seconds: float, now: float | None = None,
                    max_source_size: int | None = None) -> Job | None:
-        """Atomically give the oldest claimable pending job to ``worker_id``; None when there is none.
+        """Atomically give the claimable pending job of highest priority (the oldest among equals) to ``worker_id``;
+        None when there is none, or while the queue or this worker is paused (checked in the same statement).
 
         With ``max_source_size``, only jobs whose source fits (the worker's cache room) are considered.
         """
@@ -443,7 +493,7 @@ class JobStore:
             # 'pending' written out, not a parameter: a prepared statement's generic plan cannot use the partial
             # index of pending jobs for a parameter (measured: 17 ms a claim at 20,000 jobs instead of 0.3)
             f"rowid = (SELECT rowid FROM jobs WHERE status = '{JobStatus.PENDING.value}' AND not_before <= ?"
-            f" AND source_size <= ? ORDER BY rowid LIMIT 1{skip_locked})",
+            f" AND source_size <= ? AND {_CLAIMS_OPEN} ORDER BY priority DESC, rowid LIMIT 1{skip_locked})",
             (now, size_limit),
             now=now,
             set_sql="worker_id = :worker, lease_expires_at = :lease, attempts = attempts + 1, claimed_at = :now,"
@@ -453,6 +503,16 @@ class JobStore:
         self._touch_worker(worker_id, now, cache_free_bytes=max_source_size * 2 if max_source_size is not None
                            else None)
         return rows[0] if rows else None
+
+    def set_priority(self, job_id: str, priority: int, now: float | None = None) -> Job:
+        """A pending job's new priority; a job no longer pending keeps its own (``JobNotPending``)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            row = self._db.execute("UPDATE jobs SET priority = ?, updated_at = ? WHERE id = ? AND status = 'pending'"
+                                   " RETURNING *", (priority, now, job_id)).fetchone()
+        if row is None:
+            raise JobNotPending(self.get_job(job_id))
+        return Job.from_row(row)
 
     def transition(self, job_id: str, transition: Transition, *, worker_id: str | None = None,
                    now: float | None = None, guard: str = "", set_sql: str = "", **set_params: Any) -> Job:
@@ -611,7 +671,8 @@ class JobStore:
     def create_upload(self, *, upload_id: str, job_id: str, worker_id: str | None, length: int, temp_path: str,
                       sha256: str | None, expires_at: float, kind: str = "output", attempt: int | None = None,
                       profile: str | None = None, output_path: str | None = None, filename: str | None = None,
-                      bucket_upload_id: str | None = None, now: float | None = None) -> tuple[Upload, list[Upload]]:
+                      bucket_upload_id: str | None = None, priority: int | None = None,
+                      now: float | None = None) -> tuple[Upload, list[Upload]]:
         """Record a new upload for a job (or, kind ``source``, for the job it will create); returns it and the
         uploads it replaces: those of an earlier attempt of the same job, whose writer no longer holds the lease.
 
@@ -630,10 +691,10 @@ class JobStore:
             stale = self._db.execute("DELETE FROM uploads WHERE job_id = ? RETURNING *", (job_id,)).fetchall()
             row = self._db.execute(
                 "INSERT INTO uploads (id, job_id, worker_id, length, \"offset\", temp_path, sha256, created_at, kind,"
-                " profile, output_path, filename, attempt, expires_at, bucket_upload_id)"
-                " VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                " profile, output_path, filename, attempt, expires_at, bucket_upload_id, priority)"
+                " VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                 (upload_id, job_id, worker_id, length, temp_path, sha256, now, kind, profile, output_path,
-                 filename, attempt, expires_at, bucket_upload_id)).fetchone()
+                 filename, attempt, expires_at, bucket_upload_id, priority)).fetchone()
         return Upload(**dict(row)), [Upload(**dict(r)) for r in stale]
 
     def _check_output_free(self, output_path: str) -> None:
@@ -721,17 +782,97 @@ class JobStore:
     # -- workers ------------------------------------------------------------------------------
 
     def register_worker(self, *, worker_id: str, hostname: str, capabilities: dict[str, Any], concurrency: int,
-                        now: float | None = None) -> Worker:
+                        schedule: dict[str, Any] | None = None, now: float | None = None) -> Worker:
+        """Insert or refresh a worker; an operator's pause (``paused_at``) outlives its registrations."""
         now = time.time() if now is None else now
         with self._lock:
             row = self._db.execute(
-                "INSERT INTO workers (id, hostname, capabilities, concurrency, registered_at, last_seen_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname,"
+                "INSERT INTO workers (id, hostname, capabilities, concurrency, registered_at, last_seen_at, schedule)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname,"
                 " capabilities = excluded.capabilities, concurrency = excluded.concurrency,"
-                " last_seen_at = excluded.last_seen_at RETURNING *",
-                (worker_id, hostname, json.dumps(capabilities), concurrency, now, now),
+                " last_seen_at = excluded.last_seen_at, schedule = excluded.schedule RETURNING *",
+                (worker_id, hostname, json.dumps(capabilities), concurrency, now, now,
+                 json.dumps(schedule) if schedule is not None else None),
             ).fetchone()
         return _worker(row)
+
+    def get_worker(self, worker_id: str) -> Worker:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM workers WHERE id = ?", (worker_id,)).fetchone()
+        if row is None:
+            raise WorkerNotFound(worker_id)
+        return _worker(row)
+
+    def pause_worker(self, worker_id: str, now: float | None = None) -> Worker:
+        """From now on the worker's claims get nothing (its running jobs go on); pausing twice keeps the first time."""
+        now = time.time() if now is None else now
+        return self._update_worker(worker_id, "paused_at = COALESCE(paused_at, ?)", (now,))
+
+    def resume_worker(self, worker_id: str) -> Worker:
+        worker = self._update_worker(worker_id, "paused_at = NULL", ())
+        self._notify_claimable(["resumed"])
+        return worker
+
+    def _update_worker(self, worker_id: str, assignments: str, params: tuple[Any, ...]) -> Worker:
+        with self._lock:
+            row = self._db.execute(f"UPDATE workers SET {assignments} WHERE id = ? RETURNING *",
+                                   (*params, worker_id)).fetchone()
+        if row is None:
+            raise WorkerNotFound(worker_id)
+        return _worker(row)
+
+    # -- the whole queue ---------------------------------------------------------------------------
+
+    def pause_queue(self, now: float | None = None) -> float:
+        """No claim gets a job until ``resume_queue`` (running jobs go on); when the pause began."""
+        now = time.time() if now is None else now
+        with self._lock:
+            self._db.execute("INSERT INTO queue_pause (id, paused_at) VALUES (1, ?) ON CONFLICT (id) DO NOTHING",
+                             (now,))
+        return self.queue_paused_at() or now
+
+    def resume_queue(self) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM queue_pause")
+            self._notify_claimable(["resumed"])
+
+    def queue_paused_at(self) -> float | None:
+        """When the queue was paused, or None while it is not."""
+        with self._lock:
+            row = self._db.execute("SELECT paused_at FROM queue_pause").fetchone()
+        return None if row is None else row[0]
+
+    def claims_paused(self, worker_id: str) -> str | None:
+        """Why claims of ``worker_id`` get nothing whatever is pending: "queue", "worker", or None."""
+        with self._lock:
+            row = self._db.execute("SELECT (SELECT COUNT(*) FROM queue_pause), (SELECT COUNT(*) FROM workers"
+                                   " WHERE id = ? AND paused_at IS NOT NULL)", (worker_id,)).fetchone()
+        return "queue" if row[0] else "worker" if row[1] else None
+
+    # -- space saved ----------------------------------------------------------------------------------
+
+    def space_saved(self, days: int, now: float | None = None) -> dict[str, Any]:
+        """Completed jobs' source and output bytes and their difference: in total, by profile, by worker, and by
+        day (UTC, the day each finished) for the last ``days`` days."""
+        now = time.time() if now is None else now
+        sums = "COUNT(*), COALESCE(SUM(source_size), 0), COALESCE(SUM(output_size), 0)"
+        completed = "status = 'completed' AND output_size IS NOT NULL"
+        day = ("to_char(to_timestamp(finished_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')" if self.dialect == "postgres"
+               else "date(finished_at, 'unixepoch')")
+        since = (int(now // 86400) - days + 1) * 86400
+        with self._lock:
+            total = self._db.execute(f"SELECT {sums} FROM jobs WHERE {completed}").fetchone()
+            groups = {name: self._db.execute(f"SELECT {key}, {sums} FROM jobs WHERE {completed}{extra}"
+                                             f" GROUP BY {key} ORDER BY {key}", params).fetchall()
+                      for name, key, extra, params in (
+                          ("by_profile", "profile", "", ()),
+                          ("by_worker", "worker_id", "", ()),
+                          ("by_day", day, " AND finished_at >= ?", (since,)))}
+        label = {"by_profile": "profile", "by_worker": "worker_id", "by_day": "day"}
+        result: dict[str, Any] = {"totals": _space(*total)}
+        for name, rows in groups.items():
+            result[name] = [{label[name]: row[0], **_space(*row[1:])} for row in rows]
+        return result
 
     def list_workers(self) -> list[Worker]:
         with self._lock:
@@ -798,7 +939,13 @@ class JobStore:
 def _worker(row: sqlite3.Row) -> Worker:
     values = dict(row)
     values["capabilities"] = json.loads(values["capabilities"])
+    values["schedule"] = json.loads(values["schedule"]) if values.get("schedule") else None
     return Worker(**values)
+
+
+def _space(jobs: int, source: Any, output: Any) -> dict[str, int]:
+    source, output = int(source), int(output)  # PostgreSQL sums BIGINTs as NUMERIC
+    return {"jobs": int(jobs), "source_bytes": source, "output_bytes": output, "saved_bytes": source - output}
 
 
 def _human_size(size: int) -> str:

@@ -96,7 +96,7 @@ class UploadRegistry:
         return upload
 
     def create_for_source(self, *, job_id: str, length: int, profile: str, output_path: str | None, filename: str,
-                          sha256: bytes | None, directory: Path) -> Upload:
+                          sha256: bytes | None, directory: Path, priority: int | None = None) -> Upload:
         """A user's source, whose job (``job_id``, ``profile``, ``output_path``) is made once it is complete."""
         if self.store.job_exists(job_id):
             raise errors.DUPLICATE_JOB.error(f"a job with id {job_id!r} already exists")
@@ -105,14 +105,16 @@ class UploadRegistry:
         self.require_room(directory, length)
         try:
             upload, _ = self._create(directory, job_id=job_id, worker_id=None, length=length, sha256=sha256,
-                                     kind="source", profile=profile, output_path=output_path, filename=filename)
+                                     kind="source", profile=profile, output_path=output_path, filename=filename,
+                                     priority=priority)
         except DuplicateUpload as exc:
             raise errors.DUPLICATE_JOB.error(f"upload {exc.upload.id} is already creating job {job_id!r};"
                                              " resume it or choose another id") from None
         return upload
 
     def create_for_bucket_source(self, *, job_id: str, length: int, profile: str, output_path: str | None,
-                                 filename: str, sha256: bytes, key: str, bucket_upload_id: str) -> Upload:
+                                 filename: str, sha256: bytes, key: str, bucket_upload_id: str,
+                                 priority: int | None = None) -> Upload:
         """A user's source sent straight to the bucket (as ``key``, multipart upload ``bucket_upload_id``); its job
         is made once every part is stored. The same rules as for a tus source: one upload per job id."""
         if self.store.job_exists(job_id):
@@ -121,7 +123,7 @@ class UploadRegistry:
             upload, _ = self.store.create_upload(
                 upload_id=uuid.uuid4().hex, job_id=job_id, worker_id=None, length=length, temp_path=key,
                 sha256=sha256.hex(), expires_at=self.new_expiry(), kind="source", profile=profile,
-                output_path=output_path, filename=filename, bucket_upload_id=bucket_upload_id)
+                output_path=output_path, filename=filename, bucket_upload_id=bucket_upload_id, priority=priority)
         except DuplicateUpload as exc:
             raise errors.DUPLICATE_JOB.error(f"upload {exc.upload.id} is already creating job {job_id!r};"
                                              " resume it or choose another id") from None

@@ -89,9 +89,10 @@ class MasterClient:
 
     # -- control calls --------------------------------------------------------------------------
 
-    def register(self, capabilities: dict[str, Any], concurrency: int, hostname: str) -> dict[str, Any]:
+    def register(self, capabilities: dict[str, Any], concurrency: int, hostname: str,
+                 schedule: dict[str, Any] | None = None) -> dict[str, Any]:
         with worker_errors():
-            return self.control.register(capabilities, concurrency, hostname)
+            return self.control.register(capabilities, concurrency, hostname, schedule)
 
     def claim(self, wait: float, cache_free_bytes: int | None = None) -> dict[str, Any] | None:
         """The next job for this worker, waiting up to ``wait`` seconds for one; None if none came.

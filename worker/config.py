@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from converter_common.config_loader import ConfigError, Duration, Size, build, load_yaml, report, require_positive
+from worker.schedule import ScheduleError, parse_window
 
 MiB = 1 << 20
 ACCELS = ("auto", "vulkan", "cpu")
@@ -44,6 +45,8 @@ class WorkerSection:
     drain_timeout: Duration = 0.0  # on SIGTERM: seconds running jobs may take to finish before they are given back
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9101  # Prometheus /metrics; 0 turns the endpoint off
+    # local-time windows in which it claims jobs, e.g. ["22:00-07:00", "sat,sun 00:00-24:00"]; none: always
+    schedule: tuple[str, ...] = ()
 
     def validate(self, key: str) -> None:
         if not 1 <= self.concurrency <= 64:
@@ -54,6 +57,11 @@ class WorkerSection:
         require_positive(f"{key}.drain_timeout", self.drain_timeout, allow_zero=True)
         if not 0 <= self.metrics_port <= 65535:
             report(f"{key}.metrics_port", f"must be 0..65535, got {self.metrics_port}")
+        for index, window in enumerate(self.schedule):
+            try:
+                parse_window(window)
+            except ScheduleError as exc:
+                report(f"{key}.schedule[{index}]", str(exc))
 
 
 @dataclass(frozen=True)

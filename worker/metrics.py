@@ -54,6 +54,9 @@ class WorkerMetrics:
         self.vulkan_available = Gauge("converter_worker_vulkan_available", "1 when a Vulkan device is usable.",
                                       registry=registry)
         self.vulkan_device = Info("converter_worker_vulkan_device", "The Vulkan device in use.", registry=registry)
+        self.schedule_open = Gauge("converter_worker_schedule_open", "1 while the worker may claim by its"
+                                   " worker.schedule (always 1 without one), 0 outside its windows.", registry=registry)
+        self.schedule_open.set(1)
         Info("converter_worker_build", "Version of the running worker.", registry=registry).info(
             {"version": package_version()})
 

@@ -8,6 +8,7 @@ to one of the outcomes in ``worker.metrics.OUTCOMES``.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import shutil
 import socket
@@ -27,9 +28,12 @@ from worker.conversion import Converter, ConverterFactory, probing_factory
 from worker.errors import ApiRejected, Cause, FatalError, JobLost, RetryableError, Shutdown
 from worker.metrics import WorkerMetrics, free_bytes
 from worker.retry import RetryPolicy
+from worker.schedule import Schedule
 from worker.storage_modes import StorageMode, storage_mode
 
 log = logging.getLogger("converter.worker")
+# Outside its schedule a worker looks at the clock, and re-registers (so the master sees it online), this often.
+SCHEDULE_RECHECK_SECONDS = 30.0
 
 
 @dataclass
@@ -51,6 +55,10 @@ class Clock:
     def wait(self, event: threading.Event, seconds: float) -> bool:
         """Wait until ``event`` is set or ``seconds`` pass; True when the event was set."""
         return event.wait(seconds)
+
+    def now(self) -> dt.datetime:
+        """Local wall-clock time, what ``worker.schedule`` windows are written in."""
+        return dt.datetime.now()
 
     def call_later(self, seconds: float, action: Callable[[], None]) -> None:
         timer = threading.Timer(seconds, action)
@@ -76,6 +84,9 @@ class Worker:
         self._active: dict[str, ActiveJob] = {}
         self._lock = threading.Lock()
         self._idle_backoff = RetryPolicy(attempts=1, base_delay=1.0, factor=2.0, cap=30.0)
+        self.schedule = Schedule.parse(config.worker.schedule)
+        self._schedule_reported: tuple[bool, dt.datetime] | None = None  # (open, when) last told the master
+        self._schedule_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config: WorkerConfig, registry: CollectorRegistry | None = None) -> "Worker":
@@ -108,7 +119,13 @@ class Worker:
 
     def register(self) -> dict[str, Any]:
         capabilities = self.converter().capabilities()  # probed once, at the first registration
-        return self.client.register(capabilities, self.config.worker.concurrency, socket.gethostname())
+        schedule = None
+        if self.schedule.windows:  # only then is the clock asked the time of day
+            now = self.clock.now()
+            schedule = self.schedule.report(now)
+            with self._schedule_lock:
+                self._schedule_reported = (schedule["open"], now)
+        return self.client.register(capabilities, self.config.worker.concurrency, socket.gethostname(), schedule)
 
     def run(self) -> None:
         """Register, then run ``concurrency`` claim loops until ``stop()``; returns when all have ended."""
@@ -182,13 +199,44 @@ class Worker:
     # -- one step -------------------------------------------------------------------------------
 
     def run_once(self) -> bool:
-        """Claim one job and process it to the end; False when no job came within the claim wait."""
+        """Claim one job and process it to the end; False when no job came within the claim wait, or when the
+        worker is outside its schedule (it then waits for the next window, at most ``SCHEDULE_RECHECK_SECONDS``)."""
+        if not self._within_schedule():
+            return False
         room = self._cache_room() if self.storage.needs_cache else None
         job = self.client.claim(self.config.worker.claim_wait, cache_free_bytes=room)
         if job is None:
             return False
         self.process(job)
         return True
+
+    def _within_schedule(self) -> bool:
+        if not self.schedule.windows:
+            return True
+        now = self.clock.now()
+        is_open = self.schedule.is_open(now)
+        self.metrics.schedule_open.set(1 if is_open else 0)
+        self._report_schedule(is_open, now)
+        if is_open:
+            return True
+        change = self.schedule.next_change(now)
+        wait = SCHEDULE_RECHECK_SECONDS if change is None else (change - now).total_seconds()
+        self.clock.wait(self._stopping, min(max(wait, 0.05), SCHEDULE_RECHECK_SECONDS))
+        return False
+
+    def _report_schedule(self, is_open: bool, now: dt.datetime) -> None:
+        """Tell the master (a registration) when the worker enters or leaves its windows, and every
+        ``SCHEDULE_RECHECK_SECONDS`` outside them, since it then sends no claim the master would see it by."""
+        with self._schedule_lock:
+            last = self._schedule_reported
+            if last is not None and last[0] == is_open and (is_open or now - last[1] < dt.timedelta(
+                    seconds=SCHEDULE_RECHECK_SECONDS)):
+                return
+            self._schedule_reported = (is_open, now)
+        if last is not None and last[0] != is_open:
+            log.info("schedule: %s", "inside a window: claiming jobs" if is_open else "outside the windows: "
+                     "claiming nothing until the next one")
+        self.register()
 
     def process(self, job: dict[str, Any]) -> None:
         active = ActiveJob(job["id"], self.cache / f"job_{job['id']}", threading.Event(),

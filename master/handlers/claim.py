@@ -5,6 +5,7 @@ from __future__ import annotations
 import tornado.gen
 import tornado.ioloop
 
+from converter_common.protocol import CLAIMS_PAUSED_HEADER
 from master import errors
 from master.auth import Access
 from master.handlers.base import BaseHandler, check_worker_id, is_number
@@ -57,6 +58,9 @@ class ClaimHandler(BaseHandler):
                 await self.services.wakeup.wait(min(remaining, RECHECK_SECONDS))
             except TimeoutError:
                 pass
+        paused = self.store.claims_paused(worker_id)
+        if paused is not None:
+            self.set_header(CLAIMS_PAUSED_HEADER, paused)
         self._no_job()
 
     def _assignment(self, job) -> dict:

@@ -15,13 +15,14 @@ from master import errors
 from master.auth import Access
 from master.handlers.base import CONTROL_BODY_LIMIT, BaseHandler, check_job_id
 from master.handlers.multipart import MultipartReceiver, TextField, form_filename
-from master.intake import new_job_id
+from master.intake import check_priority, new_job_id, priority_from_text
 from master.states import JobStatus
 from master.store import Job
 
 MAX_PAGE = 1000
-JSON_FIELDS = {"id", "source_path", "output_path", "profile"}
-TEXT_FIELDS = ("profile", "output_path", "id")  # of a multipart submission, besides the video
+JSON_FIELDS = {"id", "source_path", "output_path", "profile", "priority"}
+TEXT_FIELDS = ("profile", "output_path", "id", "priority")  # of a multipart submission, besides the video
+PATCH_FIELDS = {"priority"}
 
 
 @tornado.web.stream_request_body
@@ -68,20 +69,22 @@ class JobsHandler(MultipartReceiver, BaseHandler):
             raise errors.UNKNOWN_FIELD.error(f"unknown field(s): {', '.join(sorted(unknown))}")
         job_id = check_job_id(body["id"]) if body.get("id") is not None else new_job_id()
         profile = self.services.intake.profile(body.get("profile"))
+        priority = check_priority(body.get("priority"))
         storage = self.services.storage
         source = storage.path(body.get("source_path"), "source_path")
         output = storage.path(body.get("output_path"), "output_path")
         return await self.services.intake.from_stored_file(job_id=job_id, source=source, outputs=[output],
-                                                           profile=profile)
+                                                           profile=profile, priority=priority)
 
     async def _submit_upload(self) -> Job:
         digest = await self.finish_part()
         values = {name: field.value for name, field in self._fields.items()}
         profile = self.services.intake.profile(values["profile"])
+        priority = priority_from_text(values["priority"])
         job_id = check_job_id(values["id"]) if values["id"] else new_job_id()
         job = await self.services.intake.from_received_file(
             job_id=job_id, received=self._temp_path, client_name=form_filename(self._sink.multipart_filename or ""),
-            output_path=values["output_path"] or None, profile=profile, sha256=digest)
+            output_path=values["output_path"] or None, profile=profile, sha256=digest, priority=priority)
         self._temp_path = None
         return job
 
@@ -111,10 +114,22 @@ class JobsHandler(MultipartReceiver, BaseHandler):
 
 
 class JobHandler(BaseHandler):
-    access = {"GET": Access.READ}
+    access = {"GET": Access.READ, "PATCH": Access.ADMIN}
 
     def get(self, job_id: str) -> None:
         self.write_json(self.store.get_job(check_job_id(job_id)).to_dict())
+
+    def patch(self, job_id: str) -> None:
+        """What may change of a job: its priority, while it is pending (409 ``job_not_pending`` after)."""
+        job_id = check_job_id(job_id)
+        body = self.json_body()
+        unknown = set(body) - PATCH_FIELDS
+        if unknown:
+            raise errors.UNKNOWN_FIELD.error(f"unknown field(s): {', '.join(sorted(unknown))}; only priority changes")
+        priority = check_priority(body.get("priority"))
+        if priority is None:
+            raise errors.INVALID_PRIORITY.error("give the new priority: {\"priority\": n}")
+        self.write_json(self.store.set_priority(job_id, priority).to_dict())
 
 
 class JobCancelHandler(BaseHandler):

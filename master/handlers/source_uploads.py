@@ -19,7 +19,7 @@ from master import errors
 from master.auth import Access
 from master.handlers.base import check_job_id
 from master.handlers.bucket_transfer import BucketTransferHandler
-from master.intake import new_job_id, new_source_name
+from master.intake import check_priority, new_job_id, new_source_name
 from master.store import Upload
 
 MAX_FILENAME = 255
@@ -45,6 +45,7 @@ class SourceUploadsHandler(BucketTransferHandler):
         digests = self.part_digests(body, len(self.expected_sizes(size)))
         intake = self.services.intake
         profile = intake.profile(body.get("profile"))
+        priority = check_priority(body.get("priority"))
         job_id = check_job_id(body["id"]) if body.get("id") else new_job_id()
         filename = body.get("filename") or ""
         if not isinstance(filename, str) or len(filename) > MAX_FILENAME:
@@ -60,7 +61,7 @@ class SourceUploadsHandler(BucketTransferHandler):
         try:
             upload = self.services.uploads.create_for_bucket_source(
                 job_id=job_id, length=size, profile=profile, output_path=output_path, filename=filename,
-                sha256=bytes.fromhex(sha256), key=key, bucket_upload_id=bucket_upload_id)
+                sha256=bytes.fromhex(sha256), key=key, bucket_upload_id=bucket_upload_id, priority=priority)
         except BaseException:
             await bucket.abort_upload(key, bucket_upload_id)
             raise
@@ -119,7 +120,7 @@ class SourceUploadCompleteHandler(SourceUploadHandler):
             job = await self.services.intake.from_bucket_object(
                 job_id=upload.job_id, source=upload.temp_path, client_name=upload.filename or "",
                 output_path=upload.output_path, profile=upload.profile, sha256=bytes.fromhex(upload.sha256),
-                upload_id=upload.id)
+                upload_id=upload.id, priority=upload.priority)
         except BaseException:  # the object is gone again (intake removed it): so is the upload
             self.services.uploads.forget(upload)
             raise

@@ -35,7 +35,7 @@ from master import errors
 from master.auth import Access
 from master.handlers.base import check_job_id
 from master.handlers.file_receiving import ReceivingHandler
-from master.intake import new_job_id
+from master.intake import new_job_id, priority_from_text
 from master.store import Upload
 
 CHECKSUMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256}
@@ -117,13 +117,15 @@ class TusCreationHandler(_TusHandler):
         text = metadata_text({key: value for key, value in metadata.items() if key != "sha256"})
         job_id = check_job_id(text["id"]) if text.get("id") else new_job_id()
         profile = self.services.intake.profile(text["profile"])
+        priority = priority_from_text(text.get("priority"))
         output_path = None
         if text.get("output_path"):
             output_path = self.services.storage.path(text["output_path"], "output_path")
             await self.services.intake.check_output(output_path, None, profile)
         return self.uploads.create_for_source(
             job_id=job_id, length=length, profile=profile, output_path=output_path, filename=text.get("filename", ""),
-            sha256=_metadata_digest(metadata.get("sha256")), directory=self.services.intake.incoming_dir())
+            sha256=_metadata_digest(metadata.get("sha256")), directory=self.services.intake.incoming_dir(),
+            priority=priority)
 
 
 @tornado.web.stream_request_body
@@ -297,7 +299,8 @@ class TusUploadHandler(_TusHandler):
         if upload.kind == "source":
             job = await self.services.intake.from_received_file(
                 job_id=upload.job_id, received=self.uploads.temp_path(upload), client_name=upload.filename or "",
-                output_path=upload.output_path, profile=upload.profile, sha256=digest, upload_id=upload.id)
+                output_path=upload.output_path, profile=upload.profile, sha256=digest, upload_id=upload.id,
+                priority=upload.priority)
             self.set_header(JOB_ID_HEADER, job.id)
         else:
             await self.commit_output(upload.job_id, self.uploads.temp_path(upload), upload.length, digest,
