@@ -7,8 +7,12 @@ arguments ever come from the API.
 Policies shared by every built-in profile (see docs/gpu.md):
 
 - video: the first video stream scaled to ``height`` lines (only down, never up, when ``upscale`` is
-  False), the width following the display aspect ratio, both rounded to even, square pixels; 8-bit 4:2:0 output
-  (a 10-bit source is converted, HDR is not tone-mapped); timestamps kept (VFR stays VFR).
+  False), the width following the display aspect ratio, both rounded to even, square pixels; 4:2:0 output at
+  ``bit_depth`` bits; timestamps kept (VFR stays VFR).
+- colour: ``hdr="tonemap"``: an HDR source (PQ or HLG) is tone-mapped to SDR; the output is SDR tagged BT.709
+  whatever the source. ``hdr="keep"``: an HDR source stays HDR (its primaries, transfer, matrix and HDR10
+  mastering display / content light level metadata are carried to the output); an SDR source is tagged BT.709.
+  A source without HDR is never tone-mapped.
 - audio: every audio stream, each encoded with ``audio_codec``/``audio_bitrate``; none is fine.
 - subtitles: ``subtitles="keep"`` keeps text subtitles (mov_text in MP4/MOV, copied or SRT in
   MKV) and bitmap subtitles in MKV only (MP4 cannot hold them: dropped); ``"drop"`` drops all.
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 PROFILE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 FILTERS = ("", "denoise", "deinterlace")
 SUBTITLE_POLICIES = ("keep", "drop")
+HDR_POLICIES = ("tonemap", "keep")
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,8 @@ class Profile:
     filter: str = ""  # "", "denoise" (nlmeans) or "deinterlace" (bwdif)
     subtitles: str = "keep"
     upscale: bool = True  # False: sources shorter than ``height`` keep their height
+    hdr: str = "tonemap"  # "tonemap" (to SDR BT.709) or "keep" (HDR out, metadata carried); see the module doc
+    bit_depth: int = 8  # 8 or 10 (4:2:0)
 
 
 def _profile(name: str, **fields) -> Profile:
@@ -62,5 +69,8 @@ BUILTIN_PROFILES: dict[str, Profile] = {
                  description="Non-local-means denoise (nlmeans_vulkan on a GPU), H.264 1080p, AAC audio"),
         _profile("deinterlace", crf=20, filter="deinterlace", upscale=False,
                  description="Deinterlace every frame (bwdif, one frame per frame), H.264 up to 1080p, AAC audio"),
+        _profile("hevc-1080p-hdr10", video_codec="libx265", codec="hevc", crf=24, preset="fast", hdr="keep",
+                 bit_depth=10, description="HEVC Main10 1080p keeping HDR10 (BT.2020/PQ, mastering and light "
+                                           "level metadata), AAC audio"),
     )
 }

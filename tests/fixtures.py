@@ -135,6 +135,29 @@ def make_clip(path: Path, seconds: float = 2.0, size: str = "1920x1080", audio: 
     return path
 
 
+HDR10_MASTERING = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1)"  # P3 D65, 1000 cd/m²
+HDR10_LIGHT_LEVEL = (1000, 400)  # MaxCLL, MaxFALL
+
+
+def make_hdr10_clip(path: Path, seconds: float = 1.0, size: str = "320x180", rate: int = 10) -> Path:
+    """HEVC Main10 HDR10: PQ, BT.2020, mastering display and content light level SEI (libx265 ``hdr10``).
+
+    A bright scene: white at the 1000 cd/m² mastering peak around a ``testsrc2`` inset, so a tone-mapped
+    SDR output reaches SDR white while the washed-out one (PQ code values shown as BT.709) stays grey."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    width, height = (int(n) for n in size.split("x"))
+    to_pq = "zscale=tin=bt709:min=bt709:pin=bt709:rin=tv:t=smpte2084:m=bt2020nc:p=bt2020:r=tv:npl=1000"
+    x265 = "log-level=error:hdr10=1:master-display={}:max-cll={},{}".format(HDR10_MASTERING, *HDR10_LIGHT_LEVEL)
+    command = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"color=c=white:s={size}:r={rate}",
+               "-f", "lavfi", "-i", f"testsrc2=size={width // 2}x{height // 2}:rate={rate}", "-t", str(seconds),
+               "-filter_complex",
+               f"[0][1]overlay={width // 4}:{height // 4},format=yuv420p,{to_pq},format=yuv420p10le",
+               "-c:v", "libx265", "-preset", "ultrafast", "-x265-params", x265,
+               "-color_primaries", "bt2020", "-color_trc", "smpte2084", "-colorspace", "bt2020nc", str(path)]
+    subprocess.run(command, check=True, timeout=120)
+    return path
+
+
 def ffprobe(path: Path) -> dict[str, Any]:
     result = subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
                              str(path)], capture_output=True, text=True, check=True, timeout=60)

@@ -8,6 +8,7 @@ does) sends its profile to the CPU form from the start instead of failing every 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import shutil
@@ -22,7 +23,9 @@ from typing import Any
 
 from converter_common.profiles import BUILTIN_PROFILES, Profile
 from worker.ffmpeg import die_with_parent, kill_group
-from worker.ffmpeg_command import VULKAN_DECODE_CODECS, VULKAN_ENCODERS, VULKAN_FILTERS, encoder_args
+from worker.ffmpeg_command import (VULKAN_DECODE_CODECS, VULKAN_ENCODERS, VULKAN_FILTERS, Plan, encoder_args,
+                                   filter_chain)
+from worker.media import Colour, MediaInfo
 
 log = logging.getLogger("converter.worker")
 
@@ -32,6 +35,8 @@ DEVICE_TYPES = {"software": "cpu", "discrete": "discrete", "integrated": "integr
 _SELECTED = re.compile(r"Device \d+ selected: (?P<name>.+?) \((?P<type>[a-z ]+)\)(?: \(0x[0-9a-f]+\))?\s*$", re.M)
 _QUEUE = re.compile(r"^\s*\[[^\]]+\]\s+\d+: (?P<flags>[a-z_ ]+?) \(queues: \d+\)", re.M)
 TRIAL_INPUT = ["-f", "lavfi", "-i", "testsrc2=size=256x144:rate=10", "-frames:v", "3"]
+TONEMAP_TRIAL_SOURCE = MediaInfo(0.3, "hevc", 256, 144, None, colour=Colour("bt2020", "smpte2084", "bt2020nc"))
+REPORTED_FILTERS = {"nlmeans", "bwdif", "scale", "zscale", "tonemap", "libplacebo", *NEEDED_VULKAN_FILTERS}
 
 
 @dataclass
@@ -66,7 +71,7 @@ class Capabilities:
         return {
             "ffmpeg": self.ffmpeg, "ffmpeg_version": self.version, "error": self.error or None,
             "encoders": sorted(self.encoders & (wanted | set(VULKAN_ENCODERS.values()))),
-            "filters": sorted(self.filters & {"nlmeans", "bwdif", "scale", *NEEDED_VULKAN_FILTERS}),
+            "filters": sorted(self.filters & REPORTED_FILTERS),
             "vulkan": {"available": self.vulkan.available, "device": self.vulkan.device or None,
                        "type": self.vulkan.type or None, "queues": self.vulkan.queues,
                        "filters": self.vulkan.filters, "encoders": self.vulkan.encoders,
@@ -134,6 +139,11 @@ def _probe_vulkan(binary: str, device: str, caps: Capabilities, cancel: threadin
         if name in caps.filters:
             trials[("filter", name)] = TRIAL_INPUT + ["-vf", f"format=yuv420p,hwupload,{name},hwdownload,"
                                                                 f"format=yuv420p", "-f", "null", "-"]
+    if "libplacebo" in caps.filters:  # the tone-mapping chain the jobs run, on frames tagged PQ / BT.2020
+        profile = dataclasses.replace(BUILTIN_PROFILES["h264-720p"], height=TONEMAP_TRIAL_SOURCE.height)
+        chain = filter_chain(profile, TONEMAP_TRIAL_SOURCE, Plan("vulkan", "libx264"))
+        pq = "setparams=color_primaries=bt2020:color_trc=smpte2084:colorspace=bt2020nc"
+        trials[("filter", "libplacebo")] = TRIAL_INPUT + ["-vf", f"{pq},{chain}", "-f", "null", "-"]
     has_encode = any("encode" in q for q in info.queues)
     for codec, name in VULKAN_ENCODERS.items():
         if has_encode and name in caps.encoders:
@@ -210,6 +220,9 @@ def _last_line(text: str) -> str:
 
 
 def profile_forms(profile: Profile, caps: Capabilities) -> list[str]:
-    """``["vulkan", "cpu"]`` when the profile's Vulkan filters ran here, else ``["cpu"]``."""
+    """``["vulkan", "cpu"]`` when the profile's Vulkan filters ran here, else ``["cpu"]``. A 10-bit profile
+    is CPU only: plain scaling, where the GPU does not pay. (Tone mapping an HDR source also needs
+    ``libplacebo``: ``Converter.plan`` checks that per source.)"""
     needed = {"scale_vulkan", VULKAN_FILTERS[profile.filter]} - {""}
-    return (["vulkan"] if caps.vulkan.available and needed <= set(caps.vulkan.filters) else []) + ["cpu"]
+    vulkan = caps.vulkan.available and needed <= set(caps.vulkan.filters) and profile.bit_depth == 8
+    return (["vulkan"] if vulkan else []) + ["cpu"]

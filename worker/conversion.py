@@ -20,7 +20,7 @@ from converter_common.profiles import BUILTIN_PROFILES, Profile
 from worker import capabilities, ffmpeg
 from worker.config import FfmpegSection
 from worker.errors import FatalError, RetryableError
-from worker.ffmpeg_command import VULKAN_ENCODERS, Plan, build_command, cpu_encoder
+from worker.ffmpeg_command import TONEMAP_CURVE, VULKAN_ENCODERS, Plan, build_command, cpu_encoder, keeps_hdr, tone_maps
 from worker.media import MediaInfo
 from worker.metrics import WorkerMetrics
 
@@ -34,6 +34,7 @@ class ConversionResult:
     seconds: float  # FFmpeg wall time of the run that produced it
     media_seconds: float
     fallback: str | None = None  # why the Vulkan run was abandoned, when it was
+    hdr: str | None = None  # what the probe found about an HDR source and what was done with it
 
     @property
     def speed(self) -> float:
@@ -103,9 +104,12 @@ class Converter:
         cpu = Plan("cpu", cpu_encoder(profile, self.caps.encoders or None))
         if not self.vulkan_usable or "vulkan" not in capabilities.profile_forms(profile, self.caps):
             return cpu
+        tone_map = tone_maps(profile, source)
+        if tone_map and "libplacebo" not in self.caps.vulkan.filters:
+            return cpu  # scale_vulkan would pass PQ code values through as SDR: washed out
         vk_encoder = VULKAN_ENCODERS.get(profile.codec)
         vk_encoder = vk_encoder if vk_encoder in self.caps.vulkan.encoders else None
-        if self.settings.accel == "auto" and not profile.filter and vk_encoder is None:
+        if self.settings.accel == "auto" and not profile.filter and not tone_map and vk_encoder is None:
             return cpu  # plain scaling: the CPU encoder dominates, an upload does not pay (shared/notes/vulkan.md)
         decode = self.settings.vulkan_decode and source.video_codec in self.caps.vulkan.decode
         return Plan("vulkan", vk_encoder or cpu.encoder, decode, self.settings.vulkan_device)
@@ -118,8 +122,9 @@ class Converter:
         if not info.width or not info.height:
             raise FatalError(f"{source.name} has no video stream")
         plan = self.plan(profile, info)
+        hdr = hdr_handling(profile, info)
         if plan.accel != "vulkan":
-            return self._run(plan, profile, info, source, output, cancel, on_progress)
+            return dataclasses.replace(self._run(plan, profile, info, source, output, cancel, on_progress), hdr=hdr)
         try:
             result = self._run(plan, profile, info, source, output, cancel, on_progress)
         except (FatalError, RetryableError) as exc:
@@ -128,11 +133,11 @@ class Converter:
             self.metrics.vulkan_fallbacks.inc()
         else:
             self._vulkan_outcome(None)
-            return result
+            return dataclasses.replace(result, hdr=hdr)
         cpu = Plan("cpu", cpu_encoder(profile, self.caps.encoders or None))
         result = self._run(cpu, profile, info, source, output, cancel, on_progress)  # fails too: the source's fault
         self._vulkan_outcome(reason)
-        return dataclasses.replace(result, fallback=reason)
+        return dataclasses.replace(result, fallback=reason, hdr=hdr)
 
     def _run(self, plan: Plan, profile: Profile, info: MediaInfo, source: Path, output: Path,
              cancel: threading.Event, on_progress: Callable[[float], None] | None) -> ConversionResult:
@@ -168,6 +173,16 @@ class Converter:
                   if vk.available else vk.error)
         log.info("ffmpeg %s: %s; vulkan: %s; accel %s -> %s (probe %.1f s)", caps.ffmpeg, caps.version, vulkan,
                  self.settings.accel, "vulkan+cpu" if self.vulkan_usable else "cpu", caps.probe_seconds)
+
+
+def hdr_handling(profile: Profile, source: MediaInfo) -> str | None:
+    """For the job's log line: the source's HDR facts and the profile's answer to them; None for SDR."""
+    colour = source.colour
+    if colour.hdr is None and colour.dolby_vision is None:
+        return None
+    if tone_maps(profile, source):
+        return f"{colour.describe()} tone-mapped to SDR BT.709 ({TONEMAP_CURVE})"
+    return f"{colour.describe()} kept" if keeps_hdr(profile, source) else colour.describe()
 
 
 ConverterFactory = Callable[[threading.Event], Converter]

@@ -19,13 +19,14 @@ import subprocess
 import threading
 import time
 from collections import deque
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
 from converter_common.profiles import BUILTIN_PROFILES, Profile
 from worker.errors import FatalError, JobError, RetryableError, Shutdown
-from worker.ffmpeg_command import output_size
-from worker.media import MediaInfo
+from worker.ffmpeg_command import keeps_hdr, output_size
+from worker.media import HDR_TRANSFERS, Colour, MasteringDisplay, MediaInfo
 
 log = logging.getLogger("converter.worker")
 
@@ -74,7 +75,9 @@ def classify_failure(what: str, stderr: str) -> JobError:
 
 
 def probe(ffprobe: str, path: Path) -> MediaInfo:
-    """Read duration and first video/audio streams with ffprobe; FatalError if it cannot parse the file."""
+    """Read duration, first video/audio streams and the video's colour with ffprobe; FatalError if it cannot
+    parse the file. HDR10 metadata often lives in the frames (HEVC SEI), not the container: for an HDR stream
+    the first frame's side data is read too."""
     result = subprocess.run(
         [ffprobe, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)],
         capture_output=True, text=True, timeout=120,
@@ -97,7 +100,40 @@ def probe(ffprobe: str, path: Path) -> MediaInfo:
         pix_fmt=video.get("pix_fmt"),
         sample_aspect=_ratio(video.get("sample_aspect_ratio")),
         rotation=_rotation(video),
+        colour=colour_from_ffprobe(video, _first_frame_side_data(ffprobe, path) if _hdr_stream(video) else []),
     )
+
+
+def _hdr_stream(stream: dict) -> bool:
+    return stream.get("color_transfer") in HDR_TRANSFERS
+
+
+def _first_frame_side_data(ffprobe: str, path: Path) -> list[dict]:
+    result = subprocess.run([ffprobe, "-v", "error", "-select_streams", "v:0", "-read_intervals", "%+#1",
+                             "-show_frames", "-print_format", "json", str(path)],
+                            capture_output=True, text=True, timeout=120)
+    frames = json.loads(result.stdout or "{}").get("frames", []) if result.returncode == 0 else []
+    return frames[0].get("side_data_list", []) if frames else []
+
+
+def colour_from_ffprobe(stream: dict, frame_side_data: list[dict]) -> Colour:
+    """The colour tags of an ffprobe stream, with HDR10 and Dolby Vision side data from it or its first frame."""
+    mastering = light_level = vision = None
+    for side in [*stream.get("side_data_list", []), *frame_side_data]:
+        kind = side.get("side_data_type", "").lower()
+        if kind.startswith("mastering display") and "red_x" in side:
+            chroma = [(_units(side[f"{c}_x"], 50000), _units(side[f"{c}_y"], 50000))
+                      for c in ("red", "green", "blue", "white_point")]
+            mastering = MasteringDisplay(*chroma, max_luminance=_units(side["max_luminance"], 10000),
+                                         min_luminance=_units(side["min_luminance"], 10000))
+        elif kind.startswith("content light level"):
+            light_level = (int(side.get("max_content", 0)), int(side.get("max_average", 0)))
+        elif kind.startswith("dovi configuration record"):
+            vision = f"profile {side.get('dv_profile')}, level {side.get('dv_level')}"
+        elif "dolby vision" in kind and vision is None:
+            vision = "RPU"
+    return Colour(_tag(stream.get("color_primaries")), _tag(stream.get("color_transfer")),
+                  _tag(stream.get("color_space")), mastering, light_level, vision)
 
 
 def probe_with_ffmpeg(binary: str, path: Path) -> MediaInfo:
@@ -122,7 +158,32 @@ def probe_with_ffmpeg(binary: str, path: Path) -> MediaInfo:
         subtitle_codecs=tuple(codec for kind, codec, _ in streams if kind == "Subtitle"),
         sample_aspect=_ratio(f"{sar[1]}:{sar[2]}") if sar else 1.0,
         rotation=int(float(rotation[1])) % 360 if rotation else 0,
+        colour=_colour_from_summary(binary, path, video, text),
     )
+
+
+def _colour_from_summary(binary: str, path: Path, video: str, summary: str) -> Colour:
+    """Tags from the stream line (``yuv420p10le(tv, bt2020nc/bt2020/smpte2084, progressive)``); for an HDR
+    stream, the HDR10 metadata from the first frame as ``showinfo`` prints it."""
+    matrix = primaries = transfer = None
+    described = _COLOUR.search(video)
+    for item in described[1].split(", ") if described else []:
+        if "/" in item:
+            matrix, primaries, transfer = (_tag(name) for name in item.split("/", 2))
+        elif item not in _NOT_COLOUR:
+            matrix = primaries = transfer = _tag(item)  # FFmpeg prints one name when all three are equal
+    frame = ""
+    if transfer in HDR_TRANSFERS:
+        frame = subprocess.run([binary, "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0", "-frames:v", "1",
+                                "-vf", "showinfo", "-f", "null", "-"], capture_output=True, text=True, errors="replace",
+                               timeout=120).stderr
+    mastering, light, vision = _MASTERING.search(frame), _LIGHT.search(frame), _DOVI.search(summary)
+    return Colour(primaries, transfer, matrix,
+                  MasteringDisplay(*[(_units(mastering[i], 50000), _units(mastering[i + 1], 50000))
+                                     for i in (1, 3, 5, 7)], max_luminance=_units(mastering[10], 10000),
+                                   min_luminance=_units(mastering[9], 10000)) if mastering else None,
+                  (int(light[1]), int(light[2])) if light else None,
+                  f"profile {vision[1]}, level {vision[2]}" if vision else None)
 
 
 _STREAM = re.compile(r"^\s*Stream #0:\d+\S*: (Video|Audio|Subtitle): (\w+)(.*)$", re.M)
@@ -130,6 +191,15 @@ _DURATION = re.compile(r"Duration: (\d+):(\d+):([\d.]+)")
 _SIZE = re.compile(r", (\d{1,5})x(\d{1,5})[, ]")
 _SAR = re.compile(r"SAR (\d+):(\d+)")
 _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees")
+_COLOUR = re.compile(r", \w+\(([^)]*)\)")
+_NOT_COLOUR = {"tv", "pc", "progressive", "top first", "bottom first", "top coded first (swapped)",
+               "bottom coded first (swapped)"}
+_NUMBER = r"([\d.]+)"
+_MASTERING = re.compile(r"mastering display.*?" + "".join(rf"{c}\({_NUMBER}[, ]+{_NUMBER}\)\s*"
+                                                            for c in ("r", "g", "b", "wp"))
+                        + rf"min_luminance={_NUMBER}, max_luminance={_NUMBER}", re.I)
+_LIGHT = re.compile(r"MaxCLL=(\d+), MaxFALL=(\d+)")
+_DOVI = re.compile(r"DOVI configuration record: .*?profile: (\d+), level: (\d+)")
 
 
 def check_output(prober: Callable[[Path], MediaInfo], output: Path, profile: Profile, source: MediaInfo,
@@ -149,6 +219,9 @@ def check_output(prober: Callable[[Path], MediaInfo], output: Path, profile: Pro
         problems.append(f"size {info.width}x{info.height}, expected {expected_size[0]}x{expected_size[1]}")
     if info.audio_streams != source.audio_streams:
         problems.append(f"{info.audio_streams} audio streams, expected {source.audio_streams}")
+    transfer = source.colour.transfer if keeps_hdr(profile, source) else "bt709"
+    if info.colour.transfer != transfer:
+        problems.append(f"colour transfer {info.colour.transfer or 'untagged'}, expected {transfer}")
     allowed = max(tolerance, source.duration * 0.01)
     if source.duration > 0 and abs(info.duration - source.duration) > allowed:
         problems.append(f"duration {info.duration:.2f} s, source {source.duration:.2f} s (tolerance {allowed:.2f} s)")
@@ -283,6 +356,18 @@ def _ratio(text: str | None) -> float:
     except (ValueError, ZeroDivisionError):
         return 1.0
     return value if value > 0 else 1.0
+
+
+def _tag(name: str | None) -> str | None:
+    return None if name in (None, "", "unknown", "unspecified", "reserved") else name
+
+
+def _units(value: str, scale: int) -> int:
+    """``"34000/50000"`` or ``"0.6800"`` in units of 1/``scale`` (50000 for chromaticity, 10000 for cd/m²)."""
+    try:
+        return round(Fraction(value) * scale)
+    except (ValueError, ZeroDivisionError):
+        return 0
 
 
 def _rotation(stream: dict) -> int:

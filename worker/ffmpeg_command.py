@@ -5,6 +5,14 @@ The CPU form decodes, filters and encodes in software. The Vulkan form uploads t
 filters as Vulkan filters (``nlmeans_vulkan``, ``bwdif_vulkan``, ``scale_vulkan``), then either
 encodes with a Vulkan encoder the probe found working or downloads the frames for the CPU encoder.
 Both forms produce the same size, pixel format and streams, so the output check is the same.
+
+HDR (the profile's ``hdr`` policy, ``converter_common.profiles``): a PQ or HLG source going to an SDR
+output is tone-mapped with the Hable filmic curve, ``peak`` taken from the source's HDR10 metadata
+(else the transfer's nominal peak). The CPU form linearises with ``zscale`` (1.0 = 100 cd/m²), converts
+BT.2020 to BT.709 primaries in linear light, applies ``tonemap=hable`` and re-encodes BT.709; the
+Vulkan form does the same in one ``libplacebo`` pass (scale + tone map + gamut + format), with its
+dynamic peak detection off so both forms give the same picture (docs/gpu.md has the measured luma).
+SDR outputs are tagged BT.709; a kept HDR output carries the source's tags and HDR10 metadata.
 """
 
 from __future__ import annotations
@@ -24,6 +32,19 @@ TEXT_SUBTITLES = {"subrip", "ass", "ssa", "webvtt", "mov_text", "text"}
 MKV_TEXT_SUBTITLES = {"subrip", "ass", "ssa", "webvtt"}
 BITMAP_SUBTITLES = {"dvd_subtitle", "hdmv_pgs_subtitle", "dvb_subtitle"}
 PIX_FMT = "yuv420p"
+PIX_FMTS = {8: PIX_FMT, 10: "yuv420p10le"}
+HDR_UPLOAD_FORMAT = "yuv420p10le"  # what an HDR source is uploaded as: 8 bits would band before tone mapping
+TONEMAP_CURVE = "hable"
+SDR_TAGS = ("bt709", "bt709", "bt709")  # primaries, transfer, matrix
+CPU_TONEMAP = ("zscale=w={w}:h={h}:t=linear:npl=100,format=gbrpf32le,zscale=p=bt709,"
+               "tonemap=tonemap={curve}:desat=0,zscale=t=bt709:m=bt709:r=tv")
+VULKAN_TONEMAP = ("tonemapping={curve}:peak_detect=0:colorspace=bt709:color_primaries=bt709:color_trc=bt709:"
+                  "range=tv")
+# after tone mapping: an SDR output must not carry the source's HDR10 metadata (FFmpeg 7+ encoders write it out)
+DROP_HDR_METADATA = "sidedata=mode=delete:type=MASTERING_DISPLAY_METADATA,sidedata=mode=delete:type=CONTENT_LIGHT_LEVEL"
+# ffprobe's matrix names → vf_scale's, for SDR sources whose matrix is not BT.709 (SD video: BT.601)
+SCALE_MATRICES = {"smpte170m": "smpte170m", "bt470bg": "bt470", "fcc": "fcc", "smpte240m": "smpte240m",
+                  "bt2020nc": "bt2020"}
 
 
 @dataclass(frozen=True)
@@ -47,25 +68,88 @@ def output_size(profile: Profile, info: MediaInfo | None) -> tuple[int, int] | N
     return max(out_w, 2), max(out_h, 2)
 
 
+def tone_maps(profile: Profile, info: MediaInfo | None) -> bool:
+    """True when this source is HDR and the profile's output is SDR: only then does tone mapping run."""
+    return profile.hdr == "tonemap" and info is not None and info.colour.hdr is not None
+
+
+def keeps_hdr(profile: Profile, info: MediaInfo | None) -> bool:
+    return profile.hdr == "keep" and info is not None and info.colour.hdr is not None
+
+
+def pix_fmt(profile: Profile) -> str:
+    return PIX_FMTS[profile.bit_depth]
+
+
 def filter_chain(profile: Profile, info: MediaInfo | None, plan: Plan) -> str:
-    size = output_size(profile, info)
+    size = output_size(profile, info) or (-2, profile.height)
     options = FILTER_OPTIONS.get(profile.filter, "")
     if plan.accel != "vulkan":
         steps = [f"{CPU_FILTERS[profile.filter]}={options}"] if profile.filter else []
-        steps.append(f"scale={size[0]}:{size[1]}" if size else f"scale=-2:{profile.height}")
-        return ",".join(steps + [f"format={PIX_FMT}", "setsar=1"])
-    steps = [] if plan.vulkan_decode else [f"format={PIX_FMT}", "hwupload"]
+        steps += [_cpu_scale(profile, info, size), f"format={pix_fmt(profile)}"]
+        return ",".join(steps + _finish(profile, info))
+    placebo = tone_maps(profile, info) or profile.bit_depth > 8  # scale_vulkan is 8-bit
+    upload = HDR_UPLOAD_FORMAT if placebo else PIX_FMT
+    steps = [] if plan.vulkan_decode else [f"format={upload}", "hwupload"]
     if profile.filter:
         steps.append(f"{VULKAN_FILTERS[profile.filter]}={options}")
-    sw_format = "nv12" if plan.vulkan_decode else PIX_FMT
-    width, height = size if size else (-2, profile.height)
-    steps.append(f"scale_vulkan=w={width}:h={height}:format={sw_format}")
+    if placebo:
+        sw_format = pix_fmt(profile)
+        tonemap = ":" + VULKAN_TONEMAP.format(curve=TONEMAP_CURVE) if tone_maps(profile, info) else ""
+        steps.append(f"libplacebo=w={size[0]}:h={size[1]}{tonemap}:format={sw_format}")
+    else:
+        sw_format = "nv12" if plan.vulkan_decode else PIX_FMT
+        steps.append(f"scale_vulkan=w={size[0]}:h={size[1]}:format={sw_format}")
     if not plan.encoder.endswith("_vulkan"):
-        steps += ["hwdownload", f"format={sw_format}", f"format={PIX_FMT}"]
-    return ",".join(steps + ["setsar=1"])
+        steps += ["hwdownload", f"format={sw_format}", f"format={pix_fmt(profile)}"]
+    return ",".join(steps + _finish(profile, info))
 
 
-def encoder_args(encoder: str, profile: Profile, container: str) -> list[str]:
+def _finish(profile: Profile, info: MediaInfo | None) -> list[str]:
+    """Frame properties as the output is tagged: FFmpeg 9 takes the transfer and primaries from the frames, over
+    ``-color_trc``/``-color_primaries`` (5.1 from the options: ``colour_args`` sets both)."""
+    tags = "setparams=color_primaries={}:color_trc={}:colorspace={}".format(*output_colour(profile, info))
+    return ([DROP_HDR_METADATA] if tone_maps(profile, info) else []) + [tags, "setsar=1"]
+
+
+def _cpu_scale(profile: Profile, info: MediaInfo | None, size: tuple[int, int]) -> str:
+    """Scale, and bring the colours to what the output is tagged (docstring of converter_common.profiles)."""
+    if tone_maps(profile, info):
+        return CPU_TONEMAP.format(w=size[0], h=size[1], curve=TONEMAP_CURVE)
+    matrix = SCALE_MATRICES.get(info.colour.matrix or "") if info is not None else None
+    if matrix is None or keeps_hdr(profile, info):
+        return f"scale={size[0]}:{size[1]}"
+    return f"scale={size[0]}:{size[1]}:in_color_matrix={matrix}:out_color_matrix=bt709"
+
+
+def output_colour(profile: Profile, info: MediaInfo | None) -> tuple[str, str, str]:
+    """(primaries, transfer, matrix) of the output: the source's for a kept HDR output, BT.709 for every SDR one."""
+    if keeps_hdr(profile, info):
+        return info.colour.primaries or "bt2020", info.colour.transfer, info.colour.matrix or "bt2020nc"
+    return SDR_TAGS
+
+
+def colour_args(profile: Profile, info: MediaInfo | None) -> list[str]:
+    primaries, transfer, matrix = output_colour(profile, info)
+    return ["-color_primaries", primaries, "-color_trc", transfer, "-colorspace", matrix]
+
+
+def x265_hdr10_params(profile: Profile, info: MediaInfo | None) -> list[str]:
+    """x265's HDR10 SEI (mastering display, content light level) for a kept PQ source that has them."""
+    if not keeps_hdr(profile, info) or info.colour.hdr != "PQ":
+        return []
+    params = ["hdr10=1"]
+    mastering = info.colour.mastering
+    if mastering is not None:
+        points = "".join(f"{name}({x},{y})" for name, (x, y) in (("G", mastering.green), ("B", mastering.blue),
+                                                                 ("R", mastering.red), ("WP", mastering.white)))
+        params.append(f"master-display={points}L({mastering.max_luminance},{mastering.min_luminance})")
+    if info.colour.light_level is not None:
+        params.append("max-cll={},{}".format(*info.colour.light_level))
+    return params
+
+
+def encoder_args(encoder: str, profile: Profile, container: str, info: MediaInfo | None = None) -> list[str]:
     """Video encoder options: the profile's quality and speed in the words each encoder takes."""
     if encoder.endswith("_vulkan"):
         args = ["-c:v", encoder, "-rc_mode", "cqp", "-qp", str(profile.crf)]
@@ -74,9 +158,9 @@ def encoder_args(encoder: str, profile: Profile, container: str) -> list[str]:
     else:
         args = ["-c:v", encoder, "-preset", profile.preset, "-crf", str(profile.crf)]
     if encoder == "libx265":
-        args += ["-x265-params", "log-level=error"]
+        args += ["-x265-params", ":".join(["log-level=error", *x265_hdr10_params(profile, info)])]
     if not encoder.endswith("_vulkan"):
-        args += ["-pix_fmt", PIX_FMT]
+        args += ["-pix_fmt", pix_fmt(profile)]
     if profile.codec == "hevc" and container in ("mp4", "mov"):
         args += ["-tag:v", "hvc1"]  # what Apple players expect
     return args
@@ -113,7 +197,8 @@ def build_command(binary: str, profile: Profile, source: Path, output: Path, *, 
     # Every audio stream; without a probe (``info`` None) the first one, if any.
     args += ["-i", str(source), "-map", "0:v:0", "-map", "0:a?" if info is not None else "0:a:0?"]
     args += ["-vf", filter_chain(profile, info, plan)]
-    args += encoder_args(plan.encoder or profile.video_codec, profile, container)
+    args += encoder_args(plan.encoder or profile.video_codec, profile, container, info)
+    args += colour_args(profile, info)
     args += ["-c:a", profile.audio_codec, "-b:a", profile.audio_bitrate]
     args += subtitle_args(profile, info, container)
     args += ["-max_muxing_queue_size", "4096"]

@@ -287,8 +287,9 @@ class Worker:
         converter = self.converter()
         result = converter.convert(profile, source, output, active.abort, label=f"job {active.job_id}",
                                    on_progress=lambda pct: setattr(active, "progress", pct))
-        log.info("job %s: converted %.1f s of media in %.1f s (%s, %s, speed %.2fx)%s", active.job_id,
+        log.info("job %s: converted %.1f s of media in %.1f s (%s, %s, speed %.2fx)%s%s", active.job_id,
                  result.media_seconds, result.seconds, result.accel, result.encoder, result.speed,
+                 f"; {result.hdr}" if result.hdr else "",
                  f" after a Vulkan failure: {result.fallback}" if result.fallback else "")
         if converter.take_announcement():  # Vulkan was just disabled: tell the master
             try:

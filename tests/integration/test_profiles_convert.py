@@ -5,6 +5,7 @@ filters run there: the probe decides, and a profile whose Vulkan filter does not
 crashes on lavapipe) must come out of the CPU form. Clips are tiny so the module stays fast.
 """
 
+import json
 import subprocess
 import threading
 from pathlib import Path
@@ -13,12 +14,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from converter_common.profiles import BUILTIN_PROFILES
-from tests.fixtures import ffprobe
+from tests.fixtures import HDR10_LIGHT_LEVEL, HDR10_MASTERING, ffprobe, make_hdr10_clip
 from worker import capabilities
 from worker.config import FfmpegSection
 from worker.conversion import Converter
 from worker.metrics import WorkerMetrics
-from worker.ffmpeg_command import output_size
+from worker.ffmpeg_command import output_size, pix_fmt
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +59,7 @@ def clips(tmp_path_factory):
                           "-map", "2", *h264, "-pix_fmt", "yuv420p", "-c:a", "aac"),
         "subtitles": clip(d / "subtitles.mkv", *video(), *tone(), "-i", str(srt), "-map", "0", "-map", "1",
                           "-map", "2", *h264, "-pix_fmt", "yuv420p", "-c:a", "aac", "-c:s", "srt"),
+        "hdr10": make_hdr10_clip(d / "hdr10.mkv", seconds=0.5),
     }
 
 
@@ -97,7 +99,8 @@ def test_every_profile_cpu_form(cpu, clips, tmp_path, profile):
     (v,) = streams(out, "video")
     size = output_size(BUILTIN_PROFILES[profile], cpu.probe(clips["plain"]))
     assert (v["codec_name"], v["width"], v["height"], v["pix_fmt"]) == (BUILTIN_PROFILES[profile].codec, *size,
-                                                                        "yuv420p")
+                                                                        pix_fmt(BUILTIN_PROFILES[profile]))
+    assert (v["color_primaries"], v["color_transfer"], v["color_space"]) == ("bt709", "bt709", "bt709")
 
 
 @pytest.mark.parametrize("profile", sorted(BUILTIN_PROFILES))
@@ -136,7 +139,7 @@ def test_text_subtitles_are_kept_as_mov_text_in_mp4_and_srt_in_mkv(cpu, clips, t
     assert [s["codec_name"] for s in streams(tmp_path / "back.mkv", "subtitle")] == ["subrip"]
 
 
-@pytest.mark.parametrize("name", ["odd", "two-audio", "subtitles", "no-audio"])
+@pytest.mark.parametrize("name", ["odd", "two-audio", "subtitles", "no-audio", "hdr10"])
 def test_ffmpeg_stream_summary_stands_in_for_ffprobe(clips, name):
     """Hosts with only imageio-ffmpeg's binary have no ffprobe: the worker reads ``ffmpeg -i`` instead."""
     from dataclasses import replace
@@ -147,3 +150,66 @@ def test_ffmpeg_stream_summary_stands_in_for_ffprobe(clips, name):
     got = ffmpeg.probe_with_ffmpeg("ffmpeg", clips[name])
     assert got.duration == pytest.approx(expected.duration, abs=0.01)  # ffmpeg -i prints centiseconds
     assert replace(got, duration=0) == replace(expected, duration=0, pix_fmt=None)
+
+
+def mean_luma(path: Path, vf: str = "null") -> float:
+    """Mean of signalstats' YAVG over the frames (8-bit limited range: 16 black, 235 white)."""
+    result = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-vf", f"{vf},signalstats,"
+                             "metadata=print:key=lavfi.signalstats.YAVG:file=-", "-f", "null", "-"],
+                            capture_output=True, text=True, check=True, timeout=60)
+    values = [float(line.split("=")[1]) for line in result.stdout.splitlines() if "YAVG=" in line]
+    return sum(values) / len(values)
+
+
+def hdr10_side_data(path: Path) -> dict:
+    """The first frame's mastering display and content light level side data, as ffprobe shows them."""
+    result = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-read_intervals", "%+#1",
+                             "-show_frames", "-print_format", "json", str(path)],
+                            capture_output=True, text=True, check=True, timeout=60)
+    frame = json.loads(result.stdout)["frames"][0]
+    return {s["side_data_type"].lower().split()[0]: s for s in frame.get("side_data_list", [])
+            if s["side_data_type"].lower().startswith(("mastering", "content light"))}
+
+
+def hdr_converter(request, form):
+    converter = request.getfixturevalue(form)
+    if form == "vulkan" and "libplacebo" not in converter.caps.vulkan.filters:
+        pytest.skip("libplacebo did not run on this Vulkan device (the CPU form is tested)")
+    return converter
+
+
+def test_the_probe_reports_hdr10(cpu, clips):
+    colour = cpu.probe(clips["hdr10"]).colour
+    assert (colour.hdr, colour.primaries, colour.matrix, colour.light_level) == ("PQ", "bt2020", "bt2020nc",
+                                                                                 HDR10_LIGHT_LEVEL)
+    m = colour.mastering
+    assert f"G{m.green}B{m.blue}R{m.red}WP{m.white}L({m.max_luminance},{m.min_luminance})".replace(" ", "") == \
+        HDR10_MASTERING
+
+
+@pytest.mark.parametrize("form", ["cpu", "vulkan"])
+def test_hdr10_is_tone_mapped_to_bt709_sdr(request, clips, tmp_path, form):
+    converter = hdr_converter(request, form)
+    out = tmp_path / "out.mp4"
+    result = convert(converter, "h264-720p", clips["hdr10"], out)
+    assert (result.accel, result.fallback) == (form, None)
+    assert "tone-mapped to SDR BT.709 (hable)" in result.hdr
+    (v,) = streams(out, "video")
+    assert (v["pix_fmt"], v["color_primaries"], v["color_transfer"], v["color_space"]) == ("yuv420p", "bt709",
+                                                                                        "bt709", "bt709")
+    assert hdr10_side_data(out) == {}  # an SDR file does not claim HDR10 metadata
+    # White at the 1000 cd/m² peak becomes SDR white; without tone mapping it stays at PQ's code value (grey)
+    washed_out = mean_luma(clips["hdr10"], "scale=1280:720,format=yuv420p")
+    tone_mapped = mean_luma(out)
+    assert 185 <= tone_mapped <= 230 and tone_mapped - washed_out >= 25, (tone_mapped, washed_out)
+
+
+def test_hevc_hdr10_keeps_pq_bt2020_and_the_metadata(cpu, clips, tmp_path):
+    """CPU form only: a 10-bit profile has no Vulkan form (plain scaling, where the GPU does not pay)."""
+    out = tmp_path / "out.mp4"
+    result = convert(cpu, "hevc-1080p-hdr10", clips["hdr10"], out)
+    assert (result.accel, result.fallback) == ("cpu", None) and result.hdr.endswith(" kept")
+    (v,) = streams(out, "video")
+    assert (v["profile"], v["pix_fmt"], v["color_primaries"], v["color_transfer"], v["color_space"]) == \
+        ("Main 10", "yuv420p10le", "bt2020", "smpte2084", "bt2020nc")
+    assert hdr10_side_data(out) == hdr10_side_data(clips["hdr10"]) != {}

@@ -16,6 +16,7 @@ from worker.metrics import WorkerMetrics
 
 HD = MediaInfo(duration=2.0, video_codec="h264", width=1920, height=1080, audio_codec="aac", audio_streams=1)
 VK = Plan("vulkan", "libx264")
+BT709 = "setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709"
 
 
 def joined(profile, plan=Plan("cpu", "libx264"), info=HD, output="o.mp4"):
@@ -25,7 +26,7 @@ def joined(profile, plan=Plan("cpu", "libx264"), info=HD, output="o.mp4"):
 
 def test_builtin_profiles_are_the_issue_list():
     assert set(BUILTIN_PROFILES) == {"h264-720p", "h264-1080p", "hevc-1080p", "av1-1080p", "denoise-1080p",
-                                     "deinterlace"}
+                                     "deinterlace", "hevc-1080p-hdr10"}
 
 
 @pytest.mark.parametrize("size, profile, expected", [
@@ -48,11 +49,11 @@ def test_anamorphic_and_rotated_sources_use_the_displayed_shape():
 
 
 def test_cpu_and_vulkan_forms_of_each_filter():
-    assert "-vf nlmeans=s=1.0:p=7:r=15,scale=1920:1080,format=yuv420p,setsar=1" in joined("denoise-1080p")
+    assert f"-vf nlmeans=s=1.0:p=7:r=15,scale=1920:1080,format=yuv420p,{BT709},setsar=1" in joined("denoise-1080p")
     vk = joined("denoise-1080p", VK)
     assert "-init_hw_device vulkan=vk:0 -filter_hw_device vk" in vk
     assert ("-vf format=yuv420p,hwupload,nlmeans_vulkan=s=1.0:p=7:r=15,scale_vulkan=w=1920:h=1080:format=yuv420p,"
-            "hwdownload,format=yuv420p,format=yuv420p,setsar=1") in vk
+            f"hwdownload,format=yuv420p,format=yuv420p,{BT709},setsar=1") in vk
     assert "bwdif=mode=send_frame:parity=auto:deint=all,scale=" in joined("deinterlace")
     assert "hwupload,bwdif_vulkan=mode=send_frame:parity=auto:deint=all,scale_vulkan=" in joined("deinterlace", VK)
     assert "-hwaccel" not in vk
@@ -61,7 +62,7 @@ def test_cpu_and_vulkan_forms_of_each_filter():
 def test_vulkan_decode_and_vulkan_encoder_keep_frames_on_the_gpu():
     vk = joined("h264-1080p", Plan("vulkan", "h264_vulkan", vulkan_decode=True))
     assert "-hwaccel vulkan -hwaccel_device vk -hwaccel_output_format vulkan" in vk
-    assert "-vf scale_vulkan=w=1920:h=1080:format=nv12,setsar=1 -c:v h264_vulkan -rc_mode cqp -qp 21" in vk
+    assert f"-vf scale_vulkan=w=1920:h=1080:format=nv12,{BT709},setsar=1 -c:v h264_vulkan -rc_mode cqp -qp 21" in vk
     assert "hwupload" not in vk and "hwdownload" not in vk
 
 
