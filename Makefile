@@ -75,6 +75,11 @@ bench-s3: setup
 bench-queue: setup
 	$(PY) bench/queue_history.py
 
+# PostgreSQL connections: one connection, a pool on the IOLoop, a pool behind a thread pool (prints pg-pool: last)
+.PHONY: bench-pg-pool
+bench-pg-pool: setup
+	$(PY) bench/pg_pool.py
+
 ANSIBLE_VENV ?= /opt/converter-ansible/venv
 DEPLOY_APT_PACKAGES := debootstrap systemd-container openssh-client curl
 
