@@ -5,8 +5,8 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := ffmpeg curl prometheus mesa-vulkan-drivers postgresql-15 haproxy
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-s3 test test-unit test-integration setup system-deps venv clean bench-dispatch bench-transfer \
-	bench-bandwidth bench-compression bench-wan bench-s3 bench-queue \
+.PHONY: demo demo-s3 test test-unit test-integration setup system-deps venv clean bench-dispatch bench-dispatch-pg \
+	bench-transfer bench-bandwidth bench-compression bench-wan bench-s3 bench-queue \
 	ansible-venv ansible-lint deploy-test
 
 demo: setup
@@ -54,6 +54,10 @@ clean:
 
 bench-dispatch: setup
 	$(PY) bench/dispatch.py
+
+# the same, then two masters on one PostgreSQL (started by the script in a temp dir); prints dispatch-pg: last
+bench-dispatch-pg: setup
+	$(PY) bench/dispatch.py --postgres
 
 bench-transfer: setup
 	@dpkg -s nginx-light >/dev/null 2>&1 || dpkg -s nginx >/dev/null 2>&1 || \
