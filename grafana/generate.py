@@ -107,6 +107,18 @@ OVERVIEW = Dashboard(
               [per_minute("converter_master_jobs_submitted_total", legend="submitted"),
                per_minute("converter_master_jobs_completed_total", legend="completed"),
                per_minute("converter_master_jobs_failed_total", legend="failed")]),
+        Row("Queue control and space saved"),
+        Panel("Queue paused", "1 while the whole queue is paused (POST /api/queue/pause): running jobs finish, no "
+              "claim gets a job.", "bool_yes_no",
+              [Target(f"max(converter_master_queue_paused{{{F}}})", "paused")], kind="stat", width=6),
+        Panel("Workers not claiming", "Workers an operator paused, and workers outside their worker.schedule "
+              "windows (as they last reported).", "short",
+              [Target(f"max by (reason) (converter_master_workers_not_claiming{{{F}}})", "{{reason}}")],
+              kind="stat", width=6),
+        Panel("Space saved per hour by profile", "Source bytes minus output bytes of completed jobs whose output is "
+              "smaller, per hour, by profile (GET /api/stats has the totals, larger outputs included).", "bytes",
+              [Target(f"3600 * sum by (profile) (rate(converter_master_bytes_saved_total{{{F}}}{RI}))",
+                      "{{profile}}")]),
         Row("Failures"),
         Panel("Failures and requeues per minute",
               "Jobs that ended failed, and jobs sent back to pending by reason (retryable failure, lease expired, "
@@ -219,6 +231,9 @@ WORKERS = Dashboard(
         Panel("Vulkan fallbacks per minute", "Vulkan conversions rerun on the CPU, per minute and worker.", "cpm",
               [per_minute("converter_worker_vulkan_fallbacks_total", by="instance", legend="{{instance}}")],
               width=8),
+        Panel("Inside schedule", "1 while a worker may claim by its worker.schedule windows (1 without a "
+              "schedule), 0 outside them.", "bool_yes_no",
+              [Target(f"min by (instance) (converter_worker_schedule_open{{{F}}})", "{{instance}}")], width=8),
         Panel("Vulkan available", "1 when the worker has a usable Vulkan device.", "bool_yes_no",
               [Target(f"max by (instance) (converter_worker_vulkan_available{{{F}}})", "{{instance}}")], width=8),
         Row("Cache and jobs"),
