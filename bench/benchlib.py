@@ -155,7 +155,10 @@ def master_only_python(directory: Path = REPO / "bench" / "out" / "venv-master")
         return python
     shutil.rmtree(directory, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(directory)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *wanted], check=True)
+    pip = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *wanted],
+                         capture_output=True, text=True)
+    if pip.returncode != 0:
+        raise RuntimeError(f"pip could not make {directory}:\n{pip.stdout}{pip.stderr}")
     stamp.write_text("\n".join(wanted) + "\n")
     return python
 
