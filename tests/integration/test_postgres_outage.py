@@ -15,10 +15,14 @@ from pathlib import Path
 import pytest
 import requests
 
+from master.database import DatabaseUnavailable
+from master.states import JobStatus
+from master.store import JobStore
 from tests.fixtures import Cluster, ffmpeg_available, make_clip, wait_for
 from tests.postgres import PostgreSQL
 
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(not ffmpeg_available(), reason="ffmpeg not installed")]
+pytestmark = pytest.mark.integration
+needs_ffmpeg = pytest.mark.skipif(not ffmpeg_available(), reason="ffmpeg not installed")
 
 JOBS = 4
 
@@ -71,6 +75,40 @@ def metric(url: str, name: str) -> float:
     return float(line.split()[1])
 
 
+def answers(store: JobStore) -> bool:
+    try:
+        store.counts_by_status()
+        return True
+    except DatabaseUnavailable:
+        return False
+
+
+def test_while_postgresql_is_down_the_store_refuses_at_once_and_the_same_store_works_once_it_is_back(
+        private_postgres):
+    store = JobStore(private_postgres.new_database())
+    try:
+        store.create_job(job_id="a", source_path="in/a.mp4", output_path="out/a.mp4", profile="h264-720p",
+                         source_size=10, source_sha256="00" * 32, source_mtime_ns=1, max_attempts=3)
+        private_postgres.stop("fast")
+        with pytest.raises(DatabaseUnavailable):
+            store.get_job("a")  # its connection broke
+        assert not store.available
+        started = time.monotonic()
+        for _ in range(20):
+            with pytest.raises(DatabaseUnavailable):
+                store.claim_next("w", 60)
+        assert time.monotonic() - started < 2.0  # no connect attempt, no pool wait per call
+
+        private_postgres.start()
+        wait_for(lambda: answers(store), 30, 0.1, "the store to reach PostgreSQL again")
+        assert store.available and store.reconnects == 1
+        assert store.get_job("a").status is JobStatus.PENDING
+        assert store.claim_next("w", 60).id == "a"
+    finally:
+        store.close()
+
+
+@needs_ffmpeg
 def test_a_postgresql_restart_mid_run_loses_no_job_and_needs_no_master_restart(private_postgres, tmp_path):
     master = Cluster(tmp_path, database={"url": private_postgres.new_database()}, lease_seconds=5)
     try:
