@@ -7,7 +7,7 @@ Statements that must differ in meaning, not spelling (a claim that skips rows an
 ``database.dialect``.
 
 Both run their statements on the thread that calls them (the IOLoop's), one at a time under the store's lock:
-a master's statements are short (``docs/benchmarks.md``, "PostgreSQL connections", measured that against a
+a master's statements are short (``docs/benchmarks.md``, "PostgreSQL connections", weighs this against a
 bounded thread pool). PostgreSQL takes its connection from a small pool that replaces broken ones, so a
 restart of the database costs requests a 503 while it is down and nothing once it is back.
 """
