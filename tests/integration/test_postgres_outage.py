@@ -6,6 +6,7 @@ The restarted PostgreSQL is one of the test's own (the session's server is share
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import threading
@@ -143,6 +144,8 @@ def test_a_postgresql_restart_mid_run_loses_no_job_and_needs_no_master_restart(p
         jobs = wait_for(all_done, 180, 0.2, "every job to complete after the restart")
         seen = watcher.stop()
         assert [code for _, code in seen if code >= 500 and code != 503] == []
+        served = (tmp_path / "master.log").read_text()
+        assert re.findall(r"tornado\.access: 5(?!03)\d\d .*", served) == []  # nor to the worker
         assert any(code == 503 for path, code in seen if path == "/healthz")
         assert [job["attempts"] for job in jobs] == [1] * JOBS  # the lease was extended, not lost, after the outage
         for job in jobs:
