@@ -48,12 +48,13 @@ class PeriodicScan:
         if self._busy:
             return
         self._busy = True
+        first_miss = self.services.store.available  # the database logs its outage; one line here is enough
         try:
             await self.scan()
         except (OSError, ObjectStoreError) as exc:
             log.warning("watch folder: cannot look at the inbox: %s", exc)
         except DatabaseUnavailable as exc:
-            log.warning("watch folder: round skipped: %s", exc)
+            (log.warning if first_miss else log.debug)("watch folder: round skipped: %s", exc)
             self._interrupted = True
         finally:
             self._busy = False

@@ -157,3 +157,21 @@ def test_a_postgresql_restart_mid_run_loses_no_job_and_needs_no_master_restart(p
                  "the NOTIFY listener to listen again")
     finally:
         master.stop()
+
+
+def test_a_file_dropped_in_the_watch_folder_while_postgresql_is_down_becomes_a_job_once_it_is_back(
+        private_postgres, tmp_path):
+    master = Cluster(tmp_path, database={"url": private_postgres.new_database()},
+                     watch={"inbox": "inbox", "stable_seconds": 0.3, "interval": 0.1})
+    try:
+        private_postgres.stop("fast")
+        wait_for(lambda: health(master.url).status_code == 503, 30, 0.05, "/healthz to report not ready")
+        dropped = master.root / "inbox" / "late.mp4"
+        dropped.write_bytes(b"\0" * 1000)
+        wait_for(lambda: not dropped.exists(), 30, 0.05, "the watcher to take the file")  # its job not yet made
+
+        private_postgres.start()
+        jobs = wait_for(lambda: health(master.url).ok and jobs_of(master), 30, 0.1, "the file to become a job")
+        assert [job["source_path"] for job in jobs] == ["watched/late.mp4"]
+    finally:
+        master.stop()
