@@ -1,4 +1,4 @@
-"""GPU benchmark: denoise-1080p Vulkan vs CPU (bare FFmpeg), and the worker's conversion step vs bare FFmpeg.
+"""GPU benchmark: denoise-1080p and HDR tone mapping, Vulkan vs CPU (bare FFmpeg); the worker's step vs bare FFmpeg.
 
 Run through bench/gpu/run.sh on the GPU host (docs/gpu.md). Every FFmpeg run is bounded (``timeout -k``).
 Bare runs use the exact argument lists the worker builds (worker.ffmpeg_command), so the only
@@ -9,13 +9,16 @@ and progress parsing, and the output check.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
+import resource
 import statistics
 import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from prometheus_client import CollectorRegistry
 
@@ -26,6 +29,7 @@ from worker.conversion import Converter
 from worker.ffmpeg import probe_with_ffmpeg
 from worker.metrics import WorkerMetrics
 from worker.ffmpeg_command import Plan, build_command
+from worker.media import Colour
 
 
 def make_clip(ffmpeg: str, path: Path, seconds: float, size: str, noise: bool) -> Path:
@@ -37,12 +41,26 @@ def make_clip(ffmpeg: str, path: Path, seconds: float, size: str, noise: bool) -
     return path
 
 
+def make_hdr10_clip(ffmpeg: str, path: Path, seconds: float, size: str) -> Path:
+    """HEVC Main10 HDR10 (PQ, BT.2020, mastering display and light level SEI), as tests/fixtures.py makes it,
+    but testsrc2's code values are tagged PQ as they are: no zscale at 4K, the content does not matter here."""
+    x265 = ("log-level=error:hdr10=1:master-display=G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)"
+            "L(10000000,1):max-cll=1000,400")
+    subprocess.run(["timeout", "-k", "5", "300", ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i",
+                    f"testsrc2=size={size}:rate=25", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+                    "-t", str(seconds), "-vf", "setparams=color_primaries=bt2020:color_trc=smpte2084:"
+                    "colorspace=bt2020nc,format=yuv420p10le", "-c:v", "libx265", "-preset", "ultrafast",
+                    "-x265-params", x265, "-c:a", "aac", str(path)], check=True)
+    return path
+
+
 def bare(command: list[str], limit: float) -> dict:
     """Wall seconds of one bare FFmpeg run under ``timeout -k``; None when it failed or ran out of time."""
-    started = time.monotonic()
+    started, cpu_before = time.monotonic(), _children_cpu()
     result = subprocess.run(["timeout", "-k", "5", str(int(limit)), *command], capture_output=True, text=True)
     seconds = time.monotonic() - started
-    return {"seconds": round(seconds, 3), "rc": result.returncode,
+    return {"seconds": round(seconds, 3), "cpu_seconds": round(_children_cpu() - cpu_before, 1),
+            "rc": result.returncode,
             "error": result.stderr.strip().splitlines()[-1] if result.returncode and result.stderr.strip() else None}
 
 
@@ -59,6 +77,49 @@ def denoise(ffmpeg: str, clip: Path, work: Path, cpu_limit: float) -> dict:
             "cpu_s": cpu["seconds"], "cpu_finished": cpu["rc"] == 0,
             "speedup": round(cpu["seconds"] / vk_best, 1) if vk_best and cpu["rc"] == 0 else None,
             "vulkan_command": " ".join(vk_cmd), "cpu_command": " ".join(cpu_cmd)}
+
+
+def tonemap(ffmpeg: str, clip: Path, work: Path, decode: bool) -> dict:
+    """h264-1080p on a 4K HDR10 clip: the Vulkan form (libplacebo; with and without Vulkan decode) vs the CPU
+    form (zscale + tonemap), and the CPU form without tone mapping (what the profiles did before) for scale."""
+    profile = BUILTIN_PROFILES["h264-1080p"]
+    info = probe_with_ffmpeg(ffmpeg, clip)  # no ffprobe on the GPU host: the worker's fallback probe
+    forms = {"vulkan": Plan("vulkan", "libx264"), "cpu": Plan("cpu", "libx264")}
+    if decode:
+        forms["vulkan_decode"] = Plan("vulkan", "libx264", vulkan_decode=True)
+    commands = {name: build_command(ffmpeg, profile, clip, work / f"tm-{name}.mp4", info=info, plan=plan)
+                for name, plan in forms.items()}
+    commands["cpu_no_tonemap"] = build_command(ffmpeg, profile, clip, work / "tm-none.mp4",
+                                               info=dataclasses.replace(info, colour=Colour()), plan=forms["cpu"])
+    runs = {name: [bare(command, 180) for _ in range(1 if name.startswith("cpu") else 3)]
+            for name, command in commands.items()}
+    medians = {name: _median_ok(rs) for name, rs in runs.items()}
+    vulkan = [seconds for name, seconds in medians.items() if name.startswith("vulkan") and seconds]
+    vulkan_best, cpu = min(vulkan, default=None), medians["cpu"]
+    return {"clip_seconds": info.duration, "source": info.colour.describe(), "runs": runs, "median_s": medians,
+            "speedup": round(cpu / vulkan_best, 2) if cpu and vulkan_best else None,
+            "speedup_cpu_decode": round(cpu / medians["vulkan"], 2) if cpu and medians["vulkan"] else None,
+            "commands": {name: " ".join(command) for name, command in commands.items()}}
+
+
+def _median_ok(runs: list[dict]) -> float | None:
+    ok = [r["seconds"] for r in runs if r["rc"] == 0]
+    return statistics.median(ok) if ok else None
+
+
+def worker_tonemap(ffmpeg: str, clip: Path, work: Path) -> dict:
+    """h264-1080p on the HDR10 clip through the worker (accel auto), with ``vulkan_decode`` off (the default) and
+    on: the form it picks, and its speed."""
+    report = {}
+    for decode in (False, True):
+        settings = FfmpegSection(binary=ffmpeg, accel="auto", timeout=300, stall_timeout=60, vulkan_decode=decode)
+        converter = Converter.start(settings, WorkerMetrics(CollectorRegistry()))
+        result = converter.convert(BUILTIN_PROFILES["h264-1080p"], clip, work / "tm-worker.mp4", threading.Event(),
+                                   label="bench")
+        report[f"vulkan_decode_{str(decode).lower()}"] = {
+            "accel": result.accel, "seconds": round(result.seconds, 3), "speed": round(result.speed, 2),
+            "fallback": result.fallback, "hdr": result.hdr}
+    return report
 
 
 def overhead(ffmpeg: str, clip: Path, work: Path, rounds: int) -> dict:
@@ -100,6 +161,8 @@ def main() -> None:
     parser.add_argument("--cpu-limit", type=float, default=240.0, help="seconds before the CPU denoise is cut off")
     parser.add_argument("--overhead-seconds", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--hdr-seconds", type=float, default=20.0)
+    parser.add_argument("--hdr-size", default="3840x2160")
     parser.add_argument("--steps", default="denoise_bare,denoise_worker,overhead", help="comma-separated steps to run")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -107,11 +170,20 @@ def main() -> None:
     caps = capabilities.probe(args.ffmpeg, accel="auto")
     report["probe"] = caps.to_dict()
     print(json.dumps(report, indent=1), flush=True)
-    noisy = make_clip(args.ffmpeg, args.work / "noisy-1080p.mp4", args.denoise_seconds, "1920x1080", noise=True)
-    long_clip = make_clip(args.ffmpeg, args.work / "clip-1080p.mp4", args.overhead_seconds, "1920x1080", noise=False)
-    for name, step in (("denoise_bare", lambda: denoise(args.ffmpeg, noisy, args.work, args.cpu_limit)),
-                       ("denoise_worker", lambda: worker_denoise(args.ffmpeg, noisy, args.work)),
-                       ("overhead", lambda: overhead(args.ffmpeg, long_clip, args.work, args.rounds))):
+    clips = {
+        "noisy": lambda: make_clip(args.ffmpeg, args.work / "noisy-1080p.mp4", args.denoise_seconds, "1920x1080",
+                                   noise=True),
+        "long": lambda: make_clip(args.ffmpeg, args.work / "clip-1080p.mp4", args.overhead_seconds, "1920x1080",
+                                  noise=False),
+        "hdr": lambda: make_hdr10_clip(args.ffmpeg, args.work / "hdr10-4k.mkv", args.hdr_seconds, args.hdr_size),
+    }
+    clip = _once(clips)
+    decode = "hevc" in caps.vulkan.decode
+    for name, step in (("denoise_bare", lambda: denoise(args.ffmpeg, clip("noisy"), args.work, args.cpu_limit)),
+                       ("denoise_worker", lambda: worker_denoise(args.ffmpeg, clip("noisy"), args.work)),
+                       ("overhead", lambda: overhead(args.ffmpeg, clip("long"), args.work, args.rounds)),
+                       ("tonemap", lambda: tonemap(args.ffmpeg, clip("hdr"), args.work, decode)),
+                       ("tonemap_worker", lambda: worker_tonemap(args.ffmpeg, clip("hdr"), args.work))):
         if name not in args.steps.split(","):
             continue
         try:
@@ -121,6 +193,17 @@ def main() -> None:
         print(name, json.dumps(report[name], indent=1), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _once(makers: dict[str, Callable[[], Path]]) -> Callable[[str], Path]:
+    """``clip(name)``: make each clip the chosen steps need, once."""
+    made: dict = {}
+    return lambda name: made[name] if name in made else made.setdefault(name, makers[name]())
 
 
 def _cpus() -> int:
