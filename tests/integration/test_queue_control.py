@@ -4,6 +4,7 @@ bytes-saved counter checked against jobs a real worker ran with FFmpeg."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import threading
 import time
@@ -180,6 +181,32 @@ class TestWorkerPause:
             response = requests.post(f"{master.url}/api/worker/register", json={"worker_id": "w",
                                                                                "schedule": schedule}, timeout=10)
             api_error(response, 400, "invalid_field")
+
+
+def test_a_worker_process_outside_its_schedule_registers_as_scheduled_off_and_claims_nothing(tmp_path):
+    """worker.schedule from the YAML, the real clock: a one-hour window six hours from now."""
+    start = datetime.datetime.now() + datetime.timedelta(hours=6)
+    window = f"{start:%H:%M}-{start + datetime.timedelta(hours=1):%H:%M}"
+    cluster = Cluster(tmp_path)
+    try:
+        (cluster.root / "in").mkdir(parents=True)
+        (cluster.root / "in" / "a.mkv").write_bytes(os.urandom(1000))
+        cluster.submit("in/a.mkv", "out/a.mp4", "a")
+        worker = cluster.add_worker("night", schedule=[window])
+        record = wait_for(lambda: _registered(cluster, "night"), 60, what="the worker to register")
+        assert record["scheduled_off"] is True and record["schedule"]["windows"] == [window]
+        assert record["schedule"]["next_change"] == pytest.approx(start.replace(second=0, microsecond=0)
+                                                                  .timestamp(), abs=1)
+        wait_for(lambda: "converter_worker_schedule_open 0.0" in requests.get(worker.metrics_url, timeout=5).text,
+                 30, what="the worker loop to find itself outside its window")
+        assert cluster.job("a")["status"] == "pending"
+    finally:
+        cluster.stop()
+
+
+def _registered(cluster, worker_id: str) -> dict | None:
+    workers = requests.get(f"{cluster.url}/api/workers", timeout=10).json()["workers"]
+    return next((w for w in workers if w["id"] == worker_id), None)
 
 
 def test_stats_refuses_a_bad_days_parameter(master):

@@ -90,6 +90,23 @@ class TestPauses:
         finally:
             again.close()
 
+    def test_a_pause_through_one_master_holds_for_another_on_the_same_postgresql(self, postgres):
+        url = postgres.new_database()
+        first, second = JobStore(url), JobStore(url)
+        try:
+            add(first, "j1")
+            register(first, "w")
+            first.pause_queue()
+            assert second.claim_next("w", 30) is None and second.claims_paused("w") == "queue"
+            second.resume_queue()
+            first.pause_worker("w")
+            assert second.claim_next("w", 30) is None and second.claims_paused("w") == "worker"
+            second.resume_worker("w")
+            assert first.claim_next("w", 30).id == "j1"
+        finally:
+            first.close()
+            second.close()
+
     def test_a_paused_worker_gets_nothing_while_others_claim(self, store):
         add(store, "j1", now=1)
         add(store, "j2", now=2)
