@@ -6,6 +6,7 @@ crashes on lavapipe) must come out of the CPU form. Clips are tiny so the module
 """
 
 import json
+import stat
 import subprocess
 import threading
 from pathlib import Path
@@ -202,6 +203,24 @@ def test_hdr10_is_tone_mapped_to_bt709_sdr(request, clips, tmp_path, form):
     washed_out = mean_luma(clips["hdr10"], "scale=1280:720,format=yuv420p")
     tone_mapped = mean_luma(out)
     assert 185 <= tone_mapped <= 230 and tone_mapped - washed_out >= 25, (tone_mapped, washed_out)
+
+
+def test_a_failed_vulkan_tone_map_is_rerun_on_the_cpu_form(vulkan, clips, tmp_path):
+    """A stub in front of the real FFmpeg fails the job's libplacebo run (not the probe's trial, which has no
+    ``-progress``): the CPU form's output is what comes back, tone-mapped all the same."""
+    if "libplacebo" not in vulkan.caps.vulkan.filters:
+        pytest.skip("libplacebo did not run on this Vulkan device")
+    stub = tmp_path / "ffmpeg-placebo-fails"
+    stub.write_text(f"""#!/bin/sh
+case " $* " in *libplacebo*" -progress "*) echo 'libplacebo: vulkan exploded' >&2; exit 1;; esac
+exec {vulkan.caps.ffmpeg} "$@"
+""")
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    out = tmp_path / "out.mp4"
+    result = convert(start("vulkan", binary=str(stub)), "h264-720p", clips["hdr10"], out)
+    assert (result.accel, result.fallback) == ("cpu", "ffmpeg failed: libplacebo: vulkan exploded")
+    (v,) = streams(out, "video")
+    assert (v["color_transfer"], v["color_primaries"]) == ("bt709", "bt709") and mean_luma(out) >= 185
 
 
 def test_hevc_hdr10_keeps_pq_bt2020_and_the_metadata(cpu, clips, tmp_path):
