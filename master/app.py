@@ -17,6 +17,11 @@ from converter_common import protocol
 from converter_common.ratelimit import TokenBucket
 from master.auth import Tokens
 from master.config import MasterConfig
+from master.console.events import EventsHandler
+from master.console.pages import (JobPageHandler, LoginHandler, LogoutHandler, OverviewHandler, QueuePageHandler,
+                                  RetryFailedHandler, RootHandler, StaticHandler, SubmitPageHandler,
+                                  WorkersPageHandler, console_settings)
+from master.console.session import cookie_secret
 from master.database import DatabaseUnavailable
 from master.http_server import JsonErrorHTTPServer
 from master.handlers.base import NotFoundHandler, Services
@@ -98,6 +103,17 @@ def make_app(config: MasterConfig, store: JobStore, wakeup: WakeUpSignal | None 
         (protocol.SOURCE_UPLOADS + r"/(?P<upload_id>[0-9a-f]{32})/complete", SourceUploadCompleteHandler),
         (protocol.UPLOADS, TusCreationHandler),
         (protocol.UPLOADS + r"/(?P<upload_id>[0-9a-f]{32})", TusUploadHandler),
+        (r"/", RootHandler),
+        (r"/console/", OverviewHandler),
+        (r"/console/login", LoginHandler),
+        (r"/console/logout", LogoutHandler),
+        (r"/console/queue", QueuePageHandler),
+        (rf"/console/jobs/{JOB}", JobPageHandler),
+        (r"/console/workers", WorkersPageHandler),
+        (r"/console/submit", SubmitPageHandler),
+        (r"/console/retry-failed", RetryFailedHandler),
+        (r"/console/events", EventsHandler),
+        (r"/console/static/(?P<path>[a-z]+\.(?:js|css))", StaticHandler),
     ]
     return tornado.web.Application(
         [(pattern, handler, deps) for pattern, handler in routes],
@@ -105,6 +121,8 @@ def make_app(config: MasterConfig, store: JobStore, wakeup: WakeUpSignal | None 
         default_handler_class=NotFoundHandler,
         default_handler_args=deps,
         log_function=lambda handler: _log_request(handler, metrics),
+        cookie_secret=cookie_secret(config, tokens),
+        **console_settings(),
     )
 
 

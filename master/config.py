@@ -173,6 +173,9 @@ class AuthConfig:
     admin_token_file: Path | None = None  # e.g. ${CREDENTIALS_DIRECTORY}/admin-token under systemd
     worker_token_file: Path | None = None
     allow_anonymous: bool = False  # needed to run without tokens on a non-loopback address
+    # signs the console's session cookies; made (mode 0600) on first start; default: console-secret beside
+    # database.path. Masters behind one balancer share it.
+    console_secret_file: Path | None = None
 
 
 @dataclass(frozen=True)

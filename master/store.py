@@ -469,6 +469,40 @@ class JobStore:
             ).fetchall()
         return [Job.from_row(r) for r in rows], total
 
+    def search_jobs(self, *, status: JobStatus | None = None, profile: str | None = None,
+                    worker_id: str | None = None, text: str | None = None, limit: int = 50,
+                    offset: int = 0) -> tuple[list[Job], int]:
+        """The console's queue: newest first, one page; ``text`` is a job id, or a part of its source or output
+        path (``%`` and ``_`` taken literally)."""
+        clauses, params = [], []
+        for column, value in (("status", status.value if status else None), ("profile", profile),
+                              ("worker_id", worker_id)):
+            if value:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if text:
+            pattern = "%" + re.sub(r"([\\%_])", r"\\\1", text) + "%"
+            clauses.append("(id = ? OR source_path LIKE ? ESCAPE '\\' OR output_path LIKE ? ESCAPE '\\')")
+            params += [text, pattern, pattern]
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._lock:
+            total = self._db.execute(f"SELECT COUNT(*) FROM jobs {where}", params).fetchone()[0]
+            rows = self._db.execute(f"SELECT * FROM jobs {where} ORDER BY created_at DESC, rowid DESC"
+                                    " LIMIT ? OFFSET ?", (*params, limit, offset)).fetchall()
+        return [Job.from_row(r) for r in rows], total
+
+    def finished_per_hour(self, hours: int, now: float | None = None) -> list[tuple[int, int, int, int]]:
+        """The console's charts: (hour start, jobs completed, source bytes, output bytes) for each hour of the last
+        ``hours`` that had a completed job."""
+        now = time.time() if now is None else now
+        since = (int(now // 3600) - hours + 1) * 3600
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT CAST(finished_at / 3600 AS INTEGER) * 3600 AS hour, COUNT(*), COALESCE(SUM(source_size), 0),"
+                " COALESCE(SUM(output_size), 0) FROM jobs WHERE status = 'completed' AND finished_at >= ?"
+                " GROUP BY hour ORDER BY hour", (since,)).fetchall()
+        return [(int(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows]
+
     def counts_by_status(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()

@@ -16,6 +16,7 @@ from converter_common.ratelimit import TokenBucket
 from master import errors
 from master.auth import Access, Tokens
 from master.config import MasterConfig
+from master.console.session import from_browser, has_session
 from master.database import DatabaseUnavailable
 from master.errors import ApiError
 from master.intake import JobIntake
@@ -103,11 +104,23 @@ class BaseHandler(tornado.web.RequestHandler):
         self._body += chunk
 
     def authorize(self, needed: Access) -> None:
-        allowed = self.services.tokens.allows(needed, self.request.headers.get("Authorization"))
+        tokens = self.services.tokens
+        if self.request.method not in ("GET", "HEAD", "OPTIONS") and from_browser(self):
+            try:
+                super().check_xsrf_cookie()
+            except tornado.web.HTTPError:
+                raise errors.FORBIDDEN.error("a browser's request must carry the XSRF token (X-XSRFToken)") from None
+        if not self.request.headers.get("Authorization") and has_session(self, tokens):
+            return  # the console's session: the admin's, its XSRF token checked before (check_xsrf_cookie)
+        allowed = tokens.allows(needed, self.request.headers.get("Authorization"))
         if allowed is None:
             raise errors.UNAUTHORIZED.error()
         if not allowed:
             raise errors.FORBIDDEN.error(f"this token may not {self.request.method} {self.request.path}")
+
+    def check_xsrf_cookie(self) -> None:
+        """Workers, curl and the CLI send no XSRF token; a browser's request (the console's) must, which
+        ``authorize`` checks once the request's limits are set, as it does a missing token."""
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")

@@ -38,7 +38,8 @@ def test_the_description_is_valid_openapi_3():
 def test_every_route_is_described_and_every_described_path_is_routed(tmp_path):
     app = make_app(master_config(tmp_path), store=None)  # the route table only: no request is served
     routed = {_template(rule.matcher.regex.pattern) for rule in app.wildcard_router.rules}
-    assert routed == set(spec()["paths"])
+    console = {path for path in routed if path == "/" or path.startswith("/console/")}  # HTML: docs/console.md
+    assert routed - console == set(spec()["paths"])
 
 
 def _template(pattern: str) -> str:
