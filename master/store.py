@@ -534,8 +534,6 @@ class JobStore:
                     " progress = 0, error = NULL, waiting = NULL",
             set_params={"worker": worker_id, "lease": now + lease_seconds},
         )
-        self._touch_worker(worker_id, now, cache_free_bytes=max_source_size * 2 if max_source_size is not None
-                           else None)
         return rows[0] if rows else None
 
     def set_priority(self, job_id: str, priority: int, now: float | None = None) -> Job:
@@ -934,12 +932,15 @@ class JobStore:
                     "UPDATE workers SET consecutive_failures = 0 WHERE id = ? RETURNING *", (worker_id,)).fetchone()
         return None if row is None else _worker(row)
 
-    def quarantined_until(self, worker_id: str, now: float | None = None) -> float | None:
-        """When the worker's quarantine ends, or None if it is not quarantined."""
+    def check_in(self, worker_id: str, cache_free_bytes: int | None = None, now: float | None = None) -> float | None:
+        """A worker asks for work: it is seen now, with the room its cache has (when it says); when its quarantine
+        ends, or None if it is not quarantined. One statement: a claim costs the database two round trips."""
         now = time.time() if now is None else now
         with self._lock:
-            row = self._db.execute("SELECT quarantined_until FROM workers WHERE id = ?", (worker_id,)).fetchone()
-        return row[0] if row is not None and row[0] > now else None
+            row = self._db.execute("UPDATE workers SET last_seen_at = ?, cache_free_bytes ="
+                                   " COALESCE(?, cache_free_bytes) WHERE id = ? RETURNING quarantined_until",
+                                   (now, cache_free_bytes, worker_id)).fetchone()
+        return row[0] if row is not None and row[0] is not None and row[0] > now else None
 
     def _touch_worker(self, worker_id: str, now: float, cache_free_bytes: int | None = None) -> None:
         with self._lock:

@@ -37,7 +37,7 @@ class ClaimHandler(BaseHandler):
             raise errors.INVALID_FIELD.error("cache_free_bytes must be an integer 0..2^62")
         loop = tornado.ioloop.IOLoop.current()
         deadline = loop.time() + min(float(wait), self.config.jobs.max_claim_wait)
-        quarantined = self.store.quarantined_until(worker_id)
+        quarantined = self.store.check_in(worker_id, cache_free_bytes=room)
         if quarantined is not None:
             await self._wait_out(deadline)  # a quarantined worker waits as if the queue were empty
             self.set_header("X-Quarantined-Until", f"{quarantined:.0f}")
