@@ -14,6 +14,7 @@ restart of the database costs requests a 503 while it is down and nothing once i
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sqlite3
@@ -288,6 +289,7 @@ class PostgresDatabase:
             log.warning("database %s reachable again after %.1f s", redacted(self._url), time.monotonic() - since)
 
 
+@functools.lru_cache(maxsize=1024)  # a master runs a few dozen distinct statements, each many times
 def translate(sql: str, *, named: bool) -> str:
     """SQLite's spelling of a statement in PostgreSQL's."""
     sql = sql.replace("%", "%%")
