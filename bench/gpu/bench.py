@@ -1,4 +1,4 @@
-"""GPU benchmark: denoise-1080p and HDR tone mapping, Vulkan vs CPU (bare FFmpeg); the worker's step vs bare FFmpeg.
+"""GPU benchmark: denoise-1080p and HDR tone mapping, Vulkan vs CPU; the worker vs bare FFmpeg; jobs/h per slots.
 
 Run through bench/gpu/run.sh on the GPU host (docs/gpu.md). Every FFmpeg run is bounded (``timeout -k``).
 Bare runs use the exact argument lists the worker builds (worker.ffmpeg_command), so the only
@@ -122,11 +122,13 @@ def worker_tonemap(ffmpeg: str, clip: Path, work: Path) -> dict:
     return report
 
 
-def overhead(ffmpeg: str, clip: Path, work: Path, rounds: int) -> dict:
-    """Alternate bare FFmpeg and Converter.convert (accel auto: the CPU form for h264-1080p) on the same clip."""
-    profile = BUILTIN_PROFILES["h264-1080p"]
-    converter = Converter.start(FfmpegSection(binary=ffmpeg, accel="auto", timeout=600, stall_timeout=60),
-                                WorkerMetrics(CollectorRegistry()))
+def overhead(ffmpeg: str, clip: Path, work: Path, rounds: int, profile_name: str = "h264-1080p",
+             settings: FfmpegSection | None = None) -> dict:
+    """Alternate bare FFmpeg and Converter.convert on the same clip (default settings: accel auto, so the CPU
+    form for h264-1080p on SDR; the Vulkan tone-map form on an HDR clip)."""
+    profile = BUILTIN_PROFILES[profile_name]
+    settings = settings or FfmpegSection(binary=ffmpeg, accel="auto", timeout=600, stall_timeout=60)
+    converter = Converter.start(settings, WorkerMetrics(CollectorRegistry()))
     info = converter.probe(clip)
     plan = converter.plan(profile, info)
     command = build_command(ffmpeg, profile, clip, work / "bare.mp4", info=info, plan=plan)
@@ -139,7 +141,53 @@ def overhead(ffmpeg: str, clip: Path, work: Path, rounds: int) -> dict:
     bare_s, worker_s = statistics.median(bare_runs), statistics.median(worker_runs)
     return {"profile": profile.name, "plan": plan.__dict__, "accel": result.accel, "clip_seconds": info.duration,
             "bare_runs": bare_runs, "worker_runs": worker_runs, "bare_median_s": bare_s, "worker_median_s": worker_s,
-            "overhead_pct": round((worker_s / bare_s - 1) * 100, 1)}
+            "overhead_pct": round((worker_s / bare_s - 1) * 100, 1), "fallback": result.fallback}
+
+
+def concurrency(ffmpeg: str, clips: dict[str, Path], work: Path, settings: list[int], jobs_per_slot: int) -> dict:
+    """Jobs per hour with N conversions at once through one Converter, as the worker's N slots run them
+    (claim, transfers and the master left out: the same clip is converted over and over)."""
+    cases = {"denoise-1080p": clips["noisy"], "tonemap": clips["hdr"]}
+    table: dict[str, dict] = {}
+    for case, clip in cases.items():
+        profile = BUILTIN_PROFILES["h264-1080p" if case == "tonemap" else case]
+        converter = Converter.start(FfmpegSection(binary=ffmpeg, accel="auto", timeout=600, stall_timeout=120,
+                                                  vulkan_decode=True), WorkerMetrics(CollectorRegistry()))
+        table[case] = {"profile": profile.name, "clip": clip.name, "rows": {}}
+        for slots in settings:
+            table[case]["rows"][str(slots)] = _slots_run(converter, profile, clip, work, slots, jobs_per_slot)
+            print(case, slots, json.dumps(table[case]["rows"][str(slots)]), flush=True)
+        base = table[case]["rows"][str(settings[0])]["jobs_per_hour"]
+        for row in table[case]["rows"].values():
+            row["vs_1"] = round(row["jobs_per_hour"] / base, 2) if base else None
+    return table
+
+
+def _slots_run(converter: Converter, profile, clip: Path, work: Path, slots: int, jobs_per_slot: int) -> dict:
+    results: list = []
+    errors: list[str] = []
+
+    def slot(index: int) -> None:
+        for job in range(jobs_per_slot):
+            try:
+                results.append(converter.convert(profile, clip, work / f"cc-{slots}-{index}-{job}.mp4",
+                                                 threading.Event(), label=f"slot {index}"))
+            except Exception as exc:  # recorded, the others go on
+                errors.append(f"{exc.__class__.__name__}: {exc}")
+
+    cpu_before, started = _children_cpu(), time.monotonic()
+    threads = [threading.Thread(target=slot, args=(i,)) for i in range(slots)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.monotonic() - started
+    done = len(results)
+    return {"slots": slots, "jobs": done, "wall_s": round(wall, 2), "jobs_per_hour": round(done / wall * 3600),
+            "job_seconds_median": round(statistics.median(r.seconds for r in results), 2) if results else None,
+            "cpu_seconds_per_job": round((_children_cpu() - cpu_before) / done, 1) if done else None,
+            "accel": sorted({r.accel for r in results}), "fallbacks": sum(bool(r.fallback) for r in results),
+            "errors": errors[:3]}
 
 
 def worker_denoise(ffmpeg: str, clip: Path, work: Path) -> dict:
@@ -163,6 +211,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--hdr-seconds", type=float, default=20.0)
     parser.add_argument("--hdr-size", default="3840x2160")
+    parser.add_argument("--slots", default="1,2,4,8", help="concurrency settings for the concurrency step")
+    parser.add_argument("--jobs-per-slot", type=int, default=2)
     parser.add_argument("--steps", default="denoise_bare,denoise_worker,overhead", help="comma-separated steps to run")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -179,11 +229,18 @@ def main() -> None:
     }
     clip = _once(clips)
     decode = "hevc" in caps.vulkan.decode
+    tonemap_settings = FfmpegSection(binary=args.ffmpeg, accel="auto", timeout=600, stall_timeout=60,
+                                     vulkan_decode=True)
+    slots = [int(n) for n in args.slots.split(",")]
     for name, step in (("denoise_bare", lambda: denoise(args.ffmpeg, clip("noisy"), args.work, args.cpu_limit)),
                        ("denoise_worker", lambda: worker_denoise(args.ffmpeg, clip("noisy"), args.work)),
                        ("overhead", lambda: overhead(args.ffmpeg, clip("long"), args.work, args.rounds)),
                        ("tonemap", lambda: tonemap(args.ffmpeg, clip("hdr"), args.work, decode)),
-                       ("tonemap_worker", lambda: worker_tonemap(args.ffmpeg, clip("hdr"), args.work))):
+                       ("tonemap_worker", lambda: worker_tonemap(args.ffmpeg, clip("hdr"), args.work)),
+                       ("overhead_tonemap", lambda: overhead(args.ffmpeg, clip("hdr"), args.work, args.rounds,
+                                                             settings=tonemap_settings)),
+                       ("concurrency", lambda: concurrency(args.ffmpeg, {"noisy": clip("noisy"), "hdr": clip("hdr")},
+                                                           args.work, slots, args.jobs_per_slot))):
         if name not in args.steps.split(","):
             continue
         try:
