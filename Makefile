@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := ffmpeg curl prometheus mesa-vulkan-drivers postgresql-15 haproxy
+# chromium + chromium-driver: the console's browser tests (tests/console/test_console_browser.py)
+APT_PACKAGES := ffmpeg curl prometheus mesa-vulkan-drivers postgresql-15 haproxy chromium chromium-driver
 STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-s3 test test-unit test-integration setup system-deps venv clean bench-dispatch bench-dispatch-pg \
