@@ -137,8 +137,11 @@ def migrate_db(argv: list[str]) -> int:
 
 
 def status_line(store: JobStore) -> str:
-    counts = store.counts_by_status()
-    workers = len(store.list_workers())
+    try:
+        counts = store.counts_by_status()
+        workers = len(store.list_workers())
+    except DatabaseUnavailable:
+        return "database unavailable"
     return f"pending={counts['pending']} processing={counts['processing']} workers={workers}"
 
 
