@@ -119,6 +119,7 @@ def migrate_db(argv: list[str]) -> int:
         source = Path(args.source) if args.source else database.path
         if args.target:
             database = DatabaseConfig(url=args.target, password_file=args.password_file)
+            database.validate("--to/--password-file")  # a URL, and a password file only its owner reads
         if database.url is None:
             raise ValueError("no target: give --to postgresql://... or a --config with database.url")
         target = str(database.location())

@@ -228,6 +228,15 @@ def test_a_target_that_is_no_postgresql_database_is_refused(sqlite_queue, url, s
     assert says in refusal(migrate_db("--from", sqlite_queue, "--to", url))
 
 
+def test_a_password_file_others_may_read_is_refused(sqlite_queue, target, tmp_path):
+    readable = password_file(tmp_path)
+    readable.chmod(0o644)
+
+    result = migrate_db("--from", sqlite_queue, "--to", without_password(target), "--password-file", readable)
+
+    assert "readable by others" in refusal(result) and result.returncode == 2
+
+
 def test_a_wrong_password_is_refused_without_showing_it(sqlite_queue, target):
     line = refusal(migrate_db("--from", sqlite_queue, "--to", target.replace(PASSWORD, "not-the-password")))
     assert "password authentication failed" in line and "not-the-password" not in line
