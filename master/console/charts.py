@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
-WIDTH, HEIGHT = 480, 120
+WIDTH, HEIGHT = 480, 112  # the bars' area; captions go below it, in a 140-high view box
 
 
 @dataclass(frozen=True)
@@ -14,20 +15,43 @@ class Bar:
     width: float
     height: float
     label: str  # the bar's title (a tooltip, and what a screen reader says)
+    caption: str = ""  # a short text under the bar, on some bars only
 
 
-def bars(values: list[float], labels: list[str], width: int = WIDTH, height: int = HEIGHT) -> list[Bar]:
+@dataclass(frozen=True)
+class Chart:
+    bars: list[Bar] = field(default_factory=list)
+    top: str = ""  # what the tallest bar stands for
+
+    @property
+    def summary(self) -> str:
+        return ", ".join(bar.label for bar in self.bars)
+
+
+def chart(values: list[float], labels: list[str], captions: list[str] | None = None,
+          unit: Callable[[float], str] = lambda value: f"{value:g}") -> Chart:
     """One bar per value, scaled to the largest; an empty bar keeps its place."""
     if not values:
-        return []
-    top = max(max(values), 1e-9)
-    step = width / len(values)
-    result = []
-    for index, (value, label) in enumerate(zip(values, labels)):
-        h = 0 if value <= 0 else max(1.0, value / top * (height - 2))
-        result.append(Bar(x=round(index * step + 1, 1), y=round(height - h, 1), width=round(max(step - 2, 1), 1),
-                          height=round(h, 1), label=label))
-    return result
+        return Chart()
+    top = max(values)
+    scale = max(top, 1e-9)
+    step = WIDTH / len(values)
+    captions = captions or [""] * len(values)
+    bars = []
+    for index, (value, label, caption) in enumerate(zip(values, labels, captions)):
+        h = 0 if value <= 0 else max(1.0, value / scale * (HEIGHT - 14))
+        bars.append(Bar(x=round(index * step + 1, 1), y=round(HEIGHT - h, 1), width=round(max(step - 2, 1), 1),
+                        height=round(h, 1), label=label, caption=caption))
+    return Chart(bars=bars, top=f"max {unit(top)}" if top > 0 else "")
+
+
+def hour_captions(hours: int) -> list[str]:
+    """"−24 h" … "now" every six hours (the bars are the last ``hours`` hours, the current one last)."""
+    captions = []
+    for index in range(hours):
+        ago = hours - 1 - index
+        captions.append("" if ago % 6 else "now" if ago == 0 else f"−{ago} h")
+    return captions
 
 
 def hourly(rows: list[tuple[int, int, int, int]], hours: int, now: float) -> list[dict[str, int]]:

@@ -24,6 +24,7 @@ MAX_RUNNING = 500
 
 
 class EventsHandler(ConsoleHandler):
+    redirects_to_login = False
     def initialize(self, services) -> None:  # type: ignore[override]
         super().initialize(services)
         self._closed = False

@@ -7,6 +7,7 @@ changed. Changes go through the JSON API, with the session cookie and the XSRF t
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from datetime import datetime, timezone
@@ -27,6 +28,7 @@ from master.store import JobNotFound, StoreError
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
 SEARCH_MAX = 200
+LOGIN_FAILURE_DELAY = 1.0  # seconds a wrong token waits for its answer: guessing one by one is slow
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self';"
        " form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
 
@@ -57,6 +59,7 @@ class ConsoleHandler(tornado.web.RequestHandler):
     """An HTML page behind the admin's session (open without tokens on a loopback-only master)."""
 
     public = False
+    redirects_to_login = True  # a page; False: a stream or a part, which answers 401
 
     def initialize(self, services: Services) -> None:
         self.services = services
@@ -71,7 +74,8 @@ class ConsoleHandler(tornado.web.RequestHandler):
     def prepare(self) -> None:
         if self.public or self.signed_in():
             return
-        if self.request.method in ("GET", "HEAD") and not self.get_query_argument("part", None):
+        if (self.redirects_to_login and self.request.method in ("GET", "HEAD")
+                and not self.get_query_argument("part", None)):
             self.redirect("/console/login?" + urlencode({"next": self.request.uri}))
         else:
             self.send_error(401)
@@ -127,8 +131,9 @@ class LoginHandler(ConsoleHandler):
             return
         self.render("login.html", next=self._next(), failed=False)
 
-    def post(self) -> None:
+    async def post(self) -> None:
         if not is_admin_token(self.services.tokens, self.get_body_argument("token", "")):
+            await asyncio.sleep(LOGIN_FAILURE_DELAY)
             self.set_status(403)
             self.render("login.html", next=self._next(), failed=True)
             return

@@ -41,7 +41,10 @@ def test_pages_redirect_to_login_until_the_admin_token_is_given(secured):
     response = requests.get(f"{secured.url}/console/queue?status=failed", timeout=10, allow_redirects=False)
     assert response.status_code == 302
     assert response.headers["Location"].startswith("/console/login?next=%2Fconsole%2Fqueue")
-    assert requests.get(f"{secured.url}/console/events", timeout=10, allow_redirects=False).status_code == 302
+    assert requests.get(f"{secured.url}/console/events", timeout=10, allow_redirects=False).status_code == 401
+    for target in ("//evil.example/", "/api/jobs", "https://evil.example/console/"):
+        form = requests.get(f"{secured.url}/console/login", params={"next": target}, timeout=10).text
+        assert 'name="next" value="/console/"' in form, target
 
     refused = login(secured, token=WORKER)
     assert SESSION_COOKIE not in refused.cookies
