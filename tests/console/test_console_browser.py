@@ -8,6 +8,7 @@ the queue with a running job is also saved as docs/images/console-queue.png.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import shutil
@@ -70,8 +71,8 @@ def farm(tmp_path_factory):
     }), tmp / "worker.log")
     farm = type("Farm", (), {})()
     farm.url, farm.tmp, farm.root = url, tmp, tmp / "storage"
-    farm.api = lambda method, path, **kw: requests.request(method, url + path, timeout=10, **kw,
-                                                           headers={"Authorization": f"Bearer {ADMIN}"})
+    farm.api = lambda method, path, extra=None, **kw: requests.request(
+        method, url + path, timeout=10, headers={"Authorization": f"Bearer {ADMIN}", **(extra or {})}, **kw)
     wait_for(lambda: farm.api("GET", "/api/workers").json()["workers"], timeout=60, what="worker to register")
     yield farm
     worker.stop()
@@ -183,6 +184,35 @@ def test_submit_by_upload_then_watch_it_convert(farm, browser, clip):
     browser.set_window_size(1280, 900)
 
 
+def test_an_upload_cut_short_resumes_where_the_master_stopped(farm, browser, clip, tmp_path):
+    """A tab closed mid-upload: the master holds the first half; choosing the same file again sends the rest."""
+    source = shutil.copyfile(clip, tmp_path / "resumed.mp4")
+    data = source.read_bytes()
+    half = len(data) // 2
+    created = farm.api("POST", "/api/uploads", extra={
+        "Tus-Resumable": "1.0.0", "Upload-Length": str(len(data)),
+        "Upload-Metadata": f"profile {_b64('h264-720p')},filename {_b64(source.name)}"})
+    assert created.status_code == 201, created.text
+    location, job_id = created.headers["Location"], created.headers["Converter-Job-Id"]
+    patched = farm.api("PATCH", location, data=data[:half], extra={
+        "Tus-Resumable": "1.0.0", "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"})
+    assert patched.status_code == 204
+
+    browser.get(f"{farm.url}/console/submit")
+    browser.find_element(By.ID, "upload-file").send_keys(str(source))
+    browser.execute_script(  # what the page had saved before the tab was closed
+        "const file = document.getElementById('upload-file').files[0];"
+        "const key = 'converter-tus:' + JSON.stringify([file.name, file.size, file.lastModified,"
+        " {profile: 'h264-720p', output_path: '', priority: ''}]);"
+        "localStorage.setItem(key, JSON.stringify({url: arguments[0], job: arguments[1]}));", location, job_id)
+    browser.find_element(By.ID, "upload-profile").send_keys("h264-720p")
+    click(browser, "#upload-form button[type=submit]")
+    link = wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#upload-text a")))
+    assert link.text == job_id  # the same upload went on: a new one would have made a new job
+    assert farm.api("GET", f"/api/jobs/{job_id}").json()["source_sha256"] == _sha256(source)
+    assert not browser.execute_script("return Object.keys(localStorage).length")
+
+
 def test_the_job_page_and_its_download(farm, browser):
     job = farm.api("GET", f"/api/jobs/{farm.job_id}").json()
     browser.get(f"{farm.url}/console/jobs/{farm.job_id}")
@@ -238,8 +268,12 @@ def test_pause_a_worker_cancel_and_retry_a_job_named_like_markup(farm, browser, 
 
 
 def test_overview(farm, browser):
+    wait_for(lambda: farm.api("GET", "/api/queue").json()["jobs"]["processing"] == 0, timeout=90,
+             what="the running job to end")
+    completed = str(farm.api("GET", "/api/queue").json()["jobs"]["completed"])
     browser.get(f"{farm.url}/console/")
-    assert browser.find_element(By.CSS_SELECTOR, '[data-count="completed"]').text == "2"
+    wait(browser).until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, '[data-count="completed"]'), completed))
+    assert int(completed) >= 3
     assert len(browser.find_elements(By.CSS_SELECTOR, "svg.chart rect")) >= 24
     shot(browser, "overview")
 
@@ -259,6 +293,10 @@ def test_log_out(farm, browser):
     wait(browser).until(EC.url_contains("/console/login"))
     browser.get(f"{farm.url}/console/workers")
     assert "/console/login?next=" in browser.current_url
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
 
 
 def _sha256(path: Path) -> str:
