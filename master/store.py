@@ -496,9 +496,10 @@ class JobStore:
         ``hours`` that had a completed job."""
         now = time.time() if now is None else now
         since = (int(now // 3600) - hours + 1) * 3600
+        hour = "FLOOR(finished_at / 3600)" if self.dialect == "postgres" else "CAST(finished_at / 3600 AS INTEGER)"
         with self._lock:
             rows = self._db.execute(
-                "SELECT CAST(finished_at / 3600 AS INTEGER) * 3600 AS hour, COUNT(*), COALESCE(SUM(source_size), 0),"
+                f"SELECT {hour} * 3600 AS hour, COUNT(*), COALESCE(SUM(source_size), 0),"
                 " COALESCE(SUM(output_size), 0) FROM jobs WHERE status = 'completed' AND finished_at >= ?"
                 " GROUP BY hour ORDER BY hour", (since,)).fetchall()
         return [(int(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows]
