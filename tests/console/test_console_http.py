@@ -132,3 +132,21 @@ def test_the_queue_page_shows_one_page_of_ten_thousand_jobs(master):
     assert re.findall(r'<tr data-job="([^"]+)"', found) == ["job04242"]
     by_id = requests.get(f"{master.url}/console/queue?q=job00007&part=1", timeout=10).text
     assert re.findall(r'<tr data-job="([^"]+)"', by_id) == ["job00007"]
+
+
+def test_a_session_outlives_a_restart_and_ends_with_a_new_admin_token(tmp_path):
+    config = master_config(tmp_path)
+    first = ThreadedMaster(config, tokens=Tokens(admin=ADMIN, worker=WORKER))
+    session = login(first)
+    first.stop()
+    second = ThreadedMaster(config, tokens=Tokens(admin=ADMIN, worker=WORKER))
+    try:
+        assert session.get(f"{second.url}/console/queue", timeout=10, allow_redirects=False).status_code == 200
+    finally:
+        second.stop()
+    rotated = ThreadedMaster(config, tokens=Tokens(admin="a-new-admin-token-0123456789", worker=WORKER))
+    try:
+        assert session.get(f"{rotated.url}/console/queue", timeout=10, allow_redirects=False).status_code == 302
+        assert session.get(f"{rotated.url}/api/jobs", timeout=10).status_code == 401
+    finally:
+        rotated.stop()
