@@ -60,8 +60,16 @@ def snapshot(store) -> dict[str, Any]:
     running, _total = store.list_jobs(status=JobStatus.PROCESSING, limit=MAX_RUNNING)
     return {"counts": store.counts_by_status(), "paused": store.queue_paused_at() is not None,
             "running": [{"id": job.id, "progress": round(job.progress or 0, 1), "speed": job.speed,
-                         "worker": job.worker_id, "eta": _rounded(eta(job.progress, job.claimed_at, now))}
+                         "rate": _rate(job.progress, job.claimed_at, now), "worker": job.worker_id,
+                         "eta": _rounded(eta(job.progress, job.claimed_at, now))}
                         for job in running]}
+
+
+def _rate(progress: float | None, claimed_at: float | None, now: float) -> float | None:
+    """Percent per minute since the claim: the pace while FFmpeg's own speed is not reported yet."""
+    if not progress or not claimed_at or now <= claimed_at:
+        return None
+    return round(progress / (now - claimed_at) * 60, 1)
 
 
 def _rounded(seconds: float | None) -> int | None:

@@ -1,6 +1,7 @@
 """The console over plain HTTP: sessions, XSRF, CSP, escaping and pagination (the browser tests are in
 test_console_browser.py)."""
 
+import json
 import os
 import re
 import stat
@@ -150,3 +151,22 @@ def test_a_session_outlives_a_restart_and_ends_with_a_new_admin_token(tmp_path):
         assert session.get(f"{rotated.url}/api/jobs", timeout=10).status_code == 401
     finally:
         rotated.stop()
+
+
+def test_the_events_stream_sends_counts_and_running_jobs(master):
+    (master.root / "in").mkdir()
+    (master.root / "in" / "a.mp4").write_bytes(b"source")
+    assert master.submit("in/a.mp4", "out/a.mp4", job_id="j1").status_code == 201
+    assert master.claim("w1")["id"] == "j1"
+    beat = requests.post(f"{master.url}/api/worker/heartbeat?job_id=j1", json={"worker_id": "w1", "progress": 40},
+                         timeout=10)
+    assert beat.status_code == 200
+    with requests.get(f"{master.url}/console/events", stream=True, timeout=10) as stream:
+        assert stream.headers["Content-Type"].startswith("text/event-stream")
+        lines = stream.iter_lines(decode_unicode=True)
+        data = next(line for line in lines if line.startswith("data: "))
+    state = json.loads(data[len("data: "):])
+    assert state["counts"]["processing"] == 1 and state["paused"] is False
+    [running] = state["running"]
+    assert running["id"] == "j1" and running["progress"] == 40 and running["worker"] == "w1"
+    assert running["rate"] > 0 and running["eta"] is not None

@@ -143,7 +143,7 @@ function onState(state) {
       if (bar) { bar.value = job.progress; bar.textContent = `${Math.round(job.progress)}%`; }
       const set = (selector, text) => { const el = row.querySelector(selector); if (el) el.textContent = text; };
       set(".pct", `${Math.round(job.progress)}%`);
-      set(".speed", job.speed ? `${job.speed.toFixed(2)}×` : "");
+      set(".speed", job.speed ? `${job.speed.toFixed(2)}×` : job.rate ? `${job.rate} %/min` : "");
       set(".eta", job.eta != null ? `ETA ${duration(job.eta)}` : "");
     }
   }
