@@ -29,7 +29,9 @@ XSS = "<img src=x onerror=alert(1)>"
 try:
     from selenium import webdriver
     from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 except ImportError:  # the test extra is not installed: the skip below says so
@@ -71,12 +73,19 @@ def farm(tmp_path_factory):
     }), tmp / "worker.log")
     farm = type("Farm", (), {})()
     farm.url, farm.tmp, farm.root = url, tmp, tmp / "storage"
+    farm.master = master
+
+    def restart_master() -> None:
+        farm.master.stop()
+        farm.master = Process("converter-master", config, tmp / "master.log", append=True)
+        wait_for(lambda: _answers(url), what="master to listen again")
+    farm.restart_master = restart_master
     farm.api = lambda method, path, extra=None, **kw: requests.request(
         method, url + path, timeout=10, headers={"Authorization": f"Bearer {ADMIN}", **(extra or {})}, **kw)
     wait_for(lambda: farm.api("GET", "/api/workers").json()["workers"], timeout=60, what="worker to register")
     yield farm
     worker.stop()
-    master.stop()
+    farm.master.stop()
 
 
 def _answers(url: str) -> bool:
@@ -253,7 +262,13 @@ def test_pause_a_worker_cancel_and_retry_a_job_named_like_markup(farm, browser, 
         browser.switch_to.alert.text
     shot(browser, "queue")
 
-    click(browser, f'tr[data-job="{job_id}"] button[data-post$="/cancel"]')
+    cancel = browser.find_element(By.CSS_SELECTOR, f'tr[data-job="{job_id}"] button[data-post$="/cancel"]')
+    for _ in range(40):  # the keyboard alone reaches the button and presses it
+        if browser.switch_to.active_element == cancel:
+            break
+        ActionChains(browser).send_keys(Keys.TAB).perform()
+    assert browser.switch_to.active_element == cancel
+    cancel.send_keys(Keys.ENTER)
     accept_confirm(browser)
     wait(browser).until(lambda d: row_status(d, job_id) == "cancelled")
     click(browser, f'tr[data-job="{job_id}"] button[data-post$="/retry"]')
@@ -276,6 +291,16 @@ def test_overview(farm, browser):
     assert int(completed) >= 3
     assert len(browser.find_elements(By.CSS_SELECTOR, "svg.chart rect")) >= 24
     shot(browser, "overview")
+
+
+def test_live_updates_come_back_after_the_master_restarts(farm, browser):
+    browser.get(f"{farm.url}/console/queue")
+    wait(browser).until(EC.text_to_be_present_in_element((By.ID, "live-state"), "live"))
+    farm.master.stop()
+    wait(browser).until(EC.text_to_be_present_in_element((By.ID, "live-state"), "reconnecting"))
+    farm.restart_master()
+    wait(browser, 40).until(EC.text_to_be_present_in_element((By.ID, "live-state"), "live"))
+    assert "/console/queue" in browser.current_url  # the session outlived the restart
 
 
 def test_a_change_without_the_xsrf_token_is_refused(farm, browser):
