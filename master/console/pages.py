@@ -21,13 +21,14 @@ from converter_common.profiles import BUILTIN_PROFILES
 from master.console import charts
 from master.console.session import end_session, has_session, is_admin_token, start_session
 from master.database import DatabaseUnavailable
-from master.handlers.base import Services, check_job_id
+from master.handlers.base import JOB_ID, Services
 from master.states import JobStatus
 from master.store import JobNotFound, StoreError
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
 SEARCH_MAX = 200
+MAX_PAGE = 10**9
 LOGIN_FAILURE_DELAY = 1.0  # seconds a wrong token waits for its answer: guessing one by one is slow
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self';"
        " form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
@@ -86,7 +87,7 @@ class ConsoleHandler(tornado.web.RequestHandler):
     def get_template_namespace(self) -> dict[str, Any]:
         namespace = super().get_template_namespace()
         namespace.update(size=human_size, when=iso_time, duration=duration, name_of=name_of,
-                         signed_out=self.services.tokens.anonymous, statuses=[s.value for s in JobStatus],
+                         anonymous=self.services.tokens.anonymous, statuses=[s.value for s in JobStatus],
                          profiles=self.services.config.profiles, now=time.time(), charts=charts,
                          static_url=static_url)
         return namespace
@@ -169,7 +170,7 @@ class QueuePageHandler(ConsoleHandler):
         worker = self.get_query_argument("worker", "")[:128]
         text = self.get_query_argument("q", "").strip()[:SEARCH_MAX]
         try:
-            page = max(1, int(self.get_query_argument("page", "1")))
+            page = min(max(1, int(self.get_query_argument("page", "1"))), MAX_PAGE)
         except ValueError:
             page = 1
         jobs, total = self.store.search_jobs(status=JobStatus(status) if status else None, profile=profile or None,
@@ -188,7 +189,7 @@ class QueuePageHandler(ConsoleHandler):
 
 class JobPageHandler(ConsoleHandler):
     def get(self, job_id: str) -> None:
-        if not _valid_id(job_id):
+        if not JOB_ID.fullmatch(job_id):
             raise tornado.web.HTTPError(404)
         job = self.store.get_job(job_id)
         self.page("job.html", job=job, eta=eta(job.progress, job.claimed_at, time.time()))
@@ -229,25 +230,19 @@ class RetryFailedHandler(ConsoleHandler):
             if not jobs:
                 break
             for job in jobs:
+                if await self.services.storage.exists(job.output_path):
+                    skipped += 1
+                    continue
                 try:
-                    if await self.services.storage.exists(job.output_path):
-                        raise StoreError("output exists")
                     self.store.retry(job.id)
                     retried += 1
-                except StoreError:
+                except StoreError:  # its output is another active job's now, or it was retried meanwhile
                     skipped += 1
+            await asyncio.sleep(0)  # other requests between pages
         if retried:
             self.services.wakeup.send()
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish({"retried": retried, "skipped": skipped})
-
-
-def _valid_id(job_id: str) -> bool:
-    try:
-        check_job_id(job_id)
-    except Exception:
-        return False
-    return True
 
 
 def human_size(size: int | None) -> str:

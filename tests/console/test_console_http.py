@@ -170,3 +170,22 @@ def test_the_events_stream_sends_counts_and_running_jobs(master):
     [running] = state["running"]
     assert running["id"] == "j1" and running["progress"] == 40 and running["worker"] == "w1"
     assert running["rate"] > 0 and running["eta"] is not None
+
+
+def test_retry_all_failed_skips_a_job_whose_output_is_taken(master):
+    (master.root / "in").mkdir()
+    (master.root / "in" / "a.mp4").write_bytes(b"source")
+    for n in range(3):
+        assert master.submit("in/a.mp4", f"out/{n}.mp4", job_id=f"j{n}").status_code == 201
+        requests.post(f"{master.url}/api/jobs/j{n}/cancel", timeout=10)
+    with master.store._transaction():
+        master.store._db.execute("UPDATE jobs SET status = 'failed'")
+    (master.root / "out").mkdir()
+    (master.root / "out" / "1.mp4").write_bytes(b"someone's file")
+    page = requests.get(f"{master.url}/console/queue", timeout=10)
+    xsrf = re.search(r'name="xsrf-token" content="([^"]+)"', page.text).group(1)
+    answer = requests.post(f"{master.url}/console/retry-failed", headers={"X-XSRFToken": xsrf},
+                           cookies=page.cookies, timeout=10)
+    assert answer.json() == {"retried": 2, "skipped": 1}
+    assert [master.job(f"j{n}")["status"] for n in range(3)] == ["pending", "failed", "pending"]
+    assert requests.get(f"{master.url}/console/queue?page=99999999999999999999999", timeout=10).status_code == 200
