@@ -38,7 +38,7 @@ class MasterSection:
 @dataclass(frozen=True)
 class WorkerSection:
     id: str = field(default_factory=socket.gethostname)
-    concurrency: int = 1  # jobs in parallel, each in its own cache dir
+    concurrency: int | str = "auto"  # jobs in parallel, each in its own cache dir; auto: from the GPUs and cores
     claim_wait: Duration = 20.0  # long-poll: how long one claim request waits for a job
     heartbeat_interval: Duration = 10.0  # must stay well below the master's lease (60 s by default)
     progress_interval: Duration = 5.0  # seconds between transfer/conversion progress log lines
@@ -49,8 +49,8 @@ class WorkerSection:
     schedule: tuple[str, ...] = ()
 
     def validate(self, key: str) -> None:
-        if not 1 <= self.concurrency <= 64:
-            report(f"{key}.concurrency", f"must be 1..64, got {self.concurrency}")
+        if self.concurrency != "auto" and not (isinstance(self.concurrency, int) and 1 <= self.concurrency <= 64):
+            report(f"{key}.concurrency", f"must be 1..64 or auto, got {self.concurrency!r}")
         require_positive(f"{key}.claim_wait", self.claim_wait, allow_zero=True)
         require_positive(f"{key}.heartbeat_interval", self.heartbeat_interval)
         require_positive(f"{key}.progress_interval", self.progress_interval)
@@ -130,8 +130,11 @@ class FfmpegSection:
     kill_grace: Duration = 5.0  # seconds between SIGTERM and SIGKILL (a hung Vulkan decode ignores SIGTERM)
     # auto: Vulkan on a GPU for profiles with a Vulkan filter or encoder; vulkan: always (a CPU device too); cpu: never
     accel: str = "auto"
-    vulkan_device: str = "0"  # index or name, as FFmpeg's -init_hw_device vulkan=vk:<this> takes it
-    vulkan_decode: bool = False  # decode on the GPU too when the probe says it can (a 4K decode hung on an H200)
+    # Vulkan device indices (-init_hw_device vulkan=vk:<index>), job slots pinned round-robin; auto: every GPU
+    vulkan_devices: tuple[int, ...] | str = "auto"
+    # auto: decode on the GPU where the start-up probe decoded the source's codec/bit depth/size; true: always; false
+    vulkan_decode: bool | str = "auto"
+    decode_probe_timeout: Duration = 10.0  # one probe decode of a few frames; a hang turns its codec's decode off
     vulkan_max_failures: int = 3  # consecutive Vulkan failures that disable Vulkan until restart
     duration_tolerance: Duration = 1.0  # output duration may differ from the source by this (or 1 %) at most
 
@@ -142,6 +145,12 @@ class FfmpegSection:
         if self.accel not in ACCELS:
             report(f"{key}.accel", f"must be one of {', '.join(ACCELS)}, got {self.accel!r}")
         require_positive(f"{key}.vulkan_max_failures", self.vulkan_max_failures)
+        require_positive(f"{key}.decode_probe_timeout", self.decode_probe_timeout)
+        if self.vulkan_decode not in (True, False, "auto"):
+            report(f"{key}.vulkan_decode", f"must be auto, true or false, got {self.vulkan_decode!r}")
+        devices = self.vulkan_devices
+        if devices != "auto" and (isinstance(devices, str) or not devices or min(devices) < 0):
+            report(f"{key}.vulkan_devices", f"must be auto or a list of device indices, got {self.vulkan_devices!r}")
         require_positive(f"{key}.duration_tolerance", self.duration_tolerance)
 
 

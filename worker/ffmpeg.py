@@ -156,6 +156,7 @@ def probe_with_ffmpeg(binary: str, path: Path) -> MediaInfo:
         audio_codec=next((codec for kind, codec, _ in streams if kind == "Audio"), None),
         audio_streams=sum(kind == "Audio" for kind, _, _ in streams),
         subtitle_codecs=tuple(codec for kind, codec, _ in streams if kind == "Subtitle"),
+        pix_fmt=pix_fmt[1] if (pix_fmt := _PIX_FMT.match(video)) else None,
         sample_aspect=_ratio(f"{sar[1]}:{sar[2]}") if sar else 1.0,
         rotation=int(float(rotation[1])) % 360 if rotation else 0,
         colour=_colour_from_summary(binary, path, video, text),
@@ -189,6 +190,7 @@ def _colour_from_summary(binary: str, path: Path, video: str, summary: str) -> C
 _STREAM = re.compile(r"^\s*Stream #0:\d+\S*: (Video|Audio|Subtitle): (\w+)(.*)$", re.M)
 _DURATION = re.compile(r"Duration: (\d+):(\d+):([\d.]+)")
 _SIZE = re.compile(r", (\d{1,5})x(\d{1,5})[, ]")
+_PIX_FMT = re.compile(r"[^,]*, ([a-z][a-z0-9]+)\b")  # " (Main 10), yuv420p10le(tv, …), 3840x2160"
 _SAR = re.compile(r"SAR (\d+):(\d+)")
 _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees")
 _COLOUR = re.compile(r", \w+\(([^)]*)\)")

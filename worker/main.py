@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("worker %s starting (master %s, cache %s, concurrency %d)", config.worker.id, config.master.url,
+    log.info("worker %s starting (master %s, cache %s, concurrency %s)", config.worker.id, config.master.url,
              config.storage.cache_path, config.worker.concurrency)
     worker.run()
     log.info("worker stopped")

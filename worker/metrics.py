@@ -54,6 +54,17 @@ class WorkerMetrics:
         self.vulkan_available = Gauge("converter_worker_vulkan_available", "1 when a Vulkan device is usable.",
                                       registry=registry)
         self.vulkan_device = Info("converter_worker_vulkan_device", "The Vulkan device in use.", registry=registry)
+        # label device: the position in ffmpeg.vulkan_devices (a handful); decode: codec/depth/size (at most 12)
+        self.device_available = Gauge("converter_worker_vulkan_device_available",
+                                      "1 while this Vulkan device takes jobs, 0 when it failed its probe or was"
+                                      " disabled.", ["device"], registry=registry)
+        self.device_conversions = Counter("converter_worker_vulkan_device_conversions",
+                                          "Vulkan runs on this device, by outcome.", ["device", "outcome"],
+                                          registry=registry)
+        self.decode_proven = Gauge("converter_worker_vulkan_decode_proven",
+                                   "1 when the start-up probe decoded this codec/bit depth/size class on this device"
+                                   " (jobs then use Vulkan decode for it), 0 when it failed, hung or was skipped.",
+                                   ["device", "decode"], registry=registry)
         self.schedule_open = Gauge("converter_worker_schedule_open", "1 while the worker may claim by its"
                                    " worker.schedule (always 1 without one), 0 outside its windows.", registry=registry)
         self.schedule_open.set(1)
@@ -66,6 +77,16 @@ class WorkerMetrics:
             for profile in profiles:
                 self.conversion_duration.labels(accel, profile)
                 self.conversion_speed.labels(accel, profile)
+
+    def device_probed(self, device: str, usable: bool, decode_probe: dict[str, str]) -> None:
+        self.device_available.labels(device).set(1 if usable else 0)
+        for outcome in ("ok", "failed"):
+            self.device_conversions.labels(device, outcome)
+        for decode_class, outcome in decode_probe.items():
+            self.decode_proven.labels(device, decode_class).set(1 if outcome == "ok" else 0)
+
+    def device_conversion(self, device: str, ok: bool) -> None:
+        self.device_conversions.labels(device, "ok" if ok else "failed").inc()
 
     def watch_cache(self, cache_path: Path) -> None:
         """Cache size and free space, measured at scrape time (a walk of a few job dirs and one statvfs)."""

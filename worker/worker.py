@@ -46,6 +46,7 @@ class ActiveJob:
     reserved: int = 0  # cache bytes this job may still need
     progress: float = 0.0
     stage: str = "download"
+    slot: int = 0  # which claim loop runs it: picks its Vulkan device
 
 
 class Clock:
@@ -125,15 +126,20 @@ class Worker:
             schedule = self.schedule.report(now)
             with self._schedule_lock:
                 self._schedule_reported = (schedule["open"], now)
-        return self.client.register(capabilities, self.config.worker.concurrency, socket.gethostname(), schedule)
+        return self.client.register(capabilities, self.slot_count(), socket.gethostname(), schedule)
+
+    def slot_count(self) -> int:
+        """``worker.concurrency``, or for ``auto`` what the probed devices and the cores allow."""
+        configured = self.config.worker.concurrency
+        return configured if isinstance(configured, int) else self.converter().auto_concurrency()
 
     def run(self) -> None:
         """Register, then run ``concurrency`` claim loops until ``stop()``; returns when all have ended."""
         self.cache.mkdir(parents=True, exist_ok=True)
         self.remove_stale_job_dirs()
         self._retry_until_stopped(self.register, "register with the master")
-        slots = [threading.Thread(target=self._slot_loop, name=f"slot-{i}") for i in
-                 range(self.config.worker.concurrency)]
+        slots = [threading.Thread(target=self._slot_loop, args=(i,), name=f"slot-{i}") for i in
+                 range(self.slot_count())]
         for slot in slots:
             slot.start()
         self.notifier.ready(self.status_line())
@@ -180,9 +186,9 @@ class Worker:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
-    def _slot_loop(self) -> None:
+    def _slot_loop(self, slot: int = 0) -> None:
         while not self.stopping:
-            self._retry_until_stopped(self.run_once, "claim a job")
+            self._retry_until_stopped(lambda: self.run_once(slot), "claim a job")
 
     def _retry_until_stopped(self, step, what: str) -> None:
         failures = 0
@@ -198,7 +204,7 @@ class Worker:
 
     # -- one step -------------------------------------------------------------------------------
 
-    def run_once(self) -> bool:
+    def run_once(self, slot: int = 0) -> bool:
         """Claim one job and process it to the end; False when no job came within the claim wait, or when the
         worker is outside its schedule (it then waits for the next window, at most ``SCHEDULE_RECHECK_SECONDS``)."""
         if not self._within_schedule():
@@ -207,7 +213,7 @@ class Worker:
         job = self.client.claim(self.config.worker.claim_wait, cache_free_bytes=room)
         if job is None:
             return False
-        self.process(job)
+        self.process(job, slot)
         return True
 
     def _within_schedule(self) -> bool:
@@ -238,9 +244,9 @@ class Worker:
                      "claiming nothing until the next one")
         self.register()
 
-    def process(self, job: dict[str, Any]) -> None:
+    def process(self, job: dict[str, Any], slot: int = 0) -> None:
         active = ActiveJob(job["id"], self.cache / f"job_{job['id']}", threading.Event(),
-                           reserved=2 * int(job.get("source_size") or 0))
+                           reserved=2 * int(job.get("source_size") or 0), slot=slot)
         with self._lock:
             self._active[active.job_id] = active
         if self.stopping:
@@ -286,7 +292,7 @@ class Worker:
         active.stage = "convert"
         converter = self.converter()
         result = converter.convert(profile, source, output, active.abort, label=f"job {active.job_id}",
-                                   on_progress=lambda pct: setattr(active, "progress", pct))
+                                   on_progress=lambda pct: setattr(active, "progress", pct), slot=active.slot)
         log.info("job %s: converted %.1f s of media in %.1f s (%s, %s, speed %.2fx)%s%s", active.job_id,
                  result.media_seconds, result.seconds, result.accel, result.encoder, result.speed,
                  f"; {result.hdr}" if result.hdr else "",

@@ -38,7 +38,7 @@ class StubConverter(Converter):
         self.stub = stub
         self.calls = 0
 
-    def convert(self, profile, source, output, cancel, on_progress=None, label=""):
+    def convert(self, profile, source, output, cancel, on_progress=None, label="", slot=0):
         self.calls += 1
         self.stub(source, output, cancel)
         return ConversionResult("cpu", "libx264", seconds=0.5, media_seconds=1.0)

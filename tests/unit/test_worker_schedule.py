@@ -81,7 +81,7 @@ class CopyingConverter(Converter):
     def __init__(self, settings, metrics):
         super().__init__(settings, Capabilities(ffmpeg="copy", encoders=frozenset({"libx264"})), metrics)
 
-    def convert(self, profile, source, output, cancel, on_progress=None, label=""):
+    def convert(self, profile, source, output, cancel, on_progress=None, label="", slot=0):
         output.write_bytes(source.read_bytes()[:100])
         return ConversionResult("cpu", "libx264", seconds=0.1, media_seconds=1.0)
 
