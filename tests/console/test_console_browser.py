@@ -231,8 +231,11 @@ def test_the_job_page_and_its_download(farm, browser):
     assert created and "T" not in created  # shown in the browser's own zone, not as the ISO string
     shot(browser, "job")
     click(browser, "a.button[download]")
-    output = wait_for(lambda: [p for p in browser.downloads.iterdir() if not p.name.endswith(".crdownload")],
-                      timeout=30, what="the download")[0]
+    def downloaded() -> list[Path]:  # Chrome reserves the name with an empty file while it writes a .crdownload
+        files = list(browser.downloads.iterdir())
+        done = [f for f in files if not f.name.endswith(".crdownload") and f.stat().st_size == job["output_size"]]
+        return done if len(done) == len(files) else []
+    output = wait_for(downloaded, timeout=30, what="the download")[0]
     assert _sha256(output) == job["output_sha256"]
     assert output.read_bytes() == (farm.root / job["output_path"]).read_bytes()
 
