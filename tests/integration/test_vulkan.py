@@ -16,12 +16,12 @@ pytestmark = pytest.mark.integration
 def start_worker(cluster):
     started = []
 
-    def start(worker_id="vk", **ffmpeg):
+    def start(worker_id="vk", worker=None, **ffmpeg):
         metrics_port = free_port()
         cfg = write_yaml(cluster.tmp / f"{worker_id}.yaml", {
             "master": {"url": cluster.url},
             "worker": {"id": worker_id, "claim_wait": 2, "heartbeat_interval": 1, "metrics_host": "127.0.0.1",
-                       "metrics_port": metrics_port},
+                       "metrics_port": metrics_port, **(worker or {})},
             "storage": {"cache_path": str(cluster.tmp / f"cache-{worker_id}")},
             "retry": {"attempts": 3, "base_delay": 0.05, "factor": 2, "cap": 0.5},
             "ffmpeg": {"binary": "ffmpeg", "timeout": 120, "accel": "vulkan", **ffmpeg},
@@ -117,3 +117,65 @@ def test_a_hung_vulkan_run_is_killed_by_the_watchdog_and_rerun_on_the_cpu(cluste
     assert not process_alive(int((cluster.tmp / "vk-stub.pid").read_text()))
     assert "Vulkan run failed (ffmpeg made no progress for 3 s and was killed); rerunning on the CPU" in worker.output()
     assert samples(worker)[("converter_worker_vulkan_fallbacks_total", ())] == 1
+
+
+def decode_hang_stub(tmp_path, codec):
+    """The real FFmpeg, except that the start-up probe's Vulkan decode of a ``codec`` sample hangs, deaf to SIGTERM."""
+    path = tmp_path / f"ffmpeg-decode-{codec}-stub"
+    path.write_text(f"""#!/bin/sh
+case " $* " in
+  *" -hwaccel vulkan "*"/{codec}-"*) echo $$ >> {tmp_path}/decode-stub.pids; trap '' TERM; exec sleep 600;;
+esac
+exec ffmpeg "$@"
+""")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+def registered(cluster, worker_id="vk", seconds=90):
+    wait_for(lambda: any(w["id"] == worker_id for w in
+                         requests.get(f"{cluster.url}/api/workers", timeout=5).json()["workers"]), seconds,
+             what="register")
+    return capabilities(cluster, worker_id)
+
+
+def test_a_decode_that_hangs_in_the_probe_turns_vulkan_decode_off_for_that_codec_only(cluster, start_worker):
+    make_clip(cluster.root / "in" / "clip.mp4", seconds=1.0, size="320x240")
+    worker = start_worker(binary=decode_hang_stub(cluster.tmp, "hevc"), decode_probe_timeout=2)
+    probe = registered(cluster)["vulkan"]["decode_probe"]
+    assert probe["hevc/8bit/hd"] == "hung: no answer in 2 s"
+    assert {probe[f"hevc/{c}"] for c in ("8bit/uhd", "10bit/hd", "10bit/uhd")} == {"skipped: hevc/8bit/hd hung"}
+    # h264 has its own outcome: on lavapipe (no video queue) a real failure, on a GPU "ok"; never the hang's
+    assert probe["h264/8bit/hd"] == "ok" or probe["h264/8bit/hd"].startswith("failed: ")
+    assert not any(outcome.startswith("hung") or "hevc" in outcome
+                   for key, outcome in probe.items() if not key.startswith("hevc/"))
+    assert registered(cluster)["devices"][0]["decode_probe"] == probe
+    assert not any(process_alive(int(pid)) for pid in (cluster.tmp / "decode-stub.pids").read_text().split())
+    assert ("Vulkan decode of hevc/8bit/hd on device 0 hung: no answer in 2 s: Vulkan decode off for hevc there"
+            in worker.output())
+    assert samples(worker)[("converter_worker_vulkan_decode_proven",
+                            (("decode", "hevc/8bit/hd"), ("device", "0")))] == 0
+    submit(cluster, "after-hang")  # jobs still run, on the Vulkan form with the CPU decoding
+    assert cluster.wait_status("after-hang", "completed", "failed")["status"] == "completed"
+    assert "(vulkan, libx264, speed" in worker.output()
+
+
+def test_slots_spread_over_the_listed_devices_and_a_device_that_fails_is_left_out_alone(cluster, start_worker):
+    """[0, 0, 5]: lavapipe twice (FFmpeg opens a device once per process, so two entries may name it) and a
+    device that does not exist; three slots, the third pinned to the missing device, runs on the others."""
+    make_clip(cluster.root / "in" / "clip.mp4", seconds=1.0, size="320x240")
+    for job_id in ("d1", "d2", "d3"):
+        submit(cluster, job_id)
+    worker = start_worker(worker={"concurrency": 3}, vulkan_devices=[0, 0, 5], vulkan_decode=False)
+    caps = registered(cluster)
+    devices = caps["devices"]
+    assert [(d["position"], d["index"], d["available"]) for d in devices] == [(0, "0", True), (1, "0", True),
+                                                                              (2, "5", False)]
+    assert devices[2]["error"].startswith("no Vulkan device 5")
+    for job_id in ("d1", "d2", "d3"):
+        assert cluster.wait_status(job_id, "completed", "failed")["status"] == "completed"
+    metrics = samples(worker)
+    ran = {device: metrics[("converter_worker_vulkan_device_conversions_total",
+                            (("device", device), ("outcome", "ok")))] for device in ("0", "1", "2")}
+    assert sum(ran.values()) == 3 and ran["2"] == 0, ran
+    assert [metrics[("converter_worker_vulkan_device_available", (("device", d),))] for d in "012"] == [1, 1, 0]
