@@ -21,8 +21,9 @@ of its own; every uploaded object is deleted after its run and SeaweedFS vacuume
 
 Also: the s3 master's CPU time during our s3 transfers / their wall time (% of one core: it only hands out URLs
 and keeps the books), peak RSS of the s3 master (psutil sampling, 20 ms; both masters run in an environment
-holding only the master's packages, ``benchlib.master_only_python``, as a deployment has) and of the process running our worker
-client (``/usr/bin/time -v``; the client runs in a subprocess of its own), CPU seconds per GiB by process.
+holding only the master's packages, ``benchlib.master_only_python``, as a deployment has) and of the process
+running our worker client (``/usr/bin/time -v``; the client runs in a subprocess of its own), CPU seconds per
+GiB by process.
 Prints the machine, tables and, last, one line
 ``s3: dl_vs_boto3=.. up_vs_boto3=.. master_cpu_pct_during_transfer=.. master_rss_mb=.. worker_rss_mb=.. ...``.
 
