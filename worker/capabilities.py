@@ -255,10 +255,9 @@ def _decode_codec(init: list[str], tmp: Path, codec: str, cancel: threading.Even
         if blocker or isinstance(sample, str):
             outcomes[key] = f"skipped: {blocker or sample}"
             continue
-        result = _run(init + ["-hwaccel", "vulkan", "-hwaccel_device", "vk", "-hwaccel_output_format", "vulkan",
-                              "-i", str(sample), "-vf", f"hwdownload,format={DOWNLOAD_FORMATS[depth]}", "-f", "null",
-                              "-"],
-                      cancel, timeout)
+        result = _run(init + ["-nostats", "-hwaccel", "vulkan", "-hwaccel_device", "vk", "-hwaccel_output_format",
+                              "vulkan", "-i", str(sample), "-vf", f"hwdownload,format={DOWNLOAD_FORMATS[depth]}",
+                              "-f", "null", "-"], cancel, timeout)
         outcomes[key] = "ok" if result.returncode == 0 else \
             f"hung: no answer in {timeout:g} s" if result.returncode == -9 and not (cancel and cancel.is_set()) else \
             f"failed: {_last_line(result.stderr)}"
