@@ -190,6 +190,23 @@ def _slots_run(converter: Converter, profile, clip: Path, work: Path, slots: int
             "errors": errors[:3]}
 
 
+def probe_timing(ffmpeg: str, clip: Path, rounds: int) -> dict:
+    """What the worker's source probe costs on the HDR clip: ``ffmpeg -i`` alone vs the whole probe (which also
+    reads the first frame's HDR10 side data)."""
+    summary, whole, frame, one_thread = [], [], [], []
+    showinfo = ["-i", str(clip), "-map", "0:v:0", "-frames:v", "1", "-vf", "showinfo", "-f", "null", "-"]
+    for _ in range(rounds):
+        summary.append(bare([ffmpeg, "-hide_banner", "-nostdin", "-i", str(clip)], 60)["seconds"])
+        started = time.monotonic()
+        probe_with_ffmpeg(ffmpeg, clip)
+        whole.append(round(time.monotonic() - started, 3))
+        frame.append(bare([ffmpeg, "-hide_banner", "-nostdin", *showinfo], 60)["seconds"])
+        one_thread.append(bare([ffmpeg, "-hide_banner", "-nostdin", "-threads", "1", *showinfo], 60)["seconds"])
+    return {"ffmpeg_i_median_s": statistics.median(summary), "probe_median_s": statistics.median(whole),
+            "first_frame_median_s": statistics.median(frame),
+            "first_frame_one_thread_median_s": statistics.median(one_thread)}
+
+
 def worker_denoise(ffmpeg: str, clip: Path, work: Path) -> dict:
     """denoise-1080p through the worker (accel auto): which form it picks on this host, and its speed."""
     converter = Converter.start(FfmpegSection(binary=ffmpeg, accel="auto", timeout=300, stall_timeout=60),
@@ -229,8 +246,8 @@ def main() -> None:
     }
     clip = _once(clips)
     decode = "hevc" in caps.vulkan.decode
-    tonemap_settings = FfmpegSection(binary=args.ffmpeg, accel="auto", timeout=600, stall_timeout=60,
-                                     vulkan_decode=True)
+    print("decode probe:", json.dumps(caps.vulkan.decode_probe), flush=True)
+    tonemap_settings = FfmpegSection(binary=args.ffmpeg, accel="auto", timeout=600, stall_timeout=60)
     slots = [int(n) for n in args.slots.split(",")]
     for name, step in (("denoise_bare", lambda: denoise(args.ffmpeg, clip("noisy"), args.work, args.cpu_limit)),
                        ("denoise_worker", lambda: worker_denoise(args.ffmpeg, clip("noisy"), args.work)),
@@ -239,6 +256,7 @@ def main() -> None:
                        ("tonemap_worker", lambda: worker_tonemap(args.ffmpeg, clip("hdr"), args.work)),
                        ("overhead_tonemap", lambda: overhead(args.ffmpeg, clip("hdr"), args.work, args.rounds,
                                                              settings=tonemap_settings)),
+                       ("probe_timing", lambda: probe_timing(args.ffmpeg, clip("hdr"), args.rounds)),
                        ("concurrency", lambda: concurrency(args.ffmpeg, {"noisy": clip("noisy"), "hdr": clip("hdr")},
                                                            args.work, slots, args.jobs_per_slot))):
         if name not in args.steps.split(","):
