@@ -93,9 +93,10 @@ class ConsoleHandler(tornado.web.RequestHandler):
         return namespace
 
     def page(self, template: str, **values: Any) -> None:
-        """The whole page, or with ``?part=1`` its live part alone."""
-        part = bool(self.get_query_argument("part", None))
-        self.render(template, part=part, **values)
+        """The whole page, or with ``?part=1`` its live part alone (``<name>_part.html``)."""
+        if self.get_query_argument("part", None):
+            template = template.replace(".html", "_part.html")
+        self.render(template, **values)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -215,8 +216,7 @@ class WorkersPageHandler(ConsoleHandler):
 class SubmitPageHandler(ConsoleHandler):
     def get(self) -> None:
         profiles = [(name, BUILTIN_PROFILES[name]) for name in self.services.config.profiles]
-        self.render("submit.html", part=False, profile_table=profiles,
-                    in_bucket=self.services.storage.in_bucket)
+        self.render("submit.html", profile_table=profiles, in_bucket=self.services.storage.in_bucket)
 
 
 class RetryFailedHandler(ConsoleHandler):

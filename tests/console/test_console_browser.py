@@ -187,6 +187,7 @@ def test_submit_by_upload_then_watch_it_convert(farm, browser, clip):
     if os.environ.get("CONVERTER_DOCS_SCREENSHOTS") == "1":
         shutil.copyfile(ARTIFACTS / "queue-running.png", REPO / "docs" / "images" / "console-queue.png")
     wait(browser, 90).until(lambda d: row_status(d, farm.job_id) == "completed")  # live: no reload
+    assert len(browser.find_elements(By.CSS_SELECTOR, "header nav")) == 1  # the live part replaced, not nested
     browser.set_window_size(390, 844)  # a phone
     assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
     shot(browser, "queue-phone")

@@ -111,6 +111,9 @@ def test_pages_are_strict_and_escape_every_value(master):
         assert "default-src 'self'" in csp and "script-src 'self'" in csp and "unsafe" not in csp
         assert "<img" not in response.text and "<script>" not in response.text, path
         assert not re.search(r"<script(?![^>]*\bsrc=)", response.text), path
+    for path in ("/console/?part=1", "/console/queue?part=1", "/console/jobs/xss?part=1", "/console/workers?part=1"):
+        part = requests.get(master.url + path, timeout=10)
+        assert part.status_code == 200 and "<html" not in part.text and "<img" not in part.text, path
     queue = requests.get(f"{master.url}/console/queue", timeout=10).text
     assert "&lt;img src=x onerror=alert(1)&gt;.mkv" in queue
     script = re.search(r'<script src="(/console/static/console.js\?v=\w+)"', queue).group(1)
@@ -131,6 +134,7 @@ def test_the_queue_page_shows_one_page_of_ten_thousand_jobs(master):
     assert "page 3 of 200" in page.text
     found = requests.get(f"{master.url}/console/queue?q=movie4242.mkv&part=1", timeout=10).text
     assert re.findall(r'<tr data-job="([^"]+)"', found) == ["job04242"]
+    assert "<nav" not in found.replace('<nav class="pages"', "") and "<html" not in found  # the live part alone
     by_id = requests.get(f"{master.url}/console/queue?q=job00007&part=1", timeout=10).text
     assert re.findall(r'<tr data-job="([^"]+)"', by_id) == ["job00007"]
 
