@@ -288,28 +288,37 @@ fi
 # --------------------------------------------------------------------------------------------------------------
 phase "boot containers"
 ssh-keygen -q -t ed25519 -N '' -f "$WORK/id_ed25519"
-for name in "${CONTAINERS[@]}"; do
-  d="$WORK/$name"
-  mkdir -p "$d/upper" "$d/work" "$d/root"
-  mount -t overlay overlay -o "lowerdir=$ROOTFS,upperdir=$d/upper,workdir=$d/work" "$d/root" \
-    || { fail "overlay mount for $name"; exit 1; }
+start_container() { # start_container NAME: mount its overlay (once; a later call boots the same upper layer again)
+  local name=$1 d="$WORK/$1"    # and start systemd-nspawn on it in the background; sets NSPAWN_PID[NAME]
+  if ! mountpoint -q "$d/root"; then
+    mkdir -p "$d/upper" "$d/work" "$d/root"
+    mount -t overlay overlay -o "lowerdir=$ROOTFS,upperdir=$d/upper,workdir=$d/work" "$d/root" || return 1
+  fi
   echo "$name" >"$d/root/etc/hostname"
-  printf '127.0.1.1 %s\n' "$name" >>"$d/root/etc/hosts"
+  grep -qx "127.0.1.1 $name" "$d/root/etc/hosts" || printf '127.0.1.1 %s\n' "$name" >>"$d/root/etc/hosts"
   install -m 0600 "$WORK/id_ed25519.pub" "$d/root/root/.ssh/authorized_keys"
   printf 'Port %s\nListenAddress 127.0.0.1\n' "${SSH_PORT[$name]}" >"$d/root/etc/ssh/sshd_config.d/10-port.conf"
   setsid systemd-nspawn --quiet --register=no --keep-unit --boot --resolv-conf=replace-host \
-    -M "$name" -D "$d/root" >"$WORK/$name.console.log" 2>&1 </dev/null &
+    -M "$name" -D "$d/root" >>"$WORK/$name.console.log" 2>&1 </dev/null &
   NSPAWN_PID[$name]=$!
-done
-for name in "${CONTAINERS[@]}"; do
-  ok=0
+}
+wait_container() { # wait_container NAME: until its sshd answers (60 s) and its systemd is up; prints the system state
+  local name=$1 _
   for _ in $(seq 1 120); do
-    if on "$name" true 2>/dev/null; then ok=1; break; fi
-    kill -0 "${NSPAWN_PID[$name]}" 2>/dev/null || break
+    if on "$name" true 2>/dev/null; then
+      on "$name" systemctl is-system-running --wait 2>/dev/null || true
+      return 0
+    fi
+    kill -0 "${NSPAWN_PID[$name]}" 2>/dev/null || return 1
     sleep 0.5
   done
-  if [[ $ok == 1 ]]; then
-    state=$(on "$name" systemctl is-system-running --wait 2>/dev/null || true)
+  return 1
+}
+for name in "${CONTAINERS[@]}"; do
+  start_container "$name" || { fail "overlay mount for $name"; exit 1; }
+done
+for name in "${CONTAINERS[@]}"; do
+  if state=$(wait_container "$name"); then
     pass "container $name booted, sshd on 127.0.0.1:${SSH_PORT[$name]} (system: $state)"
   else
     tail -20 "$WORK/$name.console.log"
@@ -761,6 +770,133 @@ if job1=$(submit_job in/short.mp4 out/short.mp4); then
   fi
 else
   fail "POST /api/jobs refused the job"
+fi
+
+# --------------------------------------------------------------------------------------------------------------
+phase "master container killed mid-run"
+# The issue's power cut: while jobs submitted through HAProxy are in flight, master2's whole container goes down at
+# once (SIGKILL of its systemd-nspawn; its init too if nspawn's death leaves it running). HAProxy must take master2
+# out, and every job must still complete exactly once through master1 (the workers reach the masters only through
+# HAProxy). Then master2's container boots again on the same overlay, for the later phases.
+container_init_pid() { # container_init_pid NAME: host PID of the container's PID 1 (a descendant of its nspawn)
+  local pid ns_host
+  ns_host=$(readlink /proc/self/ns/pid)
+  for pid in $(ps -e -o pid=,ppid= | awk -v root="${NSPAWN_PID[$1]}" '
+      {parent[$1] = $2} END {for (p in parent) for (q = parent[p]; q > 1; q = parent[q]) if (q == root) {print p; break}}'); do
+    if [[ "$(readlink "/proc/$pid/ns/pid" 2>/dev/null)" != "$ns_host" ]] \
+       && [[ "$(awk '/^NSpid:/ {print $NF}' "/proc/$pid/status" 2>/dev/null)" == 1 ]]; then
+      echo "$pid"; return 0
+    fi
+  done
+  return 1
+}
+pidns_procs() { # pidns_procs NSLINK: how many host processes live in that PID namespace
+  local n=0 p
+  for p in /proc/[0-9]*; do [[ "$(readlink "$p/ns/pid" 2>/dev/null)" == "$1" ]] && n=$((n + 1)); done
+  echo "$n"
+}
+port_answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+if [[ $SCALE_OUT != true ]]; then
+  skip "master container killed mid-run: one master ($([[ $STORAGE_BACKEND != s3 ]] && echo "storage $STORAGE_BACKEND" || echo "no database.url in this converter build or DEPLOY_TEST_SCALE_OUT=0")), nothing to fail over to"
+else
+  M1_URL="http://127.0.0.1:${API_PORT[master]}"
+  # Workers: their master URL is HAProxy's, not a master's.
+  ok=1
+  for w in "${WORKERS[@]}"; do on "$w" grep -q "127.0.0.1:$HAPROXY_PORT" /etc/converter/worker.yaml || ok=0; done
+  if [[ $ok == 1 ]]; then pass "workers reach the masters through HAProxy (127.0.0.1:$HAPROXY_PORT in worker.yaml)"
+  else fail "workers' master URL is not HAProxy's: $(on worker1 grep -A1 '^master:' /etc/converter/worker.yaml | tr '\n' ' ')"; fi
+  # Two long jobs (one per worker, in flight when the container dies) and a short one queued behind them.
+  declare -A KJOB_OUT=()
+  kjobs=()
+  for spec in long:out/mkill-long-1.mp4 long:out/mkill-long-2.mp4 short:out/mkill-short.mp4; do
+    if id=$(submit_job "in/${spec%%:*}.mp4" "${spec#*:}"); then kjobs+=("$id"); KJOB_OUT[$id]=${spec#*:}
+    else fail "master kill: POST /api/jobs through HAProxy refused ${spec#*:}"; fi
+  done
+  deadline=$(($(date +%s) + 90))
+  while (($(date +%s) < deadline)); do  # both long jobs processing, ffmpeg running on a worker
+    s1=$(job_field "${kjobs[0]:-none}" status 2>/dev/null); s2=$(job_field "${kjobs[1]:-none}" status 2>/dev/null)
+    [[ $s1 == processing && $s2 == processing ]] && worker_running_ffmpeg >/dev/null && break
+    sleep 0.5
+  done
+  inflight=$(for id in "${kjobs[@]}"; do printf '%s=%s(%s) ' "$id" "$(job_field "$id" status 2>/dev/null)" "$(job_field "$id" worker_id 2>/dev/null)"; done)
+  if [[ ${#kjobs[@]} == 3 && $s1 == processing && $s2 == processing ]]; then
+    pass "master kill: 3 jobs submitted through HAProxy, the two long ones in flight: $inflight"
+  else
+    fail "master kill: jobs not in flight before the kill: $inflight"
+  fi
+  # The hard stop.
+  init_pid=$(container_init_pid master2) || init_pid=""
+  pidns=$([[ -n "$init_pid" ]] && readlink "/proc/$init_pid/ns/pid")
+  log "master2: nspawn ${NSPAWN_PID[master2]}, container init $init_pid ($pidns); SIGKILL nspawn"
+  t_kill=$(date +%s)
+  kill -KILL "${NSPAWN_PID[master2]}"
+  how="SIGKILL of systemd-nspawn"
+  gone=0
+  for _ in $(seq 1 20); do  # 10 s for the container to go down with its nspawn
+    if [[ -n "$init_pid" ]] && ! kill -0 "$init_pid" 2>/dev/null && ! kill -0 "${NSPAWN_PID[master2]}" 2>/dev/null; then gone=1; break; fi
+    sleep 0.5
+  done
+  if [[ $gone == 0 && -n "$init_pid" ]] && kill -0 "$init_pid" 2>/dev/null; then
+    # nspawn's death left the container running: kill its PID 1, which takes its whole PID namespace down.
+    log "master2: container init $init_pid still running after nspawn's SIGKILL; SIGKILL it"
+    how="SIGKILL of systemd-nspawn, then of the container's init (nspawn's death left it running)"
+    kill -KILL "$init_pid" 2>/dev/null
+    for _ in $(seq 1 20); do kill -0 "$init_pid" 2>/dev/null || { gone=1; break; }; sleep 0.5; done
+  fi
+  left=$([[ -n "$pidns" ]] && pidns_procs "$pidns" || echo "?")
+  deadline=$(($(date +%s) + 15)); api_up=1; ssh_up=1
+  while (($(date +%s) < deadline)); do
+    port_answers "${API_PORT[master2]}" && api_up=1 || api_up=0
+    port_answers "${SSH_PORT[master2]}" && ssh_up=1 || ssh_up=0
+    ((api_up == 0 && ssh_up == 0)) && break
+    sleep 0.5
+  done
+  if [[ $gone == 1 && $left == 0 && $api_up == 0 && $ssh_up == 0 ]]; then
+    pass "master2 container stopped hard ($how) in $(($(date +%s) - t_kill)) s: no process left in its PID namespace, API :${API_PORT[master2]} and sshd :${SSH_PORT[master2]} closed"
+  else
+    fail "master2 container after $how: init gone=$gone, processes left in its PID namespace: $left, API port open=$api_up, sshd open=$ssh_up"
+  fi
+  if got=$(wait_haproxy "${INV[master]} UP ${INV[master2]} DOWN " 20); then
+    pass "master2 container down: HAProxy marked it DOWN in $(($(date +%s) - t_kill)) s"
+  else
+    fail "master2 container down: HAProxy servers '$got', want ${INV[master]} UP, ${INV[master2]} DOWN"
+  fi
+  # Every job completes, once: completed on master1, one attempt's output in the bucket (the sha256 the job
+  # records), one job row for each output, and the transcode is h264 720p.
+  for id in "${kjobs[@]}"; do
+    out=${KJOB_OUT[$id]}
+    status=$(wait_job_status "$id" completed 480)
+    if [[ "$status" != completed ]]; then
+      fail "master kill: job $id ($out) ended as '$status': $(api "$API_URL/api/jobs/$id")"; continue
+    fi
+    m1=$(job_field "$id" status "$M1_URL"); attempts=$(job_field "$id" attempts "$M1_URL")
+    want_sha=$(job_field "$id" output_sha256 "$M1_URL")
+    rows=$(pg_master "SELECT count(*) || ' ' || count(*) FILTER (WHERE status = 'completed') FROM jobs WHERE output_path = '$out'")
+    rm -f "$WORK/output.mp4"; probe=$(output_probe "$out"); got_sha=$(sha256sum "$WORK/output.mp4" 2>/dev/null | cut -c1-64)
+    if [[ $m1 == completed && "$rows" == "1 1" && "$probe" == "h264,720" && -n "$got_sha" && "$got_sha" == "$want_sha" ]]; then
+      pass "master kill: job $id ($out) completed once through master1 (attempts=$attempts, worker $(job_field "$id" worker_id "$M1_URL")); the bucket's output is the recorded one, h264 720p"
+    else
+      fail "master kill: job $id ($out): master1 says '$m1', rows 'all completed' '$rows', probe '$probe', sha256 bucket $got_sha vs job $want_sha"
+    fi
+  done
+  # master2's container boots again on its overlay; its converter-master (enabled) comes back and HAProxy with it.
+  t_boot=$(date +%s)
+  if start_container master2 && state=$(wait_container master2); then
+    deadline=$(($(date +%s) + 60)); unit=""
+    while (($(date +%s) < deadline)); do
+      unit=$(on master2 systemctl is-active converter-master.service 2>/dev/null)
+      [[ $unit == active ]] && break
+      sleep 1
+    done
+    if [[ $unit == active ]] && got=$(wait_haproxy "$want_up" 60); then
+      pass "master2 container booted again in $(($(date +%s) - t_boot)) s (system: $state): converter-master active, HAProxy: $got"
+    else
+      fail "master2 container booted again (system: $state): converter-master is '$unit', HAProxy servers '$(haproxy_servers 2>/dev/null | tr '\n' ' ')'"
+    fi
+  else
+    tail -20 "$WORK/master2.console.log"
+    fail "master2 container: no ssh on 127.0.0.1:${SSH_PORT[master2]} after booting it again"
+  fi
 fi
 
 # --------------------------------------------------------------------------------------------------------------
