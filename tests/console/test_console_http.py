@@ -193,3 +193,21 @@ def test_retry_all_failed_skips_a_job_whose_output_is_taken(master):
     assert answer.json() == {"retried": 2, "skipped": 1}
     assert [master.job(f"j{n}")["status"] for n in range(3)] == ["pending", "failed", "pending"]
     assert requests.get(f"{master.url}/console/queue?page=99999999999999999999999", timeout=10).status_code == 200
+
+
+def test_the_workers_page_shows_each_vulkan_device_as_text(master):
+    capabilities = {"ffmpeg_version": "7.1", "accel": ["vulkan", "cpu"], "accel_mode": "auto",
+                    "vulkan": {"available": True, "device": "GPU A", "type": "discrete"},
+                    "devices": [{"position": 0, "available": True, "device": "GPU A", "type": "discrete",
+                                 "decode": ["h264"]},
+                                {"position": 1, "available": True, "device": "GPU B", "type": "discrete",
+                                 "disabled": f"3 failures {XSS}"},
+                                {"position": 2, "available": False, "error": "no such device"}]}
+    registered = requests.post(f"{master.url}/api/worker/register", timeout=10, json={
+        "worker_id": "gpu-1", "hostname": "box", "capabilities": capabilities})
+    assert registered.status_code == 200
+    page = re.sub(r"\s+", " ", requests.get(f"{master.url}/console/workers", timeout=10).text)
+    assert "#0 GPU A (discrete) , decodes h264" in page
+    assert "#1 GPU B (discrete) ; <strong>disabled</strong>: 3 failures &lt;img src=x onerror=alert(1)&gt;" in page
+    assert "#2 not available: no such device" in page
+    assert 'data-post="/api/workers/gpu-1/pause"' in page
