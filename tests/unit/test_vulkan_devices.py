@@ -11,6 +11,7 @@ from worker.capabilities import Capabilities, VulkanInfo, decode_blocker, decode
 from worker.config import FfmpegSection, WorkerConfig
 from worker.conversion import Converter
 from worker.devices import Device, auto_slots, device_for_slot
+from worker.ffmpeg import _PIX_FMT
 from worker.media import MediaInfo
 from worker.metrics import WorkerMetrics
 
@@ -165,3 +166,12 @@ def test_defaults_are_auto():
     assert (config.worker.concurrency, config.ffmpeg.vulkan_devices, config.ffmpeg.vulkan_decode) == \
         ("auto", "auto", "auto")
     assert build(WorkerConfig, {"ffmpeg": {"vulkan_devices": [0, 1]}}).ffmpeg.vulkan_devices == (0, 1)
+
+
+@pytest.mark.parametrize("stream, pix_fmt", [
+    (" (Main 10), yuv420p10le(tv, bt2020nc/bt2020/smpte2084, progressive), 3840x2160, 25 fps", "yuv420p10le"),
+    (" (High) (avc1 / 0x31637661), yuv420p(progressive), 1920x1080 [SAR 1:1 DAR 16:9], 25 fps", "yuv420p"),
+    (" (Main), yuv420p(tv, progressive), 1280x720, SAR 1:1 DAR 16:9, 25 fps", "yuv420p"),
+])
+def test_the_ffmpeg_i_probe_reads_the_pixel_format_the_decode_class_needs(stream, pix_fmt):
+    assert _PIX_FMT.match(stream)[1] == pix_fmt
