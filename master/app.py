@@ -30,7 +30,7 @@ from master.handlers.claim import ClaimHandler
 from master.handlers.download_video import DownloadVideoHandler
 from master.handlers.health import HealthHandler
 from master.handlers.job_output import JobOutputHandler
-from master.handlers.jobs import JobCancelHandler, JobHandler, JobRetryHandler, JobsHandler
+from master.handlers.jobs import JobAttemptsHandler, JobCancelHandler, JobHandler, JobRetryHandler, JobsHandler
 from master.handlers.lease import FailHandler, HeartbeatHandler, ReleaseHandler
 from master.handlers.metrics import MetricsHandler
 from master.handlers.openapi import OpenApiHandler
@@ -77,6 +77,7 @@ def make_app(config: MasterConfig, store: JobStore, wakeup: WakeUpSignal | None 
         (r"/api/profiles", ProfilesHandler),
         (protocol.JOBS, JobsHandler),
         (protocol.job_path(JOB), JobHandler),
+        (protocol.job_path(JOB, "attempts"), JobAttemptsHandler),
         (protocol.job_path(JOB, "cancel"), JobCancelHandler),
         (protocol.job_path(JOB, "retry"), JobRetryHandler),
         (protocol.job_path(JOB, "output"), JobOutputHandler),

@@ -64,6 +64,20 @@ CREATE TABLE IF NOT EXISTS workers (
     paused_at            REAL,    -- an operator paused it (POST /api/workers/<id>/pause): its claims get nothing
     schedule             TEXT     -- JSON its registration reported: worker.schedule windows, open now or not
 );
+CREATE TABLE IF NOT EXISTS job_attempts (  -- one row per attempt that ended, written by the job_attempt_ended trigger
+    job_id             TEXT NOT NULL,
+    attempt            INTEGER NOT NULL,
+    worker_id          TEXT,
+    accel              TEXT,
+    vulkan_fallback    TEXT,
+    claimed_at         REAL NOT NULL,
+    ended_at           REAL NOT NULL,
+    outcome            TEXT NOT NULL,  -- the status the job went to: completed, failed, pending (again), cancelled
+    error              TEXT,
+    conversion_seconds REAL,
+    speed              REAL,
+    PRIMARY KEY (job_id, claimed_at)  -- attempt numbers start again after a retry
+);
 CREATE TABLE IF NOT EXISTS queue_pause (  -- one row while the whole queue is paused: no claim gets a job
     id        INTEGER PRIMARY KEY CHECK (id = 1),
     paused_at REAL NOT NULL
@@ -107,6 +121,16 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_owner_per_output ON jobs (output_path
 """
 
 
+_ATTEMPT_COLUMNS = ("job_id, attempt, worker_id, accel, vulkan_fallback, claimed_at, ended_at, outcome, error,"
+                    " conversion_seconds, speed")
+# In the trigger: OLD is the job while its attempt ran (its worker; a requeue clears worker_id), NEW what it ended as.
+# A release (the worker stopping) gives the attempt back: not an attempt that ended.
+_ATTEMPT_ENDS = "OLD.status = 'processing' AND NEW.status <> 'processing' AND NEW.attempts = OLD.attempts"
+_ATTEMPT_ROW = (f"INSERT INTO job_attempts ({_ATTEMPT_COLUMNS}) VALUES (NEW.id, NEW.attempts, OLD.worker_id,"
+                " COALESCE(NEW.accel, OLD.accel), NEW.vulkan_fallback, OLD.claimed_at, NEW.updated_at, NEW.status,"
+                " NEW.error, NEW.conversion_seconds, NEW.speed)")
+
+
 # (number, what it does, how): applied once each, in order, at start-up (``JobStore._migrate``). A new schema change
 # is a new number at the end; a released migration is never edited.
 MIGRATIONS = (
@@ -114,6 +138,7 @@ MIGRATIONS = (
     (2, "a partial index of pending jobs for claims", lambda store: store._index_claimable_jobs()),
     (3, "an index for listing jobs in submission order", lambda store: store._index_job_list()),
     (4, "job priorities, queue and worker pauses, worker schedules", lambda store: store._add_priorities_and_pauses()),
+    (5, "every attempt of a job kept, by a trigger", lambda store: store._record_attempts()),
 )
 
 
@@ -353,6 +378,25 @@ class JobStore:
         order = "priority DESC, seq" if self.dialect == "postgres" else "priority DESC"  # SQLite appends rowid
         self._db.execute(f"CREATE INDEX jobs_claimable ON jobs ({order}) WHERE status = 'pending'")
 
+    def _record_attempts(self) -> None:
+        """Migration 5: ``job_attempts``, one row for each attempt that ended, written by a trigger on the job's
+        status leaving ``processing`` (so every transition stays one guarded statement); the attempts already
+        ended keep what the jobs table still says of their latest one."""
+        self._create_schema()  # adds the job_attempts table
+        if self.dialect == "postgres":
+            self._db.execute(f"CREATE OR REPLACE FUNCTION job_attempt_ended() RETURNS trigger LANGUAGE plpgsql AS"
+                             f" $$ BEGIN {_ATTEMPT_ROW} ON CONFLICT DO NOTHING; RETURN NULL; END $$")
+            self._db.execute("CREATE OR REPLACE TRIGGER job_attempt_ended AFTER UPDATE OF status ON jobs FOR EACH ROW"
+                             f" WHEN ({_ATTEMPT_ENDS}) EXECUTE FUNCTION job_attempt_ended()")
+        else:
+            self._db.execute(f"CREATE TRIGGER IF NOT EXISTS job_attempt_ended AFTER UPDATE OF status ON jobs"
+                             f" WHEN {_ATTEMPT_ENDS} BEGIN {_ATTEMPT_ROW.replace('INSERT', 'INSERT OR IGNORE', 1)};"
+                             " END")
+        self._db.execute(f"INSERT INTO job_attempts ({_ATTEMPT_COLUMNS}) SELECT id, attempts, worker_id, accel,"
+                         " vulkan_fallback, claimed_at, COALESCE(finished_at, updated_at), status, error,"
+                         " conversion_seconds, speed FROM jobs WHERE attempts > 0 AND status <> 'processing'"
+                         " AND claimed_at IS NOT NULL")
+
     def _add_missing_columns(self) -> None:
         """Bring a database made by an earlier build up to ``SCHEMA``: columns it lacks are added.
 
@@ -536,6 +580,14 @@ class JobStore:
             set_params={"worker": worker_id, "lease": now + lease_seconds},
         )
         return rows[0] if rows else None
+
+    def attempts_of(self, job_id: str) -> list[dict[str, Any]]:
+        """Every attempt of the job that ended, first to last (``JobNotFound`` for an unknown job)."""
+        self.get_job(job_id)
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_ATTEMPT_COLUMNS} FROM job_attempts WHERE job_id = ?"
+                                    " ORDER BY claimed_at", (job_id,)).fetchall()
+        return [{name: row[name] for name in row.keys() if name != "job_id"} for row in rows]
 
     def set_priority(self, job_id: str, priority: int, now: float | None = None) -> Job:
         """A pending job's new priority; a job no longer pending keeps its own (``JobNotPending``)."""

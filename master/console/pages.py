@@ -193,7 +193,8 @@ class JobPageHandler(ConsoleHandler):
         if not JOB_ID.fullmatch(job_id):
             raise tornado.web.HTTPError(404)
         job = self.store.get_job(job_id)
-        self.page("job.html", job=job, eta=eta(job.progress, job.claimed_at, time.time()))
+        self.page("job.html", job=job, attempts=self.store.attempts_of(job.id),
+                  eta=eta(job.progress, job.claimed_at, time.time()))
 
 
 class WorkersPageHandler(ConsoleHandler):

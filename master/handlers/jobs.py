@@ -132,6 +132,14 @@ class JobHandler(BaseHandler):
         self.write_json(self.store.set_priority(job_id, priority).to_dict())
 
 
+class JobAttemptsHandler(BaseHandler):
+    access = {"GET": Access.READ}
+
+    def get(self, job_id: str) -> None:
+        """Every attempt of the job that ended, first to last; the running one is the job itself."""
+        self.write_json({"attempts": self.store.attempts_of(check_job_id(job_id))})
+
+
 class JobCancelHandler(BaseHandler):
     access = {"POST": Access.ADMIN}
 

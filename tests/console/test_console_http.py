@@ -211,3 +211,19 @@ def test_the_workers_page_shows_each_vulkan_device_as_text(master):
     assert "#1 GPU B (discrete) ; <strong>disabled</strong>: 3 failures &lt;img src=x onerror=alert(1)&gt;" in page
     assert "#2 not available: no such device" in page
     assert 'data-post="/api/workers/gpu-1/pause"' in page
+
+
+def test_the_job_page_and_the_api_list_every_attempt(master):
+    master.store.create_job(job_id="j1", source_path="in/a.mkv", output_path="out/a.mp4", profile="h264-720p",
+                            source_size=1, source_sha256="00" * 32, source_mtime_ns=1, max_attempts=3)
+    master.store.claim_next("w1", 60)
+    master.store.fail("j1", worker_id="w1", error=f"ffmpeg said {XSS}", retryable=True, retry_delay=0)
+    master.store.claim_next("w2", 60)
+
+    attempts = requests.get(f"{master.url}/api/jobs/j1/attempts", timeout=10).json()["attempts"]
+    assert [(a["attempt"], a["worker_id"], a["outcome"]) for a in attempts] == [(1, "w1", "pending")]
+    page = requests.get(f"{master.url}/console/jobs/j1?part=1", timeout=10).text
+    rows = re.findall(r'<td data-label="Worker">([^<]*)</td>.*?<td data-label="Outcome">([^<]*)</td>', page, re.S)
+    assert rows == [("w1", "retried"), ("w2", "running")]
+    assert XSS not in page and "ffmpeg said &lt;img src=x onerror=alert(1)&gt;" in page
+    assert requests.get(f"{master.url}/api/jobs/nope/attempts", timeout=10).status_code == 404
