@@ -91,11 +91,25 @@ done
 WORK=$(mktemp -d /var/tmp/converter-deploy-test.XXXXXX)
 declare -A NSPAWN_PID=()
 
+container_init_pid() { # container_init_pid NAME: host PID of the container's PID 1 (a descendant of its nspawn)
+  # Killing it takes the container's whole PID namespace down at once; SIGKILL of systemd-nspawn alone does not
+  # (nspawn gives its payload no parent-death signal: the container runs on, reparented).
+  local pid ns_host
+  ns_host=$(readlink /proc/self/ns/pid)
+  for pid in $(ps -e -o pid=,ppid= | awk -v root="${NSPAWN_PID[$1]}" '
+      {parent[$1] = $2} END {for (p in parent) for (q = parent[p]; q > 1; q = parent[q]) if (q == root) {print p; break}}'); do
+    if [[ "$(readlink "/proc/$pid/ns/pid" 2>/dev/null)" != "$ns_host" ]] \
+       && [[ "$(awk '/^NSpid:/ {print $NF}' "/proc/$pid/status" 2>/dev/null)" == 1 ]]; then
+      echo "$pid"; return 0
+    fi
+  done
+  return 1
+}
 cleanup() {
   local rc=$?
   phase_end
   log "cleanup: stopping containers"
-  local name pid
+  local name pid init
   for name in "${!NSPAWN_PID[@]}"; do
     pid=${NSPAWN_PID[$name]}
     # nspawn turns SIGTERM into SIGRTMIN+3 for the container's systemd: an orderly poweroff.
@@ -105,7 +119,9 @@ cleanup() {
     pid=${NSPAWN_PID[$name]}
     for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     if kill -0 "$pid" 2>/dev/null; then
-      log "cleanup: $name did not power off in 20 s, killing nspawn $pid"
+      init=$(container_init_pid "$name") || init=""
+      log "cleanup: $name did not power off in 20 s, killing its init ${init:-(not found)} and nspawn $pid"
+      [[ -n "$init" ]] && kill -KILL "$init" 2>/dev/null
       kill -KILL "$pid" 2>/dev/null || true
       sleep 1
     fi
@@ -775,21 +791,9 @@ fi
 # --------------------------------------------------------------------------------------------------------------
 phase "master container killed mid-run"
 # The issue's power cut: while jobs submitted through HAProxy are in flight, master2's whole container goes down at
-# once (SIGKILL of its systemd-nspawn; its init too if nspawn's death leaves it running). HAProxy must take master2
-# out, and every job must still complete exactly once through master1 (the workers reach the masters only through
-# HAProxy). Then master2's container boots again on the same overlay, for the later phases.
-container_init_pid() { # container_init_pid NAME: host PID of the container's PID 1 (a descendant of its nspawn)
-  local pid ns_host
-  ns_host=$(readlink /proc/self/ns/pid)
-  for pid in $(ps -e -o pid=,ppid= | awk -v root="${NSPAWN_PID[$1]}" '
-      {parent[$1] = $2} END {for (p in parent) for (q = parent[p]; q > 1; q = parent[q]) if (q == root) {print p; break}}'); do
-    if [[ "$(readlink "/proc/$pid/ns/pid" 2>/dev/null)" != "$ns_host" ]] \
-       && [[ "$(awk '/^NSpid:/ {print $NF}' "/proc/$pid/status" 2>/dev/null)" == 1 ]]; then
-      echo "$pid"; return 0
-    fi
-  done
-  return 1
-}
+# once (SIGKILL of its init and of its systemd-nspawn). HAProxy must take master2 out, and every job must still
+# complete exactly once through master1 (the workers reach the masters only through HAProxy). Then master2's
+# container boots again on the same overlay, for the later phases.
 pidns_procs() { # pidns_procs NSLINK: how many host processes live in that PID namespace
   local n=0 p
   for p in /proc/[0-9]*; do [[ "$(readlink "$p/ns/pid" 2>/dev/null)" == "$1" ]] && n=$((n + 1)); done
@@ -824,25 +828,19 @@ else
   else
     fail "master kill: jobs not in flight before the kill: $inflight"
   fi
-  # The hard stop.
+  # The hard stop, a power cut: SIGKILL of the container's init (its whole PID namespace dies with it) and of its
+  # nspawn at once. SIGKILL of nspawn alone leaves the container running (nspawn sets no parent-death signal).
   init_pid=$(container_init_pid master2) || init_pid=""
   pidns=$([[ -n "$init_pid" ]] && readlink "/proc/$init_pid/ns/pid")
-  log "master2: nspawn ${NSPAWN_PID[master2]}, container init $init_pid ($pidns); SIGKILL nspawn"
+  log "master2: SIGKILL container init ${init_pid:-(not found)} ($pidns) and nspawn ${NSPAWN_PID[master2]}"
   t_kill=$(date +%s)
+  [[ -n "$init_pid" ]] && kill -KILL "$init_pid"
   kill -KILL "${NSPAWN_PID[master2]}"
-  how="SIGKILL of systemd-nspawn"
   gone=0
-  for _ in $(seq 1 20); do  # 10 s for the container to go down with its nspawn
+  for _ in $(seq 1 20); do
     if [[ -n "$init_pid" ]] && ! kill -0 "$init_pid" 2>/dev/null && ! kill -0 "${NSPAWN_PID[master2]}" 2>/dev/null; then gone=1; break; fi
     sleep 0.5
   done
-  if [[ $gone == 0 && -n "$init_pid" ]] && kill -0 "$init_pid" 2>/dev/null; then
-    # nspawn's death left the container running: kill its PID 1, which takes its whole PID namespace down.
-    log "master2: container init $init_pid still running after nspawn's SIGKILL; SIGKILL it"
-    how="SIGKILL of systemd-nspawn, then of the container's init (nspawn's death left it running)"
-    kill -KILL "$init_pid" 2>/dev/null
-    for _ in $(seq 1 20); do kill -0 "$init_pid" 2>/dev/null || { gone=1; break; }; sleep 0.5; done
-  fi
   left=$([[ -n "$pidns" ]] && pidns_procs "$pidns" || echo "?")
   deadline=$(($(date +%s) + 15)); api_up=1; ssh_up=1
   while (($(date +%s) < deadline)); do
@@ -852,9 +850,9 @@ else
     sleep 0.5
   done
   if [[ $gone == 1 && $left == 0 && $api_up == 0 && $ssh_up == 0 ]]; then
-    pass "master2 container stopped hard ($how) in $(($(date +%s) - t_kill)) s: no process left in its PID namespace, API :${API_PORT[master2]} and sshd :${SSH_PORT[master2]} closed"
+    pass "master2 container stopped hard (SIGKILL of its init and nspawn) in $(($(date +%s) - t_kill)) s: no process left in its PID namespace, API :${API_PORT[master2]} and sshd :${SSH_PORT[master2]} closed"
   else
-    fail "master2 container after $how: init gone=$gone, processes left in its PID namespace: $left, API port open=$api_up, sshd open=$ssh_up"
+    fail "master2 container after SIGKILL of its init '$init_pid' and nspawn: gone=$gone, processes left in its PID namespace: $left, API port open=$api_up, sshd open=$ssh_up"
   fi
   if got=$(wait_haproxy "${INV[master]} UP ${INV[master2]} DOWN " 20); then
     pass "master2 container down: HAProxy marked it DOWN in $(($(date +%s) - t_kill)) s"
