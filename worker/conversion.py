@@ -116,11 +116,12 @@ class Converter:
             announce, self._announce = self._announce, False
             return announce
 
-    def probe(self, path: Path) -> MediaInfo:
-        """ffprobe, or FFmpeg's own stream summary where there is no ffprobe (imageio-ffmpeg ships none)."""
+    def probe(self, path: Path, hdr_metadata: bool = True) -> MediaInfo:
+        """ffprobe, or FFmpeg's own stream summary where there is no ffprobe (imageio-ffmpeg ships none);
+        ``hdr_metadata``: an HDR source's mastering display and light levels too (a one-frame decode)."""
         if shutil.which(self.settings.ffprobe) is None:
-            return ffmpeg.probe_with_ffmpeg(self.caps.ffmpeg, path)
-        return ffmpeg.probe(self.settings.ffprobe, path)
+            return ffmpeg.probe_with_ffmpeg(self.caps.ffmpeg, path, hdr_metadata)
+        return ffmpeg.probe(self.settings.ffprobe, path, hdr_metadata)
 
     # -- choosing -------------------------------------------------------------------------------
 
@@ -154,7 +155,7 @@ class Converter:
 
     def convert(self, profile: Profile, source: Path, output: Path, cancel: threading.Event,
                 on_progress: Callable[[float], None] | None = None, label: str = "", slot: int = 0) -> ConversionResult:
-        info = self.probe(source)
+        info = self.probe(source, hdr_metadata=profile.hdr == "keep")  # tone mapping does without it
         if not info.width or not info.height:
             raise FatalError(f"{source.name} has no video stream")
         device = self.device_for(slot)

@@ -74,10 +74,11 @@ def classify_failure(what: str, stderr: str) -> JobError:
     return FfmpegRejectedInput(f"{what}: {_last_line(stderr)}")
 
 
-def probe(ffprobe: str, path: Path) -> MediaInfo:
+def probe(ffprobe: str, path: Path, hdr_metadata: bool = True) -> MediaInfo:
     """Read duration, first video/audio streams and the video's colour with ffprobe; FatalError if it cannot
-    parse the file. HDR10 metadata often lives in the frames (HEVC SEI), not the container: for an HDR stream
-    the first frame's side data is read too."""
+    parse the file. HDR10 metadata often lives in the frames (HEVC SEI), not the container: with
+    ``hdr_metadata``, for an HDR stream the first frame's side data is read too (a decode: ~0.5 s for 4K HEVC,
+    worth it only where the output carries the metadata on)."""
     result = subprocess.run(
         [ffprobe, "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)],
         capture_output=True, text=True, timeout=120,
@@ -100,7 +101,8 @@ def probe(ffprobe: str, path: Path) -> MediaInfo:
         pix_fmt=video.get("pix_fmt"),
         sample_aspect=_ratio(video.get("sample_aspect_ratio")),
         rotation=_rotation(video),
-        colour=colour_from_ffprobe(video, _first_frame_side_data(ffprobe, path) if _hdr_stream(video) else []),
+        colour=colour_from_ffprobe(video, _first_frame_side_data(ffprobe, path)
+                                   if hdr_metadata and _hdr_stream(video) else []),
     )
 
 
@@ -136,7 +138,7 @@ def colour_from_ffprobe(stream: dict, frame_side_data: list[dict]) -> Colour:
                   _tag(stream.get("color_space")), mastering, light_level, vision)
 
 
-def probe_with_ffmpeg(binary: str, path: Path) -> MediaInfo:
+def probe_with_ffmpeg(binary: str, path: Path, hdr_metadata: bool = True) -> MediaInfo:
     """``probe`` for hosts without ffprobe (imageio-ffmpeg ships none): parse ``ffmpeg -i``'s stream summary."""
     result = subprocess.run([binary, "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True, text=True,
                             errors="replace", timeout=120)
@@ -159,13 +161,13 @@ def probe_with_ffmpeg(binary: str, path: Path) -> MediaInfo:
         pix_fmt=pix_fmt[1] if (pix_fmt := _PIX_FMT.match(video)) else None,
         sample_aspect=_ratio(f"{sar[1]}:{sar[2]}") if sar else 1.0,
         rotation=int(float(rotation[1])) % 360 if rotation else 0,
-        colour=_colour_from_summary(binary, path, video, text),
+        colour=_colour_from_summary(binary, path, video, text, hdr_metadata),
     )
 
 
-def _colour_from_summary(binary: str, path: Path, video: str, summary: str) -> Colour:
+def _colour_from_summary(binary: str, path: Path, video: str, summary: str, hdr_metadata: bool) -> Colour:
     """Tags from the stream line (``yuv420p10le(tv, bt2020nc/bt2020/smpte2084, progressive)``); for an HDR
-    stream, the HDR10 metadata from the first frame as ``showinfo`` prints it."""
+    stream and ``hdr_metadata``, the HDR10 metadata from the first frame as ``showinfo`` prints it."""
     matrix = primaries = transfer = None
     described = _COLOUR.search(video)
     for item in described[1].split(", ") if described else []:
@@ -174,7 +176,7 @@ def _colour_from_summary(binary: str, path: Path, video: str, summary: str) -> C
         elif item not in _NOT_COLOUR:
             matrix = primaries = transfer = _tag(item)  # FFmpeg prints one name when all three are equal
     frame = ""
-    if transfer in HDR_TRANSFERS:
+    if hdr_metadata and transfer in HDR_TRANSFERS:
         # one decoder thread: 0.37 s instead of 0.51 s for a 4K HEVC frame on 16 cores (frame threads start up idle)
         frame = subprocess.run([binary, "-hide_banner", "-nostdin", "-threads", "1", "-i", str(path), "-map", "0:v:0",
                                 "-frames:v", "1",
