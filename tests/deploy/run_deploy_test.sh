@@ -246,6 +246,7 @@ if grep -rqs --include='*.py' -e sdnotify -e 'READY=1' "$SRC/master" "$SRC/worke
    && grep -qs sdnotify "$SRC/pyproject.toml"; then SD_NOTIFY=true; else SD_NOTIFY=false; fi
 if grep -q metrics_port "$SRC/worker/config.py"; then WORKER_METRICS=true; else WORKER_METRICS=false; fi
 if grep -q admin_token_file "$SRC/master/config.py"; then AUTH=true; else AUTH=false; fi
+if grep -q console_secret_file "$SRC/master/config.py"; then CONSOLE=true; else CONSOLE=false; fi
 # storage.backend (local|s3) in the master's config: until it is there, the master stays on local storage.
 if grep -qw backend "$SRC/master/config.py"; then STORAGE_BACKEND=s3; else STORAGE_BACKEND=local; fi
 STORAGE_BACKEND=${DEPLOY_TEST_STORAGE:-$STORAGE_BACKEND}
@@ -360,6 +361,7 @@ all:
         converter_master_listen_host: 127.0.0.1
         converter_master_sd_notify: $SD_NOTIFY
         converter_master_auth: $AUTH
+        converter_master_console: $CONSOLE
         converter_master_extra_config:
           jobs: {lease_seconds: 15, retry_delay: 1}
         converter_master_storage_backend: $STORAGE_BACKEND
@@ -533,6 +535,16 @@ if [[ -n "$ctl_admin" && $ok == 1 ]]; then
 else
   fail "admin token missing on a master or present on a worker"
 fi
+ok=1
+[[ $AUTH == true && $CONSOLE == true ]] && for m in "${MASTERS[@]}"; do
+  [[ "$(on "$m" cat /etc/converter/console-secret)" == "$(cat "$WORK/credentials/console_secret" 2>/dev/null)" ]] || ok=0
+  [[ "$(on "$m" "stat -c '%U:%G %a' /etc/converter/console-secret")" == "root:root 600" ]] || ok=0
+  on "$m" "grep -q 'console_secret_file: .{CREDENTIALS_DIRECTORY}/console-secret' /etc/converter/master.yaml" || ok=0
+done
+for w in "${WORKERS[@]}"; do on "$w" test -e /etc/converter/console-secret && ok=0; done
+if [[ $AUTH != true || $CONSOLE != true ]]; then skip "console session key: this converter build has no console or no tokens"
+elif [[ $ok == 1 ]]; then pass "console session key from the controller, the same on every master (${MASTERS[*]}), root:root 0600"
+else fail "console session key missing, different or not 0600 on a master, or present on a worker"; fi
 if [[ $AUTH == true ]]; then
   code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -X POST -H 'Content-Type: application/json' \
     -d '{"source_path":"in/x.mp4","output_path":"out/x.mp4","profile":"h264-720p"}' "$API_URL/api/jobs")
