@@ -408,3 +408,21 @@ def start_request(base_url: str, method: str, target: str, headers: dict[str, st
     head = "".join(f"{name}: {value}\r\n" for name, value in {"Host": "x", **headers}.items())
     sock.sendall(f"{method} {target} HTTP/1.1\r\n{head}\r\n".encode() + body_start)
     return sock
+
+
+def claim_in_race(stores: list[JobStore], per_store: int) -> dict[str, list[str]]:
+    """``per_store`` threads on each of ``stores`` (masters) claiming at once until nothing is left; the ids each
+    claimer got, in order."""
+    claimed: dict[tuple[int, str], list[str]] = {(m, f"m{m}w{w}"): [] for m in range(len(stores))
+                                                 for w in range(per_store)}
+
+    def claimer(key: tuple[int, str]) -> None:
+        while (job := stores[key[0]].claim_next(key[1], 30)) is not None:
+            claimed[key].append(job.id)
+
+    threads = [threading.Thread(target=claimer, args=(key,)) for key in claimed]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {name: ids for (_, name), ids in claimed.items()}

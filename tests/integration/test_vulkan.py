@@ -54,17 +54,22 @@ def samples(process):
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def vulkan_only_stub(tmp_path, behaviour):
-    """The real FFmpeg, except that a conversion with ``hwupload`` (a Vulkan form) runs ``behaviour`` instead."""
-    path = tmp_path / "ffmpeg-vk-stub"
+def ffmpeg_stub(path, pattern: str, behaviour: str) -> str:
+    """The real FFmpeg, except that a command line matching the shell ``case`` ``pattern`` runs ``behaviour``."""
     path.write_text(f"""#!/bin/sh
 case " $* " in
-  *" -progress "*hwupload*|*hwupload*" -progress "*) echo $$ > {tmp_path}/vk-stub.pid; {behaviour};;
+  {pattern}) {behaviour};;
 esac
 exec ffmpeg "$@"
 """)
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
     return str(path)
+
+
+def vulkan_only_stub(tmp_path, behaviour):
+    """A conversion with ``hwupload`` (a Vulkan form) runs ``behaviour`` instead."""
+    return ffmpeg_stub(tmp_path / "ffmpeg-vk-stub", '*" -progress "*hwupload*|*hwupload*" -progress "*',
+                       f"echo $$ > {tmp_path}/vk-stub.pid; {behaviour}")
 
 
 def test_a_job_runs_through_the_real_vulkan_path_on_lavapipe(cluster, start_worker):
@@ -120,16 +125,9 @@ def test_a_hung_vulkan_run_is_killed_by_the_watchdog_and_rerun_on_the_cpu(cluste
 
 
 def decode_hang_stub(tmp_path, codec):
-    """The real FFmpeg, except that the start-up probe's Vulkan decode of a ``codec`` sample hangs, deaf to SIGTERM."""
-    path = tmp_path / f"ffmpeg-decode-{codec}-stub"
-    path.write_text(f"""#!/bin/sh
-case " $* " in
-  *" -hwaccel vulkan "*"/{codec}-"*) echo $$ >> {tmp_path}/decode-stub.pids; trap '' TERM; exec sleep 600;;
-esac
-exec ffmpeg "$@"
-""")
-    path.chmod(path.stat().st_mode | stat.S_IEXEC)
-    return str(path)
+    """The start-up probe's Vulkan decode of a ``codec`` sample hangs, deaf to SIGTERM."""
+    return ffmpeg_stub(tmp_path / f"ffmpeg-decode-{codec}-stub", f'*" -hwaccel vulkan "*"/{codec}-"*',
+                       f"echo $$ >> {tmp_path}/decode-stub.pids; trap '' TERM; exec sleep 600")
 
 
 def registered(cluster, worker_id="vk", seconds=90):

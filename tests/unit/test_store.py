@@ -4,6 +4,7 @@ import pytest
 
 from master.states import JobStatus, Transition
 from master.store import DuplicateJob, InvalidTransition, JobNotFound, JobStore, NotOwner, OutputBusy
+from tests.fixtures import claim_in_race
 
 
 @pytest.fixture
@@ -97,17 +98,7 @@ class TestClaim:
     def test_concurrent_claimers_never_share_a_job(self, store):
         for i in range(200):
             add(store, f"j{i}", f"out/{i}.mp4")
-        claimed: dict[str, list[str]] = {"w0": [], "w1": [], "w2": [], "w3": []}
-
-        def claimer(name):
-            while (job := store.claim_next(name, 30)) is not None:
-                claimed[name].append(job.id)
-
-        threads = [threading.Thread(target=claimer, args=(n,)) for n in claimed]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        claimed = claim_in_race([store], 4)
         ids = [j for jobs in claimed.values() for j in jobs]
         assert len(ids) == 200 and len(set(ids)) == 200
 
@@ -120,18 +111,7 @@ class TestClaim:
         try:
             for i in range(200):
                 add(masters[0], f"j{i}", f"out/{i}.mp4")
-            claimed: dict[str, list[str]] = {f"m{m}w{w}": [] for m in range(2) for w in range(2)}
-
-            def claimer(name: str) -> None:
-                store = masters[int(name[1])]
-                while (job := store.claim_next(name, 30)) is not None:
-                    claimed[name].append(job.id)
-
-            threads = [threading.Thread(target=claimer, args=(name,)) for name in claimed]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            claimed = claim_in_race(masters, 2)
             ids = [j for jobs in claimed.values() for j in jobs]
             assert len(ids) == 200 and len(set(ids)) == 200
             assert masters[1].counts_by_status()["pending"] == 0

@@ -5,11 +5,11 @@ migration 4 on a database at version 3."""
 from __future__ import annotations
 
 import random
-import threading
 
 import pytest
 
 from master.store import MIGRATIONS, JobNotFound, JobNotPending, JobStore, WorkerNotFound
+from tests.fixtures import claim_in_race
 
 
 @pytest.fixture
@@ -45,17 +45,7 @@ class TestPriority:
             priority = rng.choice([-5, 0, 0, 3, 10])
             add(store, f"j{number:03d}", priority)
             order[f"j{number:03d}"] = (-priority, number)
-        claimed: dict[str, list[str]] = {f"w{n}": [] for n in range(4)}
-
-        def claimer(name: str) -> None:
-            while (job := store.claim_next(name, 30)) is not None:
-                claimed[name].append(job.id)
-
-        threads = [threading.Thread(target=claimer, args=(name,)) for name in claimed]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        claimed = claim_in_race([store], 4)
         ids = [job_id for jobs in claimed.values() for job_id in jobs]
         assert sorted(ids) == sorted(order)
         for jobs in claimed.values():
