@@ -184,6 +184,23 @@ def cmd_stats(ctx: Context) -> int:
     return errors.EXIT_OK
 
 
+def cmd_webhooks(ctx: Context) -> int:
+    params = {"limit": ctx.args.limit, "offset": ctx.args.offset}
+    params.update({k: v for k, v in (("status", ctx.args.status), ("event", ctx.args.event)) if v})
+    data = ctx.client.json("GET", "/api/webhooks/deliveries", params=params)
+    ctx.emit(data, _deliveries_text)
+    return errors.EXIT_OK
+
+
+def _deliveries_text(data: dict[str, Any]) -> str:
+    rows = [(d["id"][:12], d["event_type"], d["job_id"] or d["worker_id"] or "-", d["subscription"], d["status"],
+             d["attempts"], tables.ago(d["delivered_at"] or d["updated_at"]), d["last_error"] or "")
+            for d in data["deliveries"]]
+    counts = ", ".join(f"{n} {status}" for status, n in data["counts"].items())
+    return (tables.table(("DELIVERY", "EVENT", "SUBJECT", "SUBSCRIPTION", "STATUS", "ATTEMPTS", "LAST", "ERROR"), rows)
+            + f"\n{len(rows)} of {data['total']} ({counts})")
+
+
 def _stats_text(data: dict[str, Any]) -> str:
     headers = ("JOBS", "SOURCE", "OUTPUT", "SAVED", "SAVED %")
 
@@ -326,6 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
     stats = command("stats", cmd_stats, "space saved by completed jobs: in total, by profile, worker and day")
     stats.add_argument("--days", type=int, default=30, help="days listed by day (default: %(default)s)")
     command("profiles", cmd_profiles, "list the conversion profiles")
+    webhooks = command("webhooks", cmd_webhooks, "webhook deliveries: the outbox, newest first")
+    webhooks.add_argument("what", choices=("deliveries",), nargs="?", default="deliveries")
+    webhooks.add_argument("-s", "--status", choices=("pending", "sending", "delivered", "failed"))
+    webhooks.add_argument("-e", "--event", choices=("job.completed", "job.failed", "job.cancelled", "worker.lost",
+                                                    "queue.drained"))
+    webhooks.add_argument("--limit", type=int, default=100)
+    webhooks.add_argument("--offset", type=int, default=0)
 
     watch = command("watch", cmd_watch, "live progress of jobs until they end (default: all active jobs)")
     watch.add_argument("jobs", nargs="*", metavar="JOB")

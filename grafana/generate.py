@@ -119,6 +119,9 @@ OVERVIEW = Dashboard(
               "smaller, per hour, by profile (GET /api/stats has the totals, larger outputs included).", "bytes",
               [Target(f"3600 * sum by (profile) (rate(converter_master_bytes_saved_total{{{F}}}{RI}))",
                       "{{profile}}")]),
+        Panel("Webhook deliveries by status", "The webhooks' outbox (GET /api/webhooks/deliveries): deliveries "
+              "pending, being sent, delivered, and failed after retrying for webhooks.retry_for.", "short",
+              [Target(f"max by (status) (converter_master_webhook_deliveries{{{F}}})", "{{status}}")]),
         Row("Failures"),
         Panel("Failures and requeues per minute",
               "Jobs that ended failed, and jobs sent back to pending by reason (retryable failure, lease expired, "

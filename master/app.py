@@ -40,6 +40,7 @@ from master.handlers.stats import StatsHandler
 from master.handlers.source_uploads import SourceUploadCompleteHandler, SourceUploadHandler, SourceUploadsHandler
 from master.handlers.tus import TusCreationHandler, TusUploadHandler
 from master.handlers.upload_video import UploadVideoHandler
+from master.handlers.webhooks import WebhookDeliveriesHandler
 from master.handlers.worker_complete import WorkerCompleteHandler
 from master.handlers.workers import (WorkerPauseHandler, WorkerRegisterHandler, WorkerResumeHandler,
                                      WorkersHandler)
@@ -51,6 +52,7 @@ from master.store import JobStore
 from master.uploads import UploadRegistry
 from master.wakeup import JobNotices, WakeUpSignal
 from master.watch import BucketInboxWatcher, InboxWatcher
+from master.webhooks import WebhookDispatcher
 
 log = logging.getLogger("converter.master")
 access_log = logging.getLogger("tornado.access")
@@ -88,6 +90,7 @@ def make_app(config: MasterConfig, store: JobStore, wakeup: WakeUpSignal | None 
         (r"/api/queue/pause", QueuePauseHandler),
         (r"/api/queue/resume", QueueResumeHandler),
         (r"/api/stats", StatsHandler),
+        (r"/api/webhooks/deliveries", WebhookDeliveriesHandler),
         (protocol.WORKER_REGISTER, WorkerRegisterHandler),
         (protocol.WORKER_CLAIM, ClaimHandler),
         (protocol.WORKER_HEARTBEAT, HeartbeatHandler),
@@ -159,9 +162,12 @@ class RunningMaster:
     watcher: InboxWatcher | BucketInboxWatcher | None = None
     upload_reaper: "AbandonedUploadReaper | None" = None
     notices: JobNotices | None = None
+    webhooks: WebhookDispatcher | None = None
 
     def stop(self) -> None:
         self.reaper.stop()
+        if self.webhooks is not None:
+            self.webhooks.stop()
         if self.notices is not None:
             self.notices.stop()
         if self.upload_reaper is not None:
@@ -235,8 +241,11 @@ def start_master(config: MasterConfig, store: JobStore, registry: CollectorRegis
     if config.watch.inbox is not None:
         watcher = BucketInboxWatcher(services) if services.storage.in_bucket else InboxWatcher(services)
         watcher.start()
+    webhooks = WebhookDispatcher(config.webhooks, store, metrics,
+                                 online_window=lambda: config.jobs.lease_seconds + config.jobs.max_claim_wait)
+    webhooks.start()
     return RunningMaster(server=server, reaper=reaper, port=port, metrics=metrics, wakeup=wakeup,
-                         watcher=watcher, upload_reaper=upload_reaper, notices=notices)
+                         watcher=watcher, upload_reaper=upload_reaper, notices=notices, webhooks=webhooks)
 
 
 

@@ -178,6 +178,57 @@ class AuthConfig:
     console_secret_file: Path | None = None
 
 
+WEBHOOK_EVENTS = ("job.completed", "job.failed", "job.cancelled", "worker.lost", "queue.drained")
+
+
+@dataclass(frozen=True)
+class WebhookSubscription:
+    """One receiver: ``webhooks.subscriptions[n]``."""
+
+    name: str = ""  # names the subscription in deliveries and metrics; unique
+    url: str = ""  # http(s)://host[:port]/path: each event is POSTed here
+    events: tuple[str, ...] = ()
+    secret_file: Path | None = None  # the HMAC-SHA256 key, from a file readable by the owner only
+
+    def validate(self, key: str) -> None:
+        if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", self.name):
+            report(f"{key}.name", f"must be 1-64 letters, digits, '_', '.' or '-', got {self.name!r}")
+        if not re.match(r"^https?://[^/\s?#]+(/[^\s]*)?$", self.url):
+            report(f"{key}.url", f"must be an http:// or https:// URL, got {self.url!r}")
+        if not self.events:
+            report(f"{key}.events", f"must list at least one of: {', '.join(WEBHOOK_EVENTS)}")
+        for event in self.events:
+            if event not in WEBHOOK_EVENTS:
+                report(f"{key}.events", f"unknown event {event!r} (known: {', '.join(WEBHOOK_EVENTS)})")
+        if self.secret_file is None:
+            report(f"{key}.secret_file", "is required: deliveries are signed with its key")
+        else:
+            check_private_file(f"{key}.secret_file", self.secret_file)
+
+    def secret(self) -> bytes:
+        assert self.secret_file is not None
+        return Path(os.path.expandvars(str(self.secret_file))).read_bytes().strip()
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    subscriptions: tuple[WebhookSubscription, ...] = ()
+    timeout: Duration = 10.0  # one delivery attempt (connect and answer)
+    retry_for: Duration = 3600.0  # after this long since the event, a delivery that never succeeded ends failed
+    backoff: Duration = 1.0  # wait after the first failed attempt; doubled after each, up to max_backoff
+    max_backoff: Duration = 300.0
+    poll_interval: Duration = 1.0  # how often a master looks for events and deliveries due
+    concurrency: int = 10  # attempts in flight at once, per master
+    retention: Duration = 7 * 86400.0  # deliveries that ended (and their events) are forgotten after this long
+
+    def validate(self, key: str) -> None:
+        for name in ("timeout", "retry_for", "backoff", "max_backoff", "poll_interval", "concurrency", "retention"):
+            require_positive(f"{key}.{name}", getattr(self, name))
+        names = [s.name for s in self.subscriptions]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            report(f"{key}.subscriptions", f"name {name!r} is used twice")
+
+
 @dataclass(frozen=True)
 class MasterConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -186,6 +237,7 @@ class MasterConfig:
     jobs: JobsConfig = field(default_factory=JobsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     profiles: tuple[str, ...] = tuple(BUILTIN_PROFILES)
 
     def validate(self, key: str) -> None:

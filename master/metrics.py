@@ -88,6 +88,25 @@ class ClaimsPausedCollector(Collector):
         yield family
 
 
+class WebhookDeliveriesCollector(Collector):
+    """``converter_master_webhook_deliveries{status}``: the outbox's deliveries by status (pending, sending,
+    delivered, failed), read from the database at scrape time (every master sees the same)."""
+
+    def __init__(self, store: JobStore):
+        self._store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            counts = self._store.webhook_delivery_counts()
+        except DatabaseUnavailable:
+            return
+        family = GaugeMetricFamily("converter_master_webhook_deliveries", "Webhook deliveries in the outbox, by"
+                                   " status.", labels=["status"])
+        for status, count in sorted(counts.items()):
+            family.add_metric([status], count)
+        yield family
+
+
 class MasterMetrics:
     def __init__(self, registry: CollectorRegistry, store: JobStore, storage_root: Path,
                  online_window: Callable[[], float]):
@@ -95,6 +114,13 @@ class MasterMetrics:
         registry.register(JobsByStatusCollector(store))
         registry.register(DatabaseCollector(store))
         registry.register(ClaimsPausedCollector(store))
+        registry.register(WebhookDeliveriesCollector(store))
+        self.webhook_attempts = Counter("converter_master_webhook_attempts", "Webhook delivery attempts this master"
+                                        " made, by subscription, event and outcome (delivered, retried, failed).",
+                                        ["subscription", "event", "outcome"], registry=registry)
+        self.webhook_attempt_seconds = Histogram("converter_master_webhook_attempt_seconds",
+                                                 "Time of one webhook delivery attempt.", buckets=HTTP_BUCKETS,
+                                                 registry=registry)
         self.bytes_saved = Counter("converter_master_bytes_saved", "Source bytes minus output bytes of completed"
                                    " jobs whose output is smaller, by profile.", ["profile"], registry=registry)
         for profile in BUILTIN_PROFILES:

@@ -131,6 +131,59 @@ _ATTEMPT_ROW = (f"INSERT INTO job_attempts ({_ATTEMPT_COLUMNS}) VALUES (NEW.id, 
                 " NEW.error, NEW.conversion_seconds, NEW.speed)")
 
 
+# The webhooks' outbox (migration 6). An event is written in the statement that causes it (a job's status change,
+# by the webhook_job_event trigger) or by a guarded INSERT (worker lost, queue drained: ``ref`` and the unique index
+# make it once); a master fans each event out into one delivery per subscription that wants it, then sends them.
+WEBHOOK_SCHEMA = """
+CREATE TABLE IF NOT EXISTS webhook_events (
+    id          TEXT PRIMARY KEY,  -- a UUID: the receivers' key for deduplication
+    type        TEXT NOT NULL,     -- job.completed, job.failed, job.cancelled, worker.lost, queue.drained
+    job_id      TEXT,
+    worker_id   TEXT,
+    ref         REAL,              -- worker.lost: the worker's last_seen_at; queue.drained: the last job event's time
+    created_at  REAL NOT NULL,
+    fanned_out  INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS webhook_events_unfanned ON webhook_events (created_at) WHERE fanned_out = 0;
+CREATE INDEX IF NOT EXISTS webhook_events_of_jobs ON webhook_events (created_at) WHERE job_id IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS webhook_events_once ON webhook_events (type, COALESCE(worker_id, ''), ref)
+    WHERE ref IS NOT NULL;
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id               TEXT PRIMARY KEY,
+    event_id         TEXT NOT NULL,
+    event_type       TEXT NOT NULL,
+    job_id           TEXT,
+    worker_id        TEXT,
+    subscription     TEXT NOT NULL,
+    url              TEXT NOT NULL,
+    body             TEXT NOT NULL,  -- the JSON sent, the same bytes at every attempt
+    status           TEXT NOT NULL,  -- pending, sending (claimed by one master), delivered, failed
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  REAL NOT NULL,
+    claimed_by       TEXT,
+    claim_expires_at REAL,
+    created_at       REAL NOT NULL,
+    updated_at       REAL NOT NULL,
+    delivered_at     REAL,
+    last_error       TEXT,
+    last_status      INTEGER,
+    UNIQUE (event_id, subscription)
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
+    WHERE status IN ('pending', 'sending');
+CREATE INDEX IF NOT EXISTS webhook_deliveries_by_creation ON webhook_deliveries (created_at);
+"""
+WEBHOOK_JOB_EVENTS = ("completed", "failed", "cancelled")
+_WEBHOOK_JOB_EVENT_WHEN = ("NEW.status IN ('completed', 'failed', 'cancelled') AND OLD.status <> NEW.status")
+# A random (version 4) UUID, in each dialect
+_UUID_SQL = {"postgres": "gen_random_uuid()::text",
+             "sqlite": "lower(hex(randomblob(4)) || '-' || hex(randomblob(2)) || '-4' || substr(hex(randomblob(2)), 2)"
+                       " || '-' || substr('89ab', 1 + abs(random() % 4), 1) || substr(hex(randomblob(2)), 2) || '-'"
+                       " || hex(randomblob(6)))"}
+_WEBHOOK_DELIVERY_COLUMNS = ("id, event_id, event_type, job_id, worker_id, subscription, url, status, attempts,"
+                             " next_attempt_at, claimed_by, claim_expires_at, created_at, updated_at, delivered_at,"
+                             " last_error, last_status")
+
 # (number, what it does, how): applied once each, in order, at start-up (``JobStore._migrate``). A new schema change
 # is a new number at the end; a released migration is never edited.
 MIGRATIONS = (
@@ -139,6 +192,7 @@ MIGRATIONS = (
     (3, "an index for listing jobs in submission order", lambda store: store._index_job_list()),
     (4, "job priorities, queue and worker pauses, worker schedules", lambda store: store._add_priorities_and_pauses()),
     (5, "every attempt of a job kept, by a trigger", lambda store: store._record_attempts()),
+    (6, "the webhooks' outbox: events (a trigger writes a job's) and deliveries", lambda store: store._add_webhooks()),
 )
 
 
@@ -396,6 +450,25 @@ class JobStore:
                          " vulkan_fallback, claimed_at, COALESCE(finished_at, updated_at), status, error,"
                          " conversion_seconds, speed FROM jobs WHERE attempts > 0 AND status <> 'processing'"
                          " AND claimed_at IS NOT NULL")
+
+    def _add_webhooks(self) -> None:
+        """Migration 6: the webhooks' outbox (``WEBHOOK_SCHEMA``) and the trigger that writes a job's event in the
+        same statement as the status change that causes it (so the guarded UPDATE stays one statement)."""
+        schema = re.sub(r"--[^\n]*", "", postgres_schema(WEBHOOK_SCHEMA) if self.dialect == "postgres"
+                        else WEBHOOK_SCHEMA)
+        for statement in schema.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
+        row = (f"INSERT INTO webhook_events (id, type, job_id, created_at) VALUES ({_UUID_SQL[self.dialect]},"
+               " 'job.' || NEW.status, NEW.id, NEW.updated_at)")
+        if self.dialect == "postgres":
+            self._db.execute(f"CREATE OR REPLACE FUNCTION webhook_job_event() RETURNS trigger LANGUAGE plpgsql AS"
+                             f" $$ BEGIN {row}; RETURN NULL; END $$")
+            self._db.execute("CREATE OR REPLACE TRIGGER webhook_job_event AFTER UPDATE OF status ON jobs FOR EACH ROW"
+                             f" WHEN ({_WEBHOOK_JOB_EVENT_WHEN}) EXECUTE FUNCTION webhook_job_event()")
+        else:
+            self._db.execute("CREATE TRIGGER IF NOT EXISTS webhook_job_event AFTER UPDATE OF status ON jobs"
+                             f" WHEN {_WEBHOOK_JOB_EVENT_WHEN} BEGIN {row}; END")
 
     def _add_missing_columns(self) -> None:
         """Bring a database made by an earlier build up to ``SCHEMA``: columns it lacks are added.
@@ -1022,6 +1095,125 @@ class JobStore:
         with self._lock:
             return self._db.execute("UPDATE jobs SET lease_expires_at = MAX(lease_expires_at, ?) WHERE status = ?",
                                     (until, JobStatus.PROCESSING.value)).rowcount
+
+    # -- webhooks' outbox ------------------------------------------------------------------------------
+
+    def webhook_events_to_fan_out(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Events no master has turned into deliveries yet, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM webhook_events WHERE fanned_out = 0 ORDER BY created_at LIMIT ?",
+                                    (limit,)).fetchall()
+        return [dict(row) for row in rows]
+
+    def fan_out_webhook_event(self, event_id: str, deliveries: list[tuple[str, str, str, str]], *, event_type: str,
+                              job_id: str | None, worker_id: str | None, now: float | None = None) -> bool:
+        """In one transaction: the event marked fanned out (guarded: by one master only) and its deliveries
+        (id, subscription, url, body) written, pending; False when another master did it first."""
+        now = time.time() if now is None else now
+        with self._transaction():
+            if self._db.execute("UPDATE webhook_events SET fanned_out = 1 WHERE id = ? AND fanned_out = 0",
+                                (event_id,)).rowcount != 1:
+                return False
+            self._db.executemany(
+                "INSERT INTO webhook_deliveries (id, event_id, event_type, job_id, worker_id, subscription, url, body,"
+                " status, attempts, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?,"
+                " 'pending', 0, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(delivery_id, event_id, event_type, job_id, worker_id, subscription, url, body, now, now, now)
+                 for delivery_id, subscription, url, body in deliveries])
+        return True
+
+    def note_lost_workers(self, online_since: float, horizon: float, now: float | None = None) -> int:
+        """A ``worker.lost`` event for each worker last seen before ``online_since`` (and after ``horizon``: one gone
+        longer was gone before anyone watched), once per disappearance (its last_seen_at is the event's ref)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            return self._db.execute(
+                f"INSERT INTO webhook_events (id, type, worker_id, ref, created_at) SELECT {_UUID_SQL[self.dialect]},"
+                " 'worker.lost', id, last_seen_at, ? FROM workers WHERE last_seen_at < ? AND last_seen_at >= ?"
+                " ON CONFLICT DO NOTHING", (now, online_since, horizon)).rowcount
+
+    def note_queue_drained(self, now: float | None = None) -> bool:
+        """A ``queue.drained`` event when no job is pending or processing and a job ended since the last one
+        (its ref: the time of the latest job event, so two masters write it once)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            return self._db.execute(
+                f"INSERT INTO webhook_events (id, type, ref, created_at) SELECT {_UUID_SQL[self.dialect]},"
+                " 'queue.drained', last, ? FROM (SELECT MAX(created_at) AS last FROM webhook_events"
+                " WHERE job_id IS NOT NULL) AS latest WHERE last IS NOT NULL"
+                " AND NOT EXISTS (SELECT 1 FROM jobs WHERE status IN ('pending', 'processing'))"
+                " AND last > COALESCE((SELECT MAX(ref) FROM webhook_events WHERE type = 'queue.drained'), 0)"
+                " ON CONFLICT DO NOTHING", (now,)).rowcount == 1
+
+    def claim_webhook_deliveries(self, claimer: str, lease: float, limit: int,
+                                 now: float | None = None) -> list[dict[str, Any]]:
+        """Deliveries due (pending and due, or sending by a master whose claim ran out) become ``sending``,
+        claimed by ``claimer`` until now + ``lease``, their attempt counted; one guarded UPDATE, rows another
+        master is claiming skipped (PostgreSQL), so no delivery is sent by two masters at once."""
+        now = time.time() if now is None else now
+        skip_locked = " FOR UPDATE SKIP LOCKED" if self.dialect == "postgres" else ""
+        due = ("(status = 'pending' AND next_attempt_at <= :now) OR (status = 'sending' AND claim_expires_at < :now)")
+        with self._lock:
+            rows = self._db.execute(
+                "UPDATE webhook_deliveries SET status = 'sending', claimed_by = :me, claim_expires_at = :until,"
+                " attempts = attempts + 1, updated_at = :now WHERE id IN (SELECT id FROM webhook_deliveries"
+                f" WHERE {due} ORDER BY next_attempt_at LIMIT :limit{skip_locked}) AND ({due}) RETURNING *",
+                {"me": claimer, "until": now + lease, "now": now, "limit": limit}).fetchall()
+        return [dict(row) for row in rows]
+
+    def webhook_delivered(self, delivery_id: str, claimer: str, attempt: int, status_code: int,
+                          now: float | None = None) -> bool:
+        """Mark a delivery delivered, only while ``claimer`` holds that attempt of it: once, whatever races."""
+        now = time.time() if now is None else now
+        with self._lock:
+            return self._db.execute(
+                "UPDATE webhook_deliveries SET status = 'delivered', delivered_at = ?, updated_at = ?, last_status = ?,"
+                " last_error = NULL, claimed_by = NULL, claim_expires_at = NULL"
+                " WHERE id = ? AND status = 'sending' AND claimed_by = ? AND attempts = ?",
+                (now, now, status_code, delivery_id, claimer, attempt)).rowcount == 1
+
+    def webhook_attempt_failed(self, delivery_id: str, claimer: str, attempt: int, *, error: str,
+                               status_code: int | None, retry_at: float | None, now: float | None = None) -> bool:
+        """An attempt that did not deliver: pending again until ``retry_at``, or ``failed`` for good (None)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            return self._db.execute(
+                "UPDATE webhook_deliveries SET status = ?, next_attempt_at = COALESCE(?, next_attempt_at),"
+                " updated_at = ?, last_error = ?, last_status = ?, claimed_by = NULL, claim_expires_at = NULL"
+                " WHERE id = ? AND status = 'sending' AND claimed_by = ? AND attempts = ?",
+                ("pending" if retry_at is not None else "failed", retry_at, now, error[:500], status_code,
+                 delivery_id, claimer, attempt)).rowcount == 1
+
+    def list_webhook_deliveries(self, *, status: str | None = None, event_type: str | None = None,
+                                limit: int = 100, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Deliveries, newest first (without their bodies), and how many match."""
+        clauses, params = [], []
+        for column, value in (("status", status), ("event_type", event_type)):
+            if value:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._lock:
+            total = self._db.execute(f"SELECT COUNT(*) FROM webhook_deliveries {where}", params).fetchone()[0]
+            rows = self._db.execute(f"SELECT {_WEBHOOK_DELIVERY_COLUMNS} FROM webhook_deliveries {where}"
+                                    " ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
+                                    (*params, limit, offset)).fetchall()
+        return [dict(row) for row in rows], int(total)
+
+    def webhook_delivery_counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT status, COUNT(*) FROM webhook_deliveries GROUP BY status").fetchall()
+        counts = {status: 0 for status in ("pending", "sending", "delivered", "failed")}
+        counts.update({status: int(n) for status, n in rows})
+        return counts
+
+    def prune_webhooks(self, before: float) -> int:
+        """Forget events fanned out and deliveries that ended, made before ``before``; how many deliveries."""
+        with self._transaction():
+            gone = self._db.execute("DELETE FROM webhook_deliveries WHERE created_at < ?"
+                                    " AND status IN ('delivered', 'failed')", (before,)).rowcount
+            self._db.execute("DELETE FROM webhook_events WHERE created_at < ? AND fanned_out = 1", (before,))
+        return gone
 
 
 def _worker(row: sqlite3.Row) -> Worker:
