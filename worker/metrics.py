@@ -57,13 +57,16 @@ class WorkerMetrics:
         # label device: the position in ffmpeg.vulkan_devices (a handful); decode: codec/depth/size (at most 12)
         self.device_available = Gauge("converter_worker_vulkan_device_available",
                                       "1 while this Vulkan device takes jobs, 0 when it failed its probe or was"
-                                      " disabled.", ["device"], registry=registry)
+                                      " disabled (`device`: its position in `ffmpeg.vulkan_devices`).", ["device"],
+                                      registry=registry)
         self.device_conversions = Counter("converter_worker_vulkan_device_conversions",
-                                          "Vulkan runs on this device, by outcome.", ["device", "outcome"],
+                                          "Vulkan runs on this device, `ok` or `failed` (rerun on the CPU).",
+                                          ["device", "outcome"],
                                           registry=registry)
         self.decode_proven = Gauge("converter_worker_vulkan_decode_proven",
-                                   "1 when the start-up probe decoded this codec/bit depth/size class on this device"
-                                   " (jobs then use Vulkan decode for it), 0 when it failed, hung or was skipped.",
+                                   "1 when the start-up probe decoded this class (`hevc/10bit/uhd`: codec/bit"
+                                   " depth/size, at most 12) on this device, so jobs use Vulkan decode for it; 0 when"
+                                   " it failed, hung or was skipped.",
                                    ["device", "decode"], registry=registry)
         self.schedule_open = Gauge("converter_worker_schedule_open", "1 while the worker may claim by its"
                                    " worker.schedule (always 1 without one), 0 outside its windows.", registry=registry)
