@@ -48,6 +48,10 @@ class WorkerControl:
         return self._call(protocol.WORKER_FAIL, {"worker_id": self.worker_id, "error": error,
                                                  "retryable": retryable, "cause": cause}, job_id)
 
+    def health_result(self, job_id: str, health: dict[str, Any]) -> dict[str, Any]:
+        """A health check's result (``healthy``, ``errors``, ``error_count``, ``decoder``): the job completes."""
+        return self._call(protocol.WORKER_HEALTH_RESULT, {"worker_id": self.worker_id, "health": health}, job_id)
+
     def complete(self, job_id: str, size: int, sha256_hex: str) -> dict[str, Any]:
         return self._call(protocol.WORKER_COMPLETE, {"worker_id": self.worker_id, "size": size,
                                                      "sha256": sha256_hex}, job_id)

@@ -4,6 +4,10 @@ The master validates profile names against this table; the worker's ``worker.ffm
 module turns a profile into an FFmpeg argument list (a Vulkan form and a CPU form). No raw FFmpeg
 arguments ever come from the API.
 
+``health-check`` (``check_only``) converts nothing: the worker decodes the whole source (``-f null``, CPU, or
+Vulkan decode where the probe proved the source's class) and the job records ``health`` (``healthy``, the errors
+FFmpeg reported); such a job has no output path and nothing is ever written (docs/api.md, "Health checks").
+
 Policies shared by every built-in profile (see docs/gpu.md):
 
 - video: the first video stream scaled to ``height`` lines (only down, never up, when ``upscale`` is
@@ -42,6 +46,7 @@ class Profile:
     description: str
     codec: str = "h264"  # the output's codec as ffprobe names it (checked before upload)
     priority: int = 0  # a job's priority when its submission names none (claims take the highest first)
+    check_only: bool = False  # a health check: decode the source, record what FFmpeg reports, write no output
     alternative_encoders: tuple[str, ...] = ()  # CPU encoders to use when ``video_codec`` is missing
     filter: str = ""  # "", "denoise" (nlmeans) or "deinterlace" (bwdif)
     subtitles: str = "keep"
@@ -69,6 +74,9 @@ BUILTIN_PROFILES: dict[str, Profile] = {
                  description="Non-local-means denoise (nlmeans_vulkan on a GPU), H.264 1080p, AAC audio"),
         _profile("deinterlace", crf=20, filter="deinterlace", upscale=False,
                  description="Deinterlace every frame (bwdif, one frame per frame), H.264 up to 1080p, AAC audio"),
+        _profile("health-check", containers=(), check_only=True,
+                 description="Decode the whole source and record whether it is healthy, with FFmpeg's errors; "
+                             "no output"),
         _profile("hevc-1080p-hdr10", video_codec="libx265", codec="hevc", crf=24, preset="fast", hdr="keep",
                  bit_depth=10, description="HEVC Main10 1080p keeping HDR10 (BT.2020/PQ, mastering and light "
                                            "level metadata), AAC audio"),

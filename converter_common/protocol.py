@@ -16,6 +16,7 @@ WORKER_REGISTER = "/api/worker/register"
 WORKER_CLAIM = "/api/worker/claim"
 WORKER_HEARTBEAT = "/api/worker/heartbeat"
 WORKER_FAIL = "/api/worker/fail"
+WORKER_HEALTH_RESULT = "/api/worker/health-result"  # a health check's result: the job completes with it, no output
 WORKER_RELEASE = "/api/worker/release"
 WORKER_DOWNLOAD = "/api/worker/download-video"
 WORKER_UPLOAD = "/api/worker/upload-video"
@@ -43,6 +44,11 @@ TUS_CONTENT_TYPE = "application/offset+octet-stream"
 PRIORITY_MIN = -1000
 PRIORITY_MAX = 1000
 CLAIMS_PAUSED_HEADER = "X-Claims-Paused"  # on a claim's 204: "queue" or "worker" while claims are paused
+
+# -- health checks (profile health-check): what a result may carry ------------------------------------------
+HEALTH_MAX_ERRORS = 50  # FFmpeg's first error lines kept; error_count says how many it printed
+HEALTH_MAX_LINE = 300  # characters kept of each line
+HEALTH_DECODERS = ("cpu", "vulkan")
 
 # -- failure causes (POST /api/worker/fail) ---------------------------------------------------------
 CAUSE_SOURCE = "source"  # the job's input cannot be converted anywhere: not the worker's fault

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from converter_common.profiles import BUILTIN_PROFILES
 from converter_common.protocol import PRIORITY_MAX, PRIORITY_MIN
 from converterctl import errors, tables
 from converterctl.client import Client, quote_id
@@ -70,7 +71,8 @@ def cmd_submit(ctx: Context) -> int:
     if args.upload is not None:
         job = _submit_upload(ctx, Path(args.upload))
     else:
-        if not args.output:
+        check_only = args.profile in BUILTIN_PROFILES and BUILTIN_PROFILES[args.profile].check_only
+        if not args.output and not check_only:  # a health check writes nothing: it takes no output
             raise UsageError("--output PATH is required when submitting a path in storage")
         body = {"source_path": args.source, "output_path": args.output, "profile": args.profile}
         if args.id:
@@ -113,8 +115,20 @@ def _jobs_table(page: dict[str, Any]) -> str:
 
 
 def cmd_show(ctx: Context) -> int:
-    ctx.emit(ctx.client.job(ctx.args.job), lambda j: tables.fields(j, JOB_FIELDS))
+    ctx.emit(ctx.client.job(ctx.args.job), lambda j: tables.fields(j, JOB_FIELDS) + health_lines(j.get("health")))
     return errors.EXIT_OK
+
+
+def health_lines(health: dict[str, Any] | None) -> str:
+    """A health check's result under the job's fields: healthy or not, the decoder, FFmpeg's errors."""
+    if not health:
+        return ""
+    verdict = "yes" if health.get("healthy") else f"no, {health.get('error_count', 0)} error(s)"
+    lines = [f"health: {verdict} ({health.get('decoder', 'cpu')} decode)"]
+    if health.get("fallback"):
+        lines.append(f"  after a Vulkan decode was set aside: {health['fallback']}")
+    lines += [f"  {line}" for line in health.get("errors") or []]
+    return "\n" + "\n".join(lines)
 
 
 def cmd_cancel(ctx: Context) -> int:

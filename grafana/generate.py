@@ -134,6 +134,9 @@ OVERVIEW = Dashboard(
                       f"converter_master_jobs_failed_total{{{F}}}{RI})) + sum(rate("
                       f"converter_master_jobs_completed_total{{{F}}}{RI})))", "failure ratio")],
               extra={"min": 0, "max": 1}),
+        Panel("Health checks per minute by result", "Health checks (profile health-check) completed per minute: "
+              "healthy, and unhealthy (FFmpeg reported decode errors; a result, not a failure).", "cpm",
+              [per_minute("converter_master_health_checks_total", by="result", legend="{{result}}")]),
         Row("Workers"),
         Panel("Workers active and seen", "Workers seen within the online window, and all that ever registered.",
               "short", [Target(f"sum(converter_master_workers_active{{{F}}})", "active"),

@@ -29,6 +29,7 @@ from master.handlers.bucket_transfer import OutputCompleteHandler, OutputPartsHa
 from master.handlers.claim import ClaimHandler
 from master.handlers.download_video import DownloadVideoHandler
 from master.handlers.health import HealthHandler
+from master.handlers.health_result import HealthResultHandler
 from master.handlers.job_output import JobOutputHandler
 from master.handlers.jobs import JobAttemptsHandler, JobCancelHandler, JobHandler, JobRetryHandler, JobsHandler
 from master.handlers.lease import FailHandler, HeartbeatHandler, ReleaseHandler
@@ -95,6 +96,7 @@ def make_app(config: MasterConfig, store: JobStore, wakeup: WakeUpSignal | None 
         (protocol.WORKER_CLAIM, ClaimHandler),
         (protocol.WORKER_HEARTBEAT, HeartbeatHandler),
         (protocol.WORKER_FAIL, FailHandler),
+        (protocol.WORKER_HEALTH_RESULT, HealthResultHandler),
         (protocol.WORKER_RELEASE, ReleaseHandler),
         (protocol.WORKER_DOWNLOAD, DownloadVideoHandler),
         (protocol.WORKER_UPLOAD, UploadVideoHandler),

@@ -30,6 +30,7 @@ from master.wakeup import WakeUpSignal
 
 CONVERTED_DIR = "converted"
 INCOMING_DIR = "incoming"  # where uploaded sources are kept, under names the server chooses
+NO_OUTPUT = ""  # the output_path of a job whose profile writes nothing (health-check)
 _UNSAFE_NAME = re.compile(r"[^\w.\- ]+")
 _EXTENSION = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
 _PRIORITY_TEXT = re.compile(r"^[+-]?[0-9]{1,5}$")
@@ -65,6 +66,8 @@ class JobIntake:
     async def check_output(self, output: str, source: str | None, profile: str) -> None:
         """Not the source, a name the profile allows, somewhere a file can be made, nothing there yet."""
         check_output_name(output, source, profile)
+        if output == NO_OUTPUT:
+            return  # a health check: nothing will be written
         self.storage.check_output_location(output)
         if await self.storage.exists(output):
             raise errors.OUTPUT_EXISTS.error()
@@ -127,7 +130,8 @@ class JobIntake:
         """The job, writing to the first of ``outputs`` that is free (not in storage, no active job writing it);
         without a ``priority`` of its own it takes its profile's."""
         priority = BUILTIN_PROFILES[profile].priority if priority is None else priority
-        free = [output for output in outputs if not await self.storage.exists(output)] or outputs[-1:]
+        free = [output for output in outputs
+                if output == NO_OUTPUT or not await self.storage.exists(output)] or outputs[-1:]
         for index, output in enumerate(free):
             await self.check_output(output, source, profile)
             try:
@@ -180,7 +184,11 @@ def new_source_name(client_name: str) -> str:
 
 
 def check_output_name(output: str, source: str | None, profile: str) -> None:
-    """Not the source, an extension the profile allows."""
+    """Not the source, an extension the profile allows; none at all for a profile that writes nothing."""
+    if BUILTIN_PROFILES[profile].check_only:
+        if output != NO_OUTPUT:
+            raise errors.INVALID_PATH.error(f"{profile} writes no output: leave output_path out")
+        return
     if source is not None and output == source:
         raise errors.INVALID_PATH.error("output_path must differ from source_path")
     containers = BUILTIN_PROFILES[profile].containers
@@ -204,7 +212,10 @@ def source_extension(filename: str) -> str:
 
 
 def default_outputs(storage: Storage, name: str, profile: str, job_id: str) -> list[str]:
-    """``converted/<stem>.<ext>``, and ``converted/<stem>-<job id>.<ext>`` for when that one is taken."""
+    """``converted/<stem>.<ext>``, and ``converted/<stem>-<job id>.<ext>`` for when that one is taken; none for a
+    profile that writes nothing (``NO_OUTPUT``)."""
+    if BUILTIN_PROFILES[profile].check_only:
+        return [NO_OUTPUT]
     container = BUILTIN_PROFILES[profile].containers[0]
     stem = safe_stem(name) or job_id
     candidates = [f"{CONVERTED_DIR}/{stem}.{container}", f"{CONVERTED_DIR}/{stem}-{job_id}.{container}"]

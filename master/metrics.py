@@ -130,6 +130,11 @@ class MasterMetrics:
         self.jobs_completed = Counter("converter_master_jobs_completed", "Jobs whose output was stored.",
                                       registry=registry)
         self.jobs_failed = Counter("converter_master_jobs_failed", "Jobs that ended failed.", registry=registry)
+        self.health_checks = Counter("converter_master_health_checks", "Health checks completed (profile health-check),"
+                                     " by result: healthy, unhealthy (FFmpeg reported errors).", ["result"],
+                                     registry=registry)
+        for result in ("healthy", "unhealthy"):
+            self.health_checks.labels(result)
         self.jobs_requeued = Counter("converter_master_jobs_requeued", "Jobs sent back to pending, by reason.",
                                      ["reason"], registry=registry)
         for reason in ("retryable_failure", "lease_expired", "released"):
@@ -200,6 +205,12 @@ class MasterMetrics:
             self.bytes_saved.labels(job.profile).inc(job.saved_bytes)
         if job.finished_at is not None:
             self.job_duration.observe(max(0.0, job.finished_at - job.created_at))
+
+    def health_checked(self, job: Job) -> None:
+        """A health check completed (no output: not in ``jobs_completed``), counted by its result."""
+        if job.finished_at is not None:
+            self.job_duration.observe(max(0.0, job.finished_at - job.created_at))
+        self.health_checks.labels("healthy" if job.health and job.health.get("healthy") else "unhealthy").inc()
 
     def job_failed_or_requeued(self, job: Job, reason: str) -> None:
         if job.status.value == "failed":

@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     accel            TEXT,
     speed            REAL,
     vulkan_fallback  TEXT,
+    health           TEXT,  -- a health check's result (JSON: healthy, errors, decoder); NULL for conversions
     created_at       REAL NOT NULL,
     updated_at       REAL NOT NULL,
     claimed_at       REAL,
@@ -193,6 +194,8 @@ MIGRATIONS = (
     (4, "job priorities, queue and worker pauses, worker schedules", lambda store: store._add_priorities_and_pauses()),
     (5, "every attempt of a job kept, by a trigger", lambda store: store._record_attempts()),
     (6, "the webhooks' outbox: events (a trigger writes a job's) and deliveries", lambda store: store._add_webhooks()),
+    (8, "health checks: jobs.health, and jobs without an output path outside the one-owner index",
+     lambda store: store._add_health_checks()),
 )
 
 
@@ -283,11 +286,13 @@ class Job:
     claimed_at: float | None
     finished_at: float | None
     waiting: str | None = None
+    health: dict[str, Any] | None = field(default=None, hash=False)  # a health check's result (profile health-check)
     priority: int = 0
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Job":
         values = {name: row[name] for name in _JOB_FIELDS}
+        values["health"] = json.loads(values["health"]) if values["health"] else None
         values["status"] = JobStatus(values["status"])
         return cls(**values)
 
@@ -470,6 +475,14 @@ class JobStore:
             self._db.execute("CREATE TRIGGER IF NOT EXISTS webhook_job_event AFTER UPDATE OF status ON jobs"
                              f" WHEN {_WEBHOOK_JOB_EVENT_WHEN} BEGIN {row}; END")
 
+    def _add_health_checks(self) -> None:
+        """Migration 8: ``jobs.health``; a health-check job has no output (``output_path`` empty), so the index of
+        one owner per output leaves empty paths out (any number of health checks may be active at once)."""
+        self._add_missing_columns()
+        self._db.execute("DROP INDEX IF EXISTS jobs_one_owner_per_output")
+        self._db.execute("CREATE UNIQUE INDEX jobs_one_owner_per_output ON jobs (output_path)"
+                         " WHERE status IN ('pending', 'processing') AND output_path <> ''")
+
     def _add_missing_columns(self) -> None:
         """Bring a database made by an earlier build up to ``SCHEMA``: columns it lacks are added.
 
@@ -533,7 +546,7 @@ class JobStore:
         now = time.time() if now is None else now
         with self._transaction():
             busy = self._db.execute(
-                f"SELECT id FROM jobs WHERE output_path = ? AND status IN ({_marks(ACTIVE)})",
+                f"SELECT id FROM jobs WHERE output_path = ? AND output_path <> '' AND status IN ({_marks(ACTIVE)})",
                 (output_path, *_values(ACTIVE)),
             ).fetchone()
             if busy:
@@ -649,7 +662,7 @@ class JobStore:
             (now, size_limit),
             now=now,
             set_sql="worker_id = :worker, lease_expires_at = :lease, attempts = attempts + 1, claimed_at = :now,"
-                    " progress = 0, error = NULL, waiting = NULL",
+                    " progress = 0, error = NULL, waiting = NULL, health = NULL",
             set_params={"worker": worker_id, "lease": now + lease_seconds},
         )
         return rows[0] if rows else None
@@ -714,6 +727,18 @@ class JobStore:
             if upload_id is not None:
                 self._db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
             self._db.execute("DELETE FROM bucket_uploads WHERE job_id = ?", (job_id,))
+        return job
+
+    def complete_health_check(self, job_id: str, health: dict[str, Any], *, worker_id: str,
+                              now: float | None = None) -> Job:
+        """A health check's end: the job completed with its ``health`` (healthy or not: a corrupt source is a
+        result, not a failure), no output, its worker's run of failures ended; ``GuardFailed`` for a job that
+        has an output path (a conversion)."""
+        with self._transaction():
+            job = self.transition(job_id, Transition.COMPLETE, worker_id=worker_id, now=now, guard="output_path = ''",
+                                  set_sql="health = :health, finished_at = :now, lease_expires_at = NULL,"
+                                          " progress = 100, error = NULL", health=json.dumps(health))
+            self._db.execute("UPDATE workers SET consecutive_failures = 0 WHERE id = ?", (worker_id,))
         return job
 
     def update_source_digest(self, job_id: str, *, size: int, sha256: str, mtime_ns: int) -> None:

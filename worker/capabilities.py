@@ -333,7 +333,9 @@ def profile_forms(profile: Profile, caps: Capabilities, device: VulkanInfo | Non
     """``["vulkan", "cpu"]`` when the profile's Vulkan filters ran here (on ``device``, else the first), else
     ``["cpu"]``. A 10-bit profile is CPU only: plain scaling, where the GPU does not pay. (Tone mapping an HDR
     source also needs ``libplacebo``: ``Converter.plan`` checks that per source.)"""
-    needed = {"scale_vulkan", VULKAN_FILTERS[profile.filter]} - {""}
     device = device or caps.vulkan
+    if profile.check_only:  # a health check decodes: on Vulkan where the probe decoded a class on the device
+        return (["vulkan"] if device.available and device.decode else []) + ["cpu"]
+    needed = {"scale_vulkan", VULKAN_FILTERS[profile.filter]} - {""}
     vulkan = device.available and needed <= set(device.filters) and profile.bit_depth == 8
     return (["vulkan"] if vulkan else []) + ["cpu"]

@@ -113,6 +113,16 @@ class MasterClient:
                                                                     cause=cause.value)),
                                what=f"report failure of job {job_id}")
 
+    def health_result(self, job_id: str, health: dict[str, Any], cancel: threading.Event | None = None
+                      ) -> dict[str, Any]:
+        """A health check's result; kept and sent again while the master is away (``retry.upload_window``), like
+        an output: the whole source was decoded for it."""
+        def report() -> dict[str, Any]:
+            return self.retry.call(_as_worker(lambda: self.control.health_result(job_id, health)),
+                                   what=f"health result of job {job_id}")
+
+        return self._keeping_output(report, job_id, cancel)
+
     def complete_shared(self, job_id: str, size: int, sha256_hex: str, cancel: threading.Event | None = None
                         ) -> dict[str, Any]:
         """Shared-storage mode: the output is on the shared mount; ask the master to verify and commit it."""

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from converter_common.profiles import BUILTIN_PROFILES
 from converter_common.systemd import Notifier
-from worker import ffmpeg
+from worker import ffmpeg, health
 from worker.client import MasterClient
 from worker.config import WorkerConfig
 from worker.conversion import Converter, ConverterFactory, probing_factory
@@ -286,6 +286,8 @@ class Worker:
     def _convert_job(self, job: dict[str, Any], active: ActiveJob) -> None:
         profile = ffmpeg.profile_named(job["profile"])
         active.directory.mkdir(parents=True, exist_ok=True)
+        if profile.check_only:  # health-check: decode the source, report what FFmpeg found, write nothing
+            return self._health_check(job, active)
         log.info("job %s: %s -> %s (%s)", active.job_id, job["source_path"], job["output_path"], profile.name)
         source = self.storage.source(job, active.directory, active.abort)
         output = self.storage.output(job, active.directory)
@@ -313,6 +315,27 @@ class Worker:
             self.client.heartbeat(active.job_id, round(active.progress, 1), conversion=fields)
         except RetryableError as exc:
             log.warning("job %s: could not record the conversion figures (%s)", active.job_id, exc)
+
+    def _health_check(self, job: dict[str, Any], active: ActiveJob) -> None:
+        """Profile health-check (``worker.health``): the source fetched and decoded whole, the result reported;
+        the job completes healthy or not (a corrupt source is a result, never retried). No output, no upload."""
+        log.info("job %s: health check of %s", active.job_id, job["source_path"])
+        source = self.storage.source(job, active.directory, active.abort)
+        active.stage = "check"
+        converter = self.converter()
+        result = health.check(converter, source, active.abort, label=f"job {active.job_id}", slot=active.slot,
+                              on_progress=lambda pct: setattr(active, "progress", pct))
+        if converter.take_announcement():  # Vulkan was just disabled: tell the master
+            try:
+                self.register()
+            except (RetryableError, ApiRejected) as exc:
+                log.warning("could not re-send capabilities (%s); the next registration will", exc)
+        self._record_conversion(active, result.job_fields())
+        active.stage = "report"
+        self.client.health_result(active.job_id, result.to_dict(), active.abort)
+        log.info("job %s: health check done in %.1f s (%s decode): %s", active.job_id, result.seconds,
+                 result.decoder, "healthy" if result.healthy else f"{result.error_count} error(s), first: "
+                 f"{result.errors[0]}")
 
     def _cache_room(self) -> int:
         """Free cache bytes not already promised to jobs in progress (each may need up to twice its source)."""

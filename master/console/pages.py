@@ -231,7 +231,7 @@ class RetryFailedHandler(ConsoleHandler):
             if not jobs:
                 break
             for job in jobs:
-                if await self.services.storage.exists(job.output_path):
+                if job.output_path and await self.services.storage.exists(job.output_path):
                     skipped += 1
                     continue
                 try:

@@ -105,6 +105,7 @@ class SourceUrlHandler(BucketTransferHandler):
 class OutputPartsHandler(BucketTransferHandler):
     async def post(self) -> None:
         job, worker_id = self.leased_job()
+        self.require_output(job)
         body = self.json_body()
         size, sha256 = self.declared_file(body)
         digests = self.part_digests(body, len(self.expected_sizes(size)))
@@ -131,6 +132,7 @@ class OutputPartsHandler(BucketTransferHandler):
 class OutputCompleteHandler(BucketTransferHandler):
     async def post(self) -> None:
         job, worker_id = self.leased_job()
+        self.require_output(job)
         size, sha256 = self.declared_file(self.json_body())
         upload = self.store.bucket_upload(job.id)
         if upload is None or (upload.attempt, upload.size, upload.sha256) != (job.attempts, size, sha256):

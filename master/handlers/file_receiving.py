@@ -40,9 +40,17 @@ class UploadSlotHolder:
 class ReceivingHandler(UploadSlotHolder, BaseHandler):
     """Base for handlers that stream a job's output to a temp file and commit it in place."""
 
+    @staticmethod
+    def require_output(job: Job) -> Job:
+        """409 for a job that writes no output (a health check): nothing is ever stored for it."""
+        if not job.output_path:
+            raise errors.INVALID_JOB_STATE.error(f"job {job.id!r} is a health check: it has no output to receive")
+        return job
+
     def output_staging_dir(self, job: Job) -> Path:
         """Where the job's output is received: beside its final name (so the rename is atomic), or, with the
         bucket backend, the master's staging folder."""
+        self.require_output(job)
         try:
             return self.services.storage.staging_dir_for(job.output_path)
         except OSError as exc:
@@ -57,7 +65,7 @@ class ReceivingHandler(UploadSlotHolder, BaseHandler):
         one IOLoop turn and no cancel or re-lease can slip in between. Bucket: sending the file awaits; if the
         job was taken from this worker meanwhile, the object it just created is deleted again.
         """
-        self.processing_job(job_id)  # a late upload (lease expired, job re-leased or done) stops here
+        self.require_output(self.processing_job(job_id))  # a late upload (lease expired, re-leased, done) stops here
         await fsync_path(temp_path)
         job = self.processing_job(job_id)  # it may have been cancelled or re-leased during the fsync
         await self._place_output(job, temp_path, digest)

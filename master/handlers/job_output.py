@@ -37,6 +37,8 @@ class JobOutputHandler(FileSendingHandler):
         job = self.store.get_job(check_job_id(job_id))
         if job.status is not JobStatus.COMPLETED:
             raise errors.INVALID_JOB_STATE.error(f"job {job.id!r} is {job.status.value}, must be completed")
+        if not job.output_path:
+            raise errors.OUTPUT_NOT_FOUND.error(f"job {job.id!r} is a health check: it has no output (see its health)")
         if self.services.storage.in_bucket and self.get_query_argument("presigned", "") in ("1", "true"):
             self._redirect_to_store(job)
             return

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import tornado.web
 
+from converter_common.profiles import BUILTIN_PROFILES
 from converter_common.protocol import job_path
 from master import errors
 from master.auth import Access
 from master.handlers.base import CONTROL_BODY_LIMIT, BaseHandler, check_job_id
 from master.handlers.multipart import MultipartReceiver, TextField, form_filename
-from master.intake import check_priority, new_job_id, priority_from_text
+from master.intake import NO_OUTPUT, check_priority, new_job_id, priority_from_text
 from master.states import JobStatus
 from master.store import Job
 
@@ -72,7 +73,8 @@ class JobsHandler(MultipartReceiver, BaseHandler):
         priority = check_priority(body.get("priority"))
         storage = self.services.storage
         source = storage.path(body.get("source_path"), "source_path")
-        output = storage.path(body.get("output_path"), "output_path")
+        output = NO_OUTPUT if body.get("output_path") is None and BUILTIN_PROFILES[profile].check_only \
+            else storage.path(body.get("output_path"), "output_path")  # health-check: none
         return await self.services.intake.from_stored_file(job_id=job_id, source=source, outputs=[output],
                                                            profile=profile, priority=priority)
 
@@ -152,7 +154,8 @@ class JobRetryHandler(BaseHandler):
 
     async def post(self, job_id: str) -> None:
         job = self.store.get_job(check_job_id(job_id))
-        if await self.services.storage.exists(job.output_path):  # another job's output, or the user's own file: a retry may not overwrite it
+        # another job's output, or the user's own file: a retry may not overwrite it (a health check has no output)
+        if job.output_path and await self.services.storage.exists(job.output_path):
             raise errors.OUTPUT_EXISTS.error(f"output_path {job.output_path!r} exists now; a retry would"
                                              " overwrite it: remove it or submit a new job")
         job = self.store.retry(job.id)

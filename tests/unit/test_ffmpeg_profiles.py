@@ -26,7 +26,7 @@ def joined(profile, plan=Plan("cpu", "libx264"), info=HD, output="o.mp4"):
 
 def test_builtin_profiles_are_the_issue_list():
     assert set(BUILTIN_PROFILES) == {"h264-720p", "h264-1080p", "hevc-1080p", "av1-1080p", "denoise-1080p",
-                                     "deinterlace", "hevc-1080p-hdr10"}
+                                     "deinterlace", "hevc-1080p-hdr10", "health-check"}
 
 
 @pytest.mark.parametrize("size, profile, expected", [
