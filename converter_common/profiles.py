@@ -20,6 +20,14 @@ Policies shared by every built-in profile (see docs/gpu.md):
 - audio: every audio stream, each encoded with ``audio_codec``/``audio_bitrate``; none is fine.
 - subtitles: ``subtitles="keep"`` keeps text subtitles (mov_text in MP4/MOV, copied or SRT in
   MKV) and bitmap subtitles in MKV only (MP4 cannot hold them: dropped); ``"drop"`` drops all.
+- track rules (every built-in keeps all tracks, as above): ``audio_languages`` (ISO 639-2 codes, e.g.
+  ``("jpn", "eng")``) keeps only the audio tracks in those languages, in the order of the list (source order
+  within a language), and makes the first kept one the default track. An untagged track counts as ``und``:
+  it is kept only where ``und`` is in the list (at that place). A source with none of the listed languages
+  keeps all its audio: a track rule never makes a silent output. ``audio_channels`` 1, 2 or 6 downmixes tracks
+  with more channels (fewer stay as they are); 0 keeps every track's channels. ``subtitle_languages`` keeps
+  only the subtitles in those languages, in that order (``und`` as for audio); a source with none of them
+  keeps none. Bibliographic and terminology codes match each other (``fre``/``fra``, ``ger``/``deu``).
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ PROFILE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 FILTERS = ("", "denoise", "deinterlace")
 SUBTITLE_POLICIES = ("keep", "drop")
 HDR_POLICIES = ("tonemap", "keep")
+LANGUAGE_CODE = re.compile(r"^[a-z]{3}$")  # ISO 639-2, lower case ("und": untagged)
+AUDIO_CHANNELS = (0, 1, 2, 6)  # 0: keep each track's channels
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,20 @@ class Profile:
     upscale: bool = True  # False: sources shorter than ``height`` keep their height
     hdr: str = "tonemap"  # "tonemap" (to SDR BT.709) or "keep" (HDR out, metadata carried); see the module doc
     bit_depth: int = 8  # 8 or 10 (4:2:0)
+    audio_languages: tuple[str, ...] = ()  # empty: every audio track; see "track rules" in the module doc
+    audio_channels: int = 0  # 0: keep; 1, 2 or 6: downmix tracks with more channels to that many
+    subtitle_languages: tuple[str, ...] = ()  # empty: every subtitle the container can hold
+
+
+def track_rule_errors(profile: Profile) -> list[str]:
+    """One line per invalid track rule of ``profile`` (empty when all are valid)."""
+    errors = [f"{profile.name}: {field} {code!r} is not an ISO 639-2 code (three lower-case letters, e.g. 'eng')"
+              for field in ("audio_languages", "subtitle_languages") for code in getattr(profile, field)
+              if not isinstance(code, str) or not LANGUAGE_CODE.match(code)]
+    if profile.audio_channels not in AUDIO_CHANNELS:
+        errors.append(f"{profile.name}: audio_channels {profile.audio_channels!r} must be one of "
+                      f"{', '.join(map(str, AUDIO_CHANNELS))} (0: keep)")
+    return errors
 
 
 def _profile(name: str, **fields) -> Profile:

@@ -25,7 +25,7 @@ from typing import Callable
 
 from converter_common.profiles import BUILTIN_PROFILES, Profile
 from worker.errors import FatalError, JobError, RetryableError, Shutdown
-from worker.ffmpeg_command import keeps_hdr, output_size
+from worker.ffmpeg_command import audio_tracks, keeps_hdr, language_key, output_size
 from worker.media import HDR_TRANSFERS, Colour, MasteringDisplay, MediaInfo
 
 log = logging.getLogger("converter.worker")
@@ -103,7 +103,19 @@ def probe(ffprobe: str, path: Path, hdr_metadata: bool = True) -> MediaInfo:
         rotation=_rotation(video),
         colour=colour_from_ffprobe(video, _first_frame_side_data(ffprobe, path)
                                    if hdr_metadata and _hdr_stream(video) else []),
+        audio_languages=tuple(_stream_language(s) for s in audio),
+        audio_channels=tuple(int(s.get("channels") or 0) for s in audio),
+        subtitle_languages=tuple(_stream_language(s) for s in streams if s.get("codec_type") == "subtitle"),
     )
+
+
+def _stream_language(stream: dict) -> str:
+    tags = {key.lower(): value for key, value in (stream.get("tags") or {}).items()}
+    return _language(tags.get("language"))
+
+
+def _language(tag: str | None) -> str:
+    return (tag or "").strip().lower() or "und"
 
 
 def _hdr_stream(stream: dict) -> bool:
@@ -162,7 +174,23 @@ def probe_with_ffmpeg(binary: str, path: Path, hdr_metadata: bool = True) -> Med
         sample_aspect=_ratio(f"{sar[1]}:{sar[2]}") if sar else 1.0,
         rotation=int(float(rotation[1])) % 360 if rotation else 0,
         colour=_colour_from_summary(binary, path, video, text, hdr_metadata),
+        audio_languages=tuple(_language(lang) for lang, kind, _ in _TRACK.findall(text) if kind == "Audio"),
+        audio_channels=tuple(_channels(rest) for lang, kind, rest in _TRACK.findall(text) if kind == "Audio"),
+        subtitle_languages=tuple(_language(lang) for lang, kind, _ in _TRACK.findall(text) if kind == "Subtitle"),
     )
+
+
+def _channels(summary: str) -> int:
+    """Channels of an audio stream line's layout (``, 48000 Hz, 5.1(side), fltp``): 0 when not understood."""
+    for item in summary.split(", ")[1:]:
+        layout = item.split("(")[0].strip()
+        if layout in _LAYOUTS:
+            return _LAYOUTS[layout]
+        if re.fullmatch(r"\d+(\.\d+)+", layout):
+            return sum(int(n) for n in layout.split("."))  # 5.1 → 6, 7.1 → 8, 5.1.2 → 8
+        if (count := re.fullmatch(r"(\d+) channels", layout)):
+            return int(count[1])
+    return 0
 
 
 def _colour_from_summary(binary: str, path: Path, video: str, summary: str, hdr_metadata: bool) -> Colour:
@@ -192,6 +220,10 @@ def _colour_from_summary(binary: str, path: Path, video: str, summary: str, hdr_
 
 
 _STREAM = re.compile(r"^\s*Stream #0:\d+\S*: (Video|Audio|Subtitle): (\w+)(.*)$", re.M)
+# an audio or subtitle stream line: its language ("Stream #0:1[0x2](eng): Audio: aac ...") and the rest
+_TRACK = re.compile(r"^\s*Stream #0:\d+(?:\[\w+\])?(?:\((\w+)\))?\S*: (Audio|Subtitle): \w+(.*)$", re.M)
+_LAYOUTS = {"mono": 1, "stereo": 2, "downmix": 2, "binaural": 2, "quad": 4, "hexagonal": 6, "octagonal": 8,
+            "hexadecagonal": 16, "cube": 8}
 _DURATION = re.compile(r"Duration: (\d+):(\d+):([\d.]+)")
 _SIZE = re.compile(r", (\d{1,5})x(\d{1,5})[, ]")
 _PIX_FMT = re.compile(r"[^,]*, ([a-z][a-z0-9]+)\b")  # " (Main 10), yuv420p10le(tv, …), 3840x2160"
@@ -223,8 +255,7 @@ def check_output(prober: Callable[[Path], MediaInfo], output: Path, profile: Pro
         problems.append(f"video codec {info.video_codec}, expected {profile.codec}")
     if expected_size and (info.width, info.height) != expected_size:
         problems.append(f"size {info.width}x{info.height}, expected {expected_size[0]}x{expected_size[1]}")
-    if info.audio_streams != source.audio_streams:
-        problems.append(f"{info.audio_streams} audio streams, expected {source.audio_streams}")
+    problems += _audio_problems(info, profile, source)
     transfer = source.colour.transfer if keeps_hdr(profile, source) else "bt709"
     if info.colour.transfer != transfer:
         problems.append(f"colour transfer {info.colour.transfer or 'untagged'}, expected {transfer}")
@@ -234,6 +265,22 @@ def check_output(prober: Callable[[Path], MediaInfo], output: Path, profile: Pro
     if problems:
         raise FatalError("output check failed: " + "; ".join(problems))
     return info
+
+
+def _audio_problems(info: MediaInfo, profile: Profile, source: MediaInfo) -> list[str]:
+    """The output's audio against the profile's track rules: how many streams, their languages, their channels."""
+    tracks = audio_tracks(profile, source) or []
+    if info.audio_streams != len(tracks):
+        return [f"{info.audio_streams} audio streams, expected {len(tracks)}"]
+    problems = []
+    expected = [language_key(source.audio_languages[i]) for i in tracks if i < len(source.audio_languages)]
+    got = [language_key(code) for code in info.audio_languages]
+    if profile.audio_languages and len(expected) == len(got) and expected != got:
+        problems.append(f"audio languages {', '.join(got)}, expected {', '.join(expected)}")
+    if profile.audio_channels and any(n > profile.audio_channels for n in info.audio_channels):
+        problems.append(f"audio channels {', '.join(map(str, info.audio_channels))}, expected at most "
+                        f"{profile.audio_channels}")
+    return problems
 
 
 def run(command: list[str], *, duration: float, timeout: float, cancel: threading.Event,

@@ -13,6 +13,11 @@ BT.2020 to BT.709 primaries in linear light, applies ``tonemap=hable`` and re-en
 Vulkan form does the same in one ``libplacebo`` pass (scale + tone map + gamut + format), with its
 dynamic peak detection off so both forms give the same picture (docs/gpu.md has the measured luma).
 SDR outputs are tagged BT.709; a kept HDR output carries the source's tags and HDR10 metadata.
+
+Track rules (``audio_languages``, ``audio_channels``, ``subtitle_languages``; "track rules" in
+``converter_common.profiles``) need the probe's per-stream languages: they map the kept streams one by one
+(``-map 0:a:2 -map 0:a:0``), mark the first kept audio default and the others not (``-disposition:a:N``), and
+downmix per output stream (``-ac:a:N``). Without a probe the command keeps the first audio stream, as before.
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ VULKAN_DECODE_CODECS = ("h264", "hevc", "av1")
 TEXT_SUBTITLES = {"subrip", "ass", "ssa", "webvtt", "mov_text", "text"}
 MKV_TEXT_SUBTITLES = {"subrip", "ass", "ssa", "webvtt"}
 BITMAP_SUBTITLES = {"dvd_subtitle", "hdmv_pgs_subtitle", "dvb_subtitle"}
+# ISO 639-2 bibliographic codes and their terminology twins: a profile's "fre" keeps a track tagged "fra"
+LANGUAGE_TWINS = {"alb": "sqi", "arm": "hye", "baq": "eus", "bur": "mya", "chi": "zho", "cze": "ces", "dut": "nld",
+                  "fre": "fra", "geo": "kat", "ger": "deu", "gre": "ell", "ice": "isl", "mac": "mkd", "mao": "mri",
+                  "may": "msa", "per": "fas", "rum": "ron", "slo": "slk", "tib": "bod", "wel": "cym"}
 PIX_FMT = "yuv420p"
 PIX_FMTS = {8: PIX_FMT, 10: "yuv420p10le"}
 HDR_UPLOAD_FORMAT = "yuv420p10le"  # what an HDR source is uploaded as: 8 bits would band before tone mapping
@@ -166,13 +175,63 @@ def encoder_args(encoder: str, profile: Profile, container: str, info: MediaInfo
     return args
 
 
+def language_key(code: str) -> str:
+    return LANGUAGE_TWINS.get(code, code)
+
+
+def select_tracks(languages: tuple[str, ...], wanted: tuple[str, ...]) -> list[int]:
+    """Indices of the streams (tagged ``languages``, in stream order) that ``wanted`` keeps, in its order and then
+    stream order; every index when ``wanted`` is empty."""
+    if not wanted:
+        return list(range(len(languages)))
+    keys = [language_key(code) for code in languages]
+    order = list(dict.fromkeys(language_key(code) for code in wanted))
+    return [index for key in order for index, code in enumerate(keys) if code == key]
+
+
+def audio_tracks(profile: Profile, info: MediaInfo | None) -> list[int] | None:
+    """The source's audio streams the output keeps, in output order; None without a probe (the first, if any).
+    A source with none of the profile's languages keeps all its audio: never a silent output by a rule."""
+    if info is None:
+        return None
+    languages = info.audio_languages or ("und",) * info.audio_streams
+    return select_tracks(languages, profile.audio_languages) or list(range(info.audio_streams))
+
+
+def audio_maps(profile: Profile, info: MediaInfo | None) -> list[str]:
+    """Every audio stream, or the profile's languages in its order; without a probe the first one, if any."""
+    tracks = audio_tracks(profile, info)
+    if tracks is None:
+        return ["-map", "0:a:0?"]
+    if not profile.audio_languages:
+        return ["-map", "0:a?"]
+    return [arg for index in tracks for arg in ("-map", f"0:a:{index}")]
+
+
+def audio_args(profile: Profile, info: MediaInfo | None) -> list[str]:
+    """Encode, mark the default and downmix the audio streams ``audio_maps`` kept, per the profile's track rules."""
+    tracks = audio_tracks(profile, info)
+    args = ["-c:a", profile.audio_codec, "-b:a", profile.audio_bitrate]
+    if tracks and profile.audio_languages:
+        for out in range(len(tracks)):
+            args += [f"-disposition:a:{out}", "default" if out == 0 else "0"]
+    if profile.audio_channels:
+        channels = info.audio_channels if info is not None else ()
+        for out, index in enumerate(tracks if tracks is not None else [0]):
+            if index >= len(channels) or not channels[index] or channels[index] > profile.audio_channels:
+                args += [f"-ac:a:{out}", str(profile.audio_channels)]
+    return args
+
+
 def subtitle_args(profile: Profile, info: MediaInfo | None, container: str) -> list[str]:
     """Map and convert subtitle streams per the profile's policy (module docstring of converter_common.profiles)."""
     if profile.subtitles != "keep" or info is None:
         return []
     args: list[str] = []
     kept = 0
-    for index, codec in enumerate(info.subtitle_codecs):
+    languages = info.subtitle_languages or ("und",) * len(info.subtitle_codecs)
+    for index in select_tracks(languages, profile.subtitle_languages):
+        codec = info.subtitle_codecs[index]
         if container == "mkv":
             target = "copy" if codec in MKV_TEXT_SUBTITLES | BITMAP_SUBTITLES else "srt" if codec in TEXT_SUBTITLES \
                 else None
@@ -194,12 +253,11 @@ def build_command(binary: str, profile: Profile, source: Path, output: Path, *, 
         args += ["-init_hw_device", f"vulkan=vk:{plan.vulkan_device}", "-filter_hw_device", "vk"]
         if plan.vulkan_decode:
             args += ["-hwaccel", "vulkan", "-hwaccel_device", "vk", "-hwaccel_output_format", "vulkan"]
-    # Every audio stream; without a probe (``info`` None) the first one, if any.
-    args += ["-i", str(source), "-map", "0:v:0", "-map", "0:a?" if info is not None else "0:a:0?"]
+    args += ["-i", str(source), "-map", "0:v:0", *audio_maps(profile, info)]
     args += ["-vf", filter_chain(profile, info, plan)]
     args += encoder_args(plan.encoder or profile.video_codec, profile, container, info)
     args += colour_args(profile, info)
-    args += ["-c:a", profile.audio_codec, "-b:a", profile.audio_bitrate]
+    args += audio_args(profile, info)
     args += subtitle_args(profile, info, container)
     args += ["-max_muxing_queue_size", "4096"]
     if container in ("mp4", "mov"):

@@ -65,6 +65,10 @@ class MediaInfo:
     sample_aspect: float = 1.0
     rotation: int = 0  # degrees from the display matrix; 90/270 swap the displayed width and height
     colour: Colour = Colour()
+    # per audio / subtitle stream, in stream order: the language tag in lower case ("und" when untagged)
+    audio_languages: tuple[str, ...] = ()
+    audio_channels: tuple[int, ...] = ()  # per audio stream; 0 when unknown
+    subtitle_languages: tuple[str, ...] = ()
 
     def display_size(self) -> tuple[int, int]:
         """(width, height) as shown: pixel aspect applied, rotation applied."""

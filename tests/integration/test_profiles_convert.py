@@ -9,6 +9,7 @@ import json
 import stat
 import subprocess
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,21 @@ def clips(tmp_path_factory):
         "subtitles": clip(d / "subtitles.mkv", *video(), *tone(), "-i", str(srt), "-map", "0", "-map", "1",
                           "-map", "2", *h264, "-pix_fmt", "yuv420p", "-c:a", "aac", "-c:s", "srt"),
         "hdr10": make_hdr10_clip(d / "hdr10.mkv", seconds=0.5),
+        "tracks": tracks_clip(d),
     }
+
+
+def tracks_clip(d: Path) -> Path:
+    """0.5 s at 160x90: audio eng, fre, jpn (5.1) and an untagged one (all else mono); subtitles fre, eng."""
+    subtitles = []
+    for language, text in (("fre", "bonjour"), ("eng", "hello")):
+        (d / f"{language}.srt").write_text(f"1\n00:00:00,000 --> 00:00:00,400\n{text}\n\n")
+        subtitles += ["-i", str(d / f"{language}.srt")]
+    tags = [arg for stream, language in (("a:0", "eng"), ("a:1", "fre"), ("a:2", "jpn"), ("s:0", "fre"), ("s:1", "eng"))
+            for arg in (f"-metadata:s:{stream}", f"language={language}")]
+    return clip(d / "tracks.mkv", *video("160x90"), *tone(440), *tone(550), *tone(660), *tone(770), *subtitles,
+                *[arg for i in range(7) for arg in ("-map", str(i))], "-c:v", "libx264", "-preset", "ultrafast",
+                "-pix_fmt", "yuv420p", "-c:a", "aac", "-ac:a:2", "6", "-c:s", "srt", *tags, seconds=0.5)
 
 
 def start(accel, binary="ffmpeg"):
@@ -141,7 +156,36 @@ def test_text_subtitles_are_kept_as_mov_text_in_mp4_and_srt_in_mkv(cpu, clips, t
     assert [s["codec_name"] for s in streams(tmp_path / "back.mkv", "subtitle")] == ["subrip"]
 
 
-@pytest.mark.parametrize("name", ["odd", "two-audio", "subtitles", "no-audio", "hdr10"])
+def tracks(path: Path, kind: str) -> list[tuple]:
+    """(language, channels or codec, default) of each ``kind`` stream: ``und`` for an untagged one."""
+    return [(s.get("tags", {}).get("language", "und"), s.get("channels", s["codec_name"]),
+             s["disposition"]["default"]) for s in streams(path, kind)]
+
+
+def test_a_3_language_source_keeps_only_the_listed_languages_in_the_chosen_order(cpu, clips, tmp_path):
+    """jpn then eng (fre and the untagged track dropped), jpn the default, downmixed to stereo; English subtitles."""
+    rules = replace(BUILTIN_PROFILES["h264-720p"], name="jpn-eng", height=90, audio_languages=("jpn", "eng"),
+                    audio_channels=2, subtitle_languages=("eng",))
+    assert [language for language, _, _ in tracks(clips["tracks"], "audio")] == ["eng", "fre", "jpn", "und"]
+    cpu.convert(rules, clips["tracks"], tmp_path / "out.mp4", threading.Event(), label="test")
+    assert tracks(tmp_path / "out.mp4", "audio") == [("jpn", 2, 1), ("eng", 1, 0)]
+    assert [(language, codec) for language, codec, _ in tracks(tmp_path / "out.mp4", "subtitle")] == [
+        ("eng", "mov_text")]
+    kept_channels = replace(rules, audio_channels=0, subtitle_languages=("eng", "fre"))
+    cpu.convert(kept_channels, clips["tracks"], tmp_path / "out.mkv", threading.Event(), label="test")
+    assert tracks(tmp_path / "out.mkv", "audio") == [("jpn", 6, 1), ("eng", 1, 0)]
+    assert [(language, codec) for language, codec, _ in tracks(tmp_path / "out.mkv", "subtitle")] == [
+        ("eng", "subrip"), ("fre", "subrip")]
+
+
+def test_the_default_profile_keeps_every_track(cpu, clips, tmp_path):
+    convert(cpu, "h264-720p", clips["tracks"], tmp_path / "out.mkv")
+    assert [(language, channels) for language, channels, _ in tracks(tmp_path / "out.mkv", "audio")] == [
+        ("eng", 1), ("fre", 1), ("jpn", 6), ("und", 1)]
+    assert [language for language, _, _ in tracks(tmp_path / "out.mkv", "subtitle")] == ["fre", "eng"]
+
+
+@pytest.mark.parametrize("name", ["odd", "two-audio", "subtitles", "no-audio", "hdr10", "tracks"])
 def test_ffmpeg_stream_summary_stands_in_for_ffprobe(clips, name):
     """Hosts with only imageio-ffmpeg's binary have no ffprobe: the worker reads ``ffmpeg -i`` instead."""
     from dataclasses import replace
