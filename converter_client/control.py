@@ -59,6 +59,12 @@ class WorkerControl:
     def release(self, job_id: str, reason: str) -> dict[str, Any]:
         return self._call(protocol.WORKER_RELEASE, {"worker_id": self.worker_id, "reason": reason}, job_id)
 
+    def skip(self, job_id: str, reason: str) -> dict[str, Any]:
+        return self._call(protocol.WORKER_SKIP, {"worker_id": self.worker_id, "reason": reason}, job_id)
+
+    def keep_source(self, job_id: str, reason: str) -> dict[str, Any]:
+        return self._call(protocol.WORKER_KEEP_SOURCE, {"worker_id": self.worker_id, "reason": reason}, job_id)
+
     def _call(self, route: str, body: dict[str, Any], job_id: str | None = None) -> dict[str, Any]:
         params = {"job_id": job_id} if job_id is not None else None
         return json_answer(self.http.send("POST", route, json=body, params=params))

@@ -63,6 +63,11 @@ class Profile:
     upscale: bool = True  # False: sources shorter than ``height`` keep their height
     hdr: str = "tonemap"  # "tonemap" (to SDR BT.709) or "keep" (HDR out, metadata carried); see the module doc
     bit_depth: int = 8  # 8 or 10 (4:2:0)
+    # The skip rule (converter_common/skip_rules.py): a source already in ``codec``, no taller than ``height`` and
+    # at most ``skip_bpp`` x ``skip_tolerance`` video bits per pixel per frame is skipped (0: the rule is off)
+    skip_bpp: float = 0.0
+    skip_tolerance: float = 1.2
+    discard_larger: bool = True  # an output larger than its source is discarded and the source kept as the output
     audio_languages: tuple[str, ...] = ()  # empty: every audio track; see "track rules" in the module doc
     audio_channels: int = 0  # 0: keep; 1, 2 or 6: downmix tracks with more channels to that many
     subtitle_languages: tuple[str, ...] = ()  # empty: every subtitle the container can hold
@@ -88,9 +93,10 @@ def _profile(name: str, **fields) -> Profile:
 BUILTIN_PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
-        _profile("h264-720p", height=720, crf=23, description="H.264 720p, AAC audio, MP4 (faststart)"),
-        _profile("h264-1080p", description="H.264 1080p, AAC audio"),
-        _profile("hevc-1080p", video_codec="libx265", codec="hevc", crf=26, preset="fast",
+        _profile("h264-720p", height=720, crf=23, skip_bpp=0.1,
+                 description="H.264 720p, AAC audio, MP4 (faststart)"),
+        _profile("h264-1080p", skip_bpp=0.1, description="H.264 1080p, AAC audio"),
+        _profile("hevc-1080p", video_codec="libx265", codec="hevc", crf=26, preset="fast", skip_bpp=0.06,
                  description="HEVC 1080p (hvc1 tag in MP4/MOV), AAC audio"),
         _profile("av1-1080p", containers=("mp4", "mkv"), video_codec="libsvtav1", codec="av1", crf=35, preset="8",
                  alternative_encoders=("libaom-av1",), description="AV1 1080p (SVT-AV1, else libaom), AAC audio"),

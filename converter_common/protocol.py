@@ -21,6 +21,9 @@ WORKER_RELEASE = "/api/worker/release"
 WORKER_DOWNLOAD = "/api/worker/download-video"
 WORKER_UPLOAD = "/api/worker/upload-video"
 WORKER_COMPLETE = "/api/worker/complete"  # shared-storage mode
+# a profile's rules (converter_common/skip_rules.py): the source needs no conversion; the output came out larger
+WORKER_SKIP = "/api/worker/skip"
+WORKER_KEEP_SOURCE = "/api/worker/keep-source"
 # storage.backend s3: the worker moves the bytes itself, over presigned URLs the master hands it
 WORKER_SOURCE_URL = "/api/worker/source-url"  # a presigned GET of the job's source
 WORKER_OUTPUT_PARTS = "/api/worker/output-parts"  # presigned PUTs of the output's parts not yet stored

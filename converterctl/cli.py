@@ -26,11 +26,11 @@ from converterctl.upload_state import UploadStateFile, default_state_path
 
 DEFAULT_URL = "http://localhost:8080"
 DEFAULT_PROFILE = "h264-720p"
-STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
-TERMINAL = {"completed", "failed", "cancelled"}
+STATUSES = ("pending", "processing", "completed", "failed", "cancelled", "skipped")
+TERMINAL = {"completed", "failed", "cancelled", "skipped"}
 JOB_FIELDS = ("id", "status", "priority", "profile", "source_path", "output_path", "source_size", "output_size",
               "saved_bytes", "progress", "attempts", "max_attempts", "worker_id", "error", "created_at", "claimed_at",
-              "finished_at", "updated_at", "lease_expires_at")
+              "finished_at", "updated_at", "lease_expires_at", "reason", "kept_source")
 
 
 class Context:
@@ -279,7 +279,7 @@ def _watch(ctx: Context, job_ids: list[str]) -> int:
         time.sleep(ctx.args.interval)
     if ctx.args.json:
         ctx.emit({"jobs": jobs}, str)
-    bad = [j for j in jobs if j["status"] != "completed"]
+    bad = [j for j in jobs if j["status"] not in ("completed", "skipped")]  # skipped: nothing needed doing
     return errors.EXIT_FAILED if bad else errors.EXIT_OK
 
 
@@ -360,8 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     webhooks = command("webhooks", cmd_webhooks, "webhook deliveries: the outbox, newest first")
     webhooks.add_argument("what", choices=("deliveries",), nargs="?", default="deliveries")
     webhooks.add_argument("-s", "--status", choices=("pending", "sending", "delivered", "failed"))
-    webhooks.add_argument("-e", "--event", choices=("job.completed", "job.failed", "job.cancelled", "worker.lost",
-                                                    "queue.drained"))
+    webhooks.add_argument("-e", "--event", choices=("job.completed", "job.failed", "job.cancelled", "job.skipped",
+                                                    "worker.lost", "queue.drained"))
     webhooks.add_argument("--limit", type=int, default=100)
     webhooks.add_argument("--offset", type=int, default=0)
 

@@ -251,7 +251,7 @@ WORKERS = Dashboard(
         Panel("Jobs in progress per worker", "Jobs each worker is processing now.", "short",
               [Target(f"sum by (instance) (converter_worker_jobs_in_progress{{{F}}})", "{{instance}}")], width=8),
         Panel("Jobs finished per minute by outcome",
-              "Jobs workers stopped working on: completed, failed, retried, released, lost.", "cpm",
+              "Jobs workers stopped working on: completed, skipped, failed, retried, released, lost.", "cpm",
               [per_minute("converter_worker_jobs_finished_total", by="outcome", legend="{{outcome}}")]),
         Panel("Worker versions", "Running worker versions (converter_worker_build_info).", "short",
               [Target(f"count by (version) (converter_worker_build_info{{{F}}})", "{{version}}")], kind="stat"),

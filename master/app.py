@@ -32,7 +32,7 @@ from master.handlers.health import HealthHandler
 from master.handlers.health_result import HealthResultHandler
 from master.handlers.job_output import JobOutputHandler
 from master.handlers.jobs import JobAttemptsHandler, JobCancelHandler, JobHandler, JobRetryHandler, JobsHandler
-from master.handlers.lease import FailHandler, HeartbeatHandler, ReleaseHandler
+from master.handlers.lease import FailHandler, HeartbeatHandler, ReleaseHandler, SkipHandler
 from master.handlers.metrics import MetricsHandler
 from master.handlers.openapi import OpenApiHandler
 from master.handlers.profiles import ProfilesHandler
@@ -42,7 +42,7 @@ from master.handlers.source_uploads import SourceUploadCompleteHandler, SourceUp
 from master.handlers.tus import TusCreationHandler, TusUploadHandler
 from master.handlers.upload_video import UploadVideoHandler
 from master.handlers.webhooks import WebhookDeliveriesHandler
-from master.handlers.worker_complete import WorkerCompleteHandler
+from master.handlers.worker_complete import KeepSourceHandler, WorkerCompleteHandler
 from master.handlers.workers import (WorkerPauseHandler, WorkerRegisterHandler, WorkerResumeHandler,
                                      WorkersHandler)
 from master.intake import JobIntake
@@ -101,6 +101,8 @@ def make_app(config: MasterConfig, store: JobStore, wakeup: WakeUpSignal | None 
         (protocol.WORKER_DOWNLOAD, DownloadVideoHandler),
         (protocol.WORKER_UPLOAD, UploadVideoHandler),
         (protocol.WORKER_COMPLETE, WorkerCompleteHandler),
+        (protocol.WORKER_SKIP, SkipHandler),
+        (protocol.WORKER_KEEP_SOURCE, KeepSourceHandler),
         (protocol.WORKER_SOURCE_URL, SourceUrlHandler),
         (protocol.WORKER_OUTPUT_PARTS, OutputPartsHandler),
         (protocol.WORKER_OUTPUT_COMPLETE, OutputCompleteHandler),

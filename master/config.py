@@ -178,7 +178,7 @@ class AuthConfig:
     console_secret_file: Path | None = None
 
 
-WEBHOOK_EVENTS = ("job.completed", "job.failed", "job.cancelled", "worker.lost", "queue.drained")
+WEBHOOK_EVENTS = ("job.completed", "job.failed", "job.cancelled", "job.skipped", "worker.lost", "queue.drained")
 
 
 @dataclass(frozen=True)

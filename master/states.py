@@ -4,7 +4,8 @@
        ▲                  │  │
        └──retry/requeue───┘  └──fail (fatal or attempts used up)──▶ failed
     pending|processing ──cancel──▶ cancelled
-    failed|cancelled ──retry──▶ pending
+    processing ──skip (the source already matches the profile)──▶ skipped
+    failed|cancelled|skipped ──retry──▶ pending
 
 The store applies a transition with one UPDATE whose WHERE clause lists the allowed old states,
 so two racing requests can never both move the same job.
@@ -21,6 +22,7 @@ class JobStatus(str, enum.Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # the profile's skip rule: the source already matched, nothing was converted
 
 
 class Transition(enum.Enum):
@@ -31,7 +33,8 @@ class Transition(enum.Enum):
     REQUEUE = ((JobStatus.PROCESSING,), JobStatus.PENDING)
     FAIL = ((JobStatus.PROCESSING,), JobStatus.FAILED)
     CANCEL = ((JobStatus.PENDING, JobStatus.PROCESSING), JobStatus.CANCELLED)
-    RETRY = ((JobStatus.FAILED, JobStatus.CANCELLED), JobStatus.PENDING)
+    SKIP = ((JobStatus.PROCESSING,), JobStatus.SKIPPED)
+    RETRY = ((JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.SKIPPED), JobStatus.PENDING)
 
     @property
     def sources(self) -> tuple[JobStatus, ...]:
@@ -42,7 +45,7 @@ class Transition(enum.Enum):
         return self.value[1]
 
 
-TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.SKIPPED})
 ACTIVE = frozenset({JobStatus.PENDING, JobStatus.PROCESSING})
 
 

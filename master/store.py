@@ -49,7 +49,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     claimed_at       REAL,
     finished_at      REAL,
     waiting          TEXT,  -- why a pending job is not being claimed, when the master can tell
-    priority         INTEGER NOT NULL DEFAULT 0  -- claims take the highest first, then the oldest
+    priority         INTEGER NOT NULL DEFAULT 0, -- claims take the highest first, then the oldest
+    reason           TEXT,  -- why the job was skipped, or why its source was kept as the output (kept_source)
+    kept_source      INTEGER NOT NULL DEFAULT 0  -- 1: the output is a copy of the source (the conversion was larger)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, not_before);
 CREATE TABLE IF NOT EXISTS workers (
@@ -174,7 +176,7 @@ CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_at
     WHERE status IN ('pending', 'sending');
 CREATE INDEX IF NOT EXISTS webhook_deliveries_by_creation ON webhook_deliveries (created_at);
 """
-WEBHOOK_JOB_EVENTS = ("completed", "failed", "cancelled")
+WEBHOOK_JOB_EVENTS = ("completed", "failed", "cancelled", "skipped")  # skipped: since migration 7
 _WEBHOOK_JOB_EVENT_WHEN = ("NEW.status IN ('completed', 'failed', 'cancelled') AND OLD.status <> NEW.status")
 # A random (version 4) UUID, in each dialect
 _UUID_SQL = {"postgres": "gen_random_uuid()::text",
@@ -194,6 +196,8 @@ MIGRATIONS = (
     (4, "job priorities, queue and worker pauses, worker schedules", lambda store: store._add_priorities_and_pauses()),
     (5, "every attempt of a job kept, by a trigger", lambda store: store._record_attempts()),
     (6, "the webhooks' outbox: events (a trigger writes a job's) and deliveries", lambda store: store._add_webhooks()),
+    (7, "skipped jobs and kept sources: jobs.reason, jobs.kept_source, job.skipped webhook events",
+     lambda store: store._add_skip_rules()),
     (8, "health checks: jobs.health, and jobs without an output path outside the one-owner index",
      lambda store: store._add_health_checks()),
 )
@@ -288,12 +292,15 @@ class Job:
     waiting: str | None = None
     health: dict[str, Any] | None = field(default=None, hash=False)  # a health check's result (profile health-check)
     priority: int = 0
+    reason: str | None = None  # skipped: why; kept_source: why the source was kept
+    kept_source: bool = False  # the output is the source's bytes: the conversion came out larger
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Job":
         values = {name: row[name] for name in _JOB_FIELDS}
         values["health"] = json.loads(values["health"]) if values["health"] else None
         values["status"] = JobStatus(values["status"])
+        values["kept_source"] = bool(values["kept_source"])
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -474,6 +481,21 @@ class JobStore:
         else:
             self._db.execute("CREATE TRIGGER IF NOT EXISTS webhook_job_event AFTER UPDATE OF status ON jobs"
                              f" WHEN {_WEBHOOK_JOB_EVENT_WHEN} BEGIN {row}; END")
+
+    def _add_skip_rules(self) -> None:
+        """Migration 7: ``jobs.reason`` and ``jobs.kept_source`` (a profile's skip and keep-smaller rules); the
+        webhook trigger of migration 6 remade to write ``job.skipped`` events too."""
+        self._add_missing_columns()  # the two columns
+        when = "NEW.status IN ('completed', 'failed', 'cancelled', 'skipped') AND OLD.status <> NEW.status"
+        if self.dialect == "postgres":
+            self._db.execute("CREATE OR REPLACE TRIGGER webhook_job_event AFTER UPDATE OF status ON jobs FOR EACH ROW"
+                             f" WHEN ({when}) EXECUTE FUNCTION webhook_job_event()")
+        else:
+            row = (f"INSERT INTO webhook_events (id, type, job_id, created_at) VALUES ({_UUID_SQL[self.dialect]},"
+                   " 'job.' || NEW.status, NEW.id, NEW.updated_at)")
+            self._db.execute("DROP TRIGGER IF EXISTS webhook_job_event")
+            self._db.execute(f"CREATE TRIGGER webhook_job_event AFTER UPDATE OF status ON jobs WHEN {when}"
+                             f" BEGIN {row}; END")
 
     def _add_health_checks(self) -> None:
         """Migration 8: ``jobs.health``; a health-check job has no output (``output_path`` empty), so the index of
@@ -708,20 +730,22 @@ class JobStore:
         raise GuardFailed(job, guard)
 
     def complete(self, job_id: str, output_size: int, output_sha256: str, *, worker_id: str | None = None,
-                 now: float | None = None) -> Job:
+                 now: float | None = None, kept_source: str | None = None) -> Job:
+        """``kept_source``: why the output is the source's bytes (the conversion came out larger)."""
         return self.transition(
             job_id, Transition.COMPLETE, worker_id=worker_id, now=now,
             set_sql="output_size = :size, output_sha256 = :sha, finished_at = :now, lease_expires_at = NULL,"
-                    " progress = 100, error = NULL",
-            size=output_size, sha=output_sha256,
+                    " progress = 100, error = NULL, kept_source = :kept, reason = :reason",
+            size=output_size, sha=output_sha256, kept=1 if kept_source else 0, reason=kept_source,
         )
 
     def complete_job(self, job_id: str, output_size: int, output_sha256: str, *, worker_id: str | None = None,
-                     upload_id: str | None = None, now: float | None = None) -> Job:
+                     upload_id: str | None = None, now: float | None = None, kept_source: str | None = None) -> Job:
         """In one transaction: the job completed, its worker's run of failures ended, the upload that
         brought the output (``upload_id``) forgotten. Either all of it happens or none."""
         with self._transaction():
-            job = self.complete(job_id, output_size, output_sha256, worker_id=worker_id, now=now)
+            job = self.complete(job_id, output_size, output_sha256, worker_id=worker_id, now=now,
+                                kept_source=kept_source)
             if job.worker_id is not None:
                 self._db.execute("UPDATE workers SET consecutive_failures = 0 WHERE id = ?", (job.worker_id,))
             if upload_id is not None:
@@ -765,6 +789,12 @@ class JobStore:
             set_sql="error = :error, finished_at = :now, lease_expires_at = NULL", error=error,
         )
 
+    def skip(self, job_id: str, *, worker_id: str | None, reason: str, now: float | None = None) -> Job:
+        """The source already matches the job's profile (its skip rule): the job ends skipped, nothing written."""
+        return self.transition(job_id, Transition.SKIP, worker_id=worker_id, now=now,
+                               set_sql="reason = :reason, finished_at = :now, lease_expires_at = NULL, error = NULL",
+                               reason=reason)
+
     def release(self, job_id: str, *, worker_id: str, reason: str, now: float | None = None) -> Job:
         """The worker gives a job back unfinished (shutdown): pending again, the attempt not counted."""
         return self.transition(
@@ -781,7 +811,8 @@ class JobStore:
     def retry(self, job_id: str, now: float | None = None) -> Job:
         return self.transition(
             job_id, Transition.RETRY, now=now,
-            set_sql="attempts = 0, error = NULL, not_before = 0, finished_at = NULL, worker_id = NULL, progress = NULL",
+            set_sql="attempts = 0, error = NULL, not_before = 0, finished_at = NULL, worker_id = NULL, progress = NULL,"
+                    " reason = NULL",
         )
 
     def heartbeat(self, job_id: str, *, worker_id: str, progress: float | None, lease_seconds: float,

@@ -9,7 +9,7 @@ from converter_common.version import package_version
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 DIRECTIONS = ("download", "upload")
-OUTCOMES = ("completed", "failed", "retried", "released", "lost")
+OUTCOMES = ("completed", "skipped", "failed", "retried", "released", "lost")
 # 0.1 s to 2 h: a multi-GB file over a slow WAN link still lands in a bucket.
 TRANSFER_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 THROUGHPUT_BUCKETS = (1e6, 5e6, 1e7, 2.5e7, 5e7, 1e8, 2.5e8, 5e8, 1e9, 2e9, 4e9, 8e9)

@@ -20,6 +20,8 @@ from typing import Any, Callable
 from prometheus_client import CollectorRegistry
 
 from converter_common.profiles import BUILTIN_PROFILES
+from converter_common.protocol import NOT_WITH_BUCKET
+from converter_common.skip_rules import SourceFacts, keep_source_reason, skip_reason
 from converter_common.systemd import Notifier
 from worker import ffmpeg, health
 from worker.client import MasterClient
@@ -29,6 +31,7 @@ from worker.errors import ApiRejected, Cause, FatalError, JobLost, RetryableErro
 from worker.metrics import WorkerMetrics, free_bytes
 from worker.retry import RetryPolicy
 from worker.schedule import Schedule
+from worker.skip_check import probe_facts
 from worker.storage_modes import StorageMode, storage_mode
 
 log = logging.getLogger("converter.worker")
@@ -256,7 +259,7 @@ class Worker:
         self.metrics.jobs_in_progress.inc()
         outcome = "completed"
         try:
-            self._convert_job(job, active)
+            outcome = self._convert_job(job, active) or outcome
         except Shutdown as exc:
             outcome = "released" if self._give_back(active, exc) else "lost"
         except JobLost as exc:
@@ -283,13 +286,22 @@ class Worker:
             with self._lock:
                 self._active.pop(active.job_id, None)
 
-    def _convert_job(self, job: dict[str, Any], active: ActiveJob) -> None:
+    def _convert_job(self, job: dict[str, Any], active: ActiveJob) -> str | None:
         profile = ffmpeg.profile_named(job["profile"])
         active.directory.mkdir(parents=True, exist_ok=True)
         if profile.check_only:  # health-check: decode the source, report what FFmpeg found, write nothing
             return self._health_check(job, active)
         log.info("job %s: %s -> %s (%s)", active.job_id, job["source_path"], job["output_path"], profile.name)
+        facts = None
+        if profile.skip_bpp > 0:  # the skip rule, from the source's head before any download
+            head = self.storage.source_head(job, active.directory)
+            facts = self._source_facts(job, head) if head is not None else None
+            if self._skipped(job, profile, facts):
+                return "skipped"
         source = self.storage.source(job, active.directory, active.abort)
+        if profile.skip_bpp > 0 and facts is None:  # the head did not tell (an MP4 indexed at its end)
+            if self._skipped(job, profile, self._source_facts(job, source)):
+                return "skipped"
         output = self.storage.output(job, active.directory)
         active.stage = "convert"
         converter = self.converter()
@@ -306,8 +318,43 @@ class Worker:
                 log.warning("could not re-send capabilities (%s); the next registration will", exc)
         self._record_conversion(active, result.job_fields())
         active.stage = "upload"
+        if self._kept_source(job, profile, output, source, facts):
+            return None
         size = self.storage.deliver(job, output, active.abort)
         log.info("job %s: completed, %d bytes delivered", active.job_id, size)
+        return None
+
+    def _source_facts(self, job: dict[str, Any], path: Path) -> SourceFacts | None:
+        return probe_facts(self.config.ffmpeg.ffprobe, path, int(job.get("source_size") or 0))
+
+    def _skipped(self, job: dict[str, Any], profile, facts: SourceFacts | None) -> bool:
+        """The profile's skip rule: when the source already matches, the master is told and the job ends."""
+        reason = skip_reason(profile, facts)
+        if reason is None:
+            return False
+        self.client.skip(job["id"], reason)
+        log.info("job %s: skipped: %s", job["id"], reason)
+        return True
+
+    def _kept_source(self, job: dict[str, Any], profile, output: Path, source: Path, facts: SourceFacts | None
+                     ) -> bool:
+        """``discard_larger``: an output larger than the source is dropped and the master keeps the source as the
+        output; False (deliver the output) when it is not larger, was upscaled, or the master cannot (a bucket)."""
+        source_size, output_size = int(job.get("source_size") or 0), output.stat().st_size
+        if not profile.discard_larger or output_size <= source_size:
+            return False
+        reason = keep_source_reason(profile, source_size, output_size, facts or self._source_facts(job, source))
+        if reason is None:
+            return False
+        try:
+            self.client.keep_source(job["id"], reason)
+        except ApiRejected as exc:
+            if isinstance(exc, JobLost) or exc.code != NOT_WITH_BUCKET:
+                raise
+            log.warning("job %s: %s; delivering the larger output", job["id"], exc)
+            return False
+        log.info("job %s: completed, source kept: %s", job["id"], reason)
+        return True
 
     def _record_conversion(self, active: ActiveJob, fields: dict[str, Any]) -> None:
         """Tell the master how the conversion went (time, accel, speed); the job shows it."""

@@ -57,7 +57,7 @@ class ReceivingHandler(UploadSlotHolder, BaseHandler):
             raise errors.storage_error(exc) from None
 
     async def commit_output(self, job_id: str, temp_path: Path, size: int, digest: bytes,
-                            upload_id: str | None = None) -> Job:
+                            upload_id: str | None = None, kept_source: str | None = None) -> Job:
         """fsync the temp file, check the job is still ours, put the file at the output's name and complete the
         job (with the worker's outcome and the tus upload ``upload_id``, in one transaction).
 
@@ -71,7 +71,8 @@ class ReceivingHandler(UploadSlotHolder, BaseHandler):
         await self._place_output(job, temp_path, digest)
         try:
             self.processing_job(job_id)
-            job = self.store.complete_job(job.id, size, digest.hex(), worker_id=job.worker_id, upload_id=upload_id)
+            job = self.store.complete_job(job.id, size, digest.hex(), worker_id=job.worker_id, upload_id=upload_id,
+                                          kept_source=kept_source)
         except BaseException:
             if self.services.storage.in_bucket:
                 await self.services.storage.remove(job.output_path)

@@ -81,6 +81,20 @@ class FailHandler(_LeaseHandler):
                         worker.consecutive_failures)
 
 
+class SkipHandler(_LeaseHandler):
+    """The job's source already matches its profile (the profile's skip rule): the job ends skipped."""
+
+    def post(self) -> None:
+        job_id, worker_id, body = self.lease_request()
+        reason = body.get("reason")
+        if not isinstance(reason, str) or not reason:
+            raise errors.INVALID_FIELD.error("reason must be a non-empty string")
+        job = self.store.skip(job_id, worker_id=worker_id, reason=reason[:2000])
+        self.store.record_worker_outcome(worker_id, failed=False, threshold=self.config.jobs.quarantine_after,
+                                         quarantine_seconds=self.config.jobs.quarantine_seconds)
+        self.write_json(job.to_dict())
+
+
 class ReleaseHandler(_LeaseHandler):
     def post(self) -> None:
         job_id, worker_id, body = self.lease_request()

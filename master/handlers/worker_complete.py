@@ -8,7 +8,11 @@ IOLoop), then renames it into place exactly as an upload is committed.
 from __future__ import annotations
 
 import re
+import shutil
+import uuid
 from pathlib import Path
+
+import tornado.ioloop
 
 from converter_common.shared_storage import shared_temp_path
 from master import errors
@@ -17,6 +21,7 @@ from master.handlers.base import check_worker_id
 from master.handlers.file_receiving import ReceivingHandler
 from master.intake import source_digest
 from master.paths import resolve_in_root
+from master.uploads import MULTIPART_KIND, temp_file_name
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -62,3 +67,38 @@ class WorkerCompleteHandler(ReceivingHandler):
         if (await source_digest(temp)).hex() != sha256:
             temp.unlink(missing_ok=True)
             raise errors.DIGEST_MISMATCH.error("the file's SHA-256 differs from the worker's")
+
+
+class KeepSourceHandler(ReceivingHandler):
+    """/api/worker/keep-source?job_id=: the converted output came out larger than the source and the job's profile
+    discards such outputs (``discard_larger``): a copy of the source becomes the output, put in place like an
+    upload (never over an existing file), and the job completes with ``kept_source`` and the reason. Local
+    backend only: with a bucket the master answers ``not_with_bucket`` and the worker delivers its output."""
+
+    metric_label = "KeepSourceHandler"
+    access = {"POST": Access.WORKER}
+
+    async def post(self) -> None:
+        job_id = self.job_id_argument()
+        if self.services.storage.in_bucket:
+            raise errors.NOT_WITH_BUCKET.error("keeping the source needs the local backend; with a bucket the worker "
+                                               "delivers its output")
+        body = self.json_body()
+        worker_id = check_worker_id(body.get("worker_id"))
+        reason = body.get("reason")
+        if not isinstance(reason, str) or not reason:
+            raise errors.INVALID_FIELD.error("reason must be a non-empty string")
+        job = self.processing_job(job_id)
+        if job.worker_id != worker_id:
+            raise errors.not_lease_owner(job_id, worker_id)
+        source = resolve_in_root(self.config.storage.root, job.source_path, "source_path")
+        temp = self.output_staging_dir(job) / temp_file_name(MULTIPART_KIND, uuid.uuid4().hex)
+        try:
+            await tornado.ioloop.IOLoop.current().run_in_executor(None, shutil.copyfile, source, temp)
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            raise errors.storage_error(exc) from None
+        size = temp.stat().st_size
+        digest = await source_digest(temp)
+        job = await self.commit_output(job.id, temp, size, digest, kept_source=reason[:2000])
+        self.write_json(job.to_dict())

@@ -147,7 +147,7 @@ def test_migration_6_is_applied_to_a_version_5_database(database):
     store.close()
     again = JobStore(database)
     try:
-        assert again.schema_version == 6
+        assert again.schema_version >= 6  # and the later ones
         add(again)
         again.cancel("j1")
         assert events(again) == [("job.cancelled", "j1", None)]
