@@ -311,11 +311,7 @@ class Worker:
                  result.media_seconds, result.seconds, result.accel, result.encoder, result.speed,
                  f"; {result.hdr}" if result.hdr else "",
                  f" after a Vulkan failure: {result.fallback}" if result.fallback else "")
-        if converter.take_announcement():  # Vulkan was just disabled: tell the master
-            try:
-                self.register()
-            except (RetryableError, ApiRejected) as exc:
-                log.warning("could not re-send capabilities (%s); the next registration will", exc)
+        self._announce_changes(converter)
         self._record_conversion(active, result.job_fields())
         active.stage = "upload"
         if self._kept_source(job, profile, output, source, facts):
@@ -335,6 +331,14 @@ class Worker:
         self.client.skip(job["id"], reason)
         log.info("job %s: skipped: %s", job["id"], reason)
         return True
+
+    def _announce_changes(self, converter) -> None:
+        """Re-register when the converter's capabilities just changed (Vulkan disabled), so the master knows."""
+        if converter.take_announcement():
+            try:
+                self.register()
+            except (RetryableError, ApiRejected) as exc:
+                log.warning("could not re-send capabilities (%s); the next registration will", exc)
 
     def _kept_source(self, job: dict[str, Any], profile, output: Path, source: Path, facts: SourceFacts | None
                      ) -> bool:
@@ -372,11 +376,7 @@ class Worker:
         converter = self.converter()
         result = health.check(converter, source, active.abort, label=f"job {active.job_id}", slot=active.slot,
                               on_progress=lambda pct: setattr(active, "progress", pct))
-        if converter.take_announcement():  # Vulkan was just disabled: tell the master
-            try:
-                self.register()
-            except (RetryableError, ApiRejected) as exc:
-                log.warning("could not re-send capabilities (%s); the next registration will", exc)
+        self._announce_changes(converter)
         self._record_conversion(active, result.job_fields())
         active.stage = "report"
         self.client.health_result(active.job_id, result.to_dict(), active.abort)
