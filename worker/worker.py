@@ -292,16 +292,12 @@ class Worker:
         if profile.check_only:  # health-check: decode the source, report what FFmpeg found, write nothing
             return self._health_check(job, active)
         log.info("job %s: %s -> %s (%s)", active.job_id, job["source_path"], job["output_path"], profile.name)
-        facts = None
-        if profile.skip_bpp > 0:  # the skip rule, from the source's head before any download
-            head = self.storage.source_head(job, active.directory)
-            facts = self._source_facts(job, head) if head is not None else None
-            if self._skipped(job, profile, facts):
-                return "skipped"
         source = self.storage.source(job, active.directory, active.abort)
-        if profile.skip_bpp > 0 and facts is None:  # the head did not tell (an MP4 indexed at its end)
-            if self._skipped(job, profile, self._source_facts(job, source)):
-                return "skipped"
+        # The skip rule, judged on the downloaded source: a probe of its first bytes before the download took the
+        # faults and retries meant for the download itself (the fault suite), so it waits for a design of its own.
+        facts = self._source_facts(job, source) if profile.skip_bpp > 0 else None
+        if profile.skip_bpp > 0 and self._skipped(job, profile, facts):
+            return "skipped"
         output = self.storage.output(job, active.directory)
         active.stage = "convert"
         converter = self.converter()
