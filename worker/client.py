@@ -145,35 +145,15 @@ class MasterClient:
         return self.retry.call(_as_worker(lambda: self.control.keep_source(job_id, reason)),
                                what=f"keep the source of job {job_id}")
 
-    def fetch_source_head(self, job_id: str, path: Path, limit: int) -> str | None:
-        """The first ``limit`` bytes of the job's source into ``path`` (one ranged GET, for a probe); the version's
-        ETag, for the download to continue from them. Not retried: without them the worker downloads as usual."""
-        with worker_errors(), self.http.send("GET", protocol.WORKER_DOWNLOAD, params={"job_id": job_id}, stream=True,
-                                             headers={"Range": f"bytes=0-{limit - 1}"}) as response:
-            _raise_for_status(response)
-            written, counted = 0, self.metrics.transfer_bytes.labels("download")
-            with open(path, "wb") as out:
-                for chunk in response.iter_content(min(self.chunk_size, limit)):
-                    chunk = chunk[:limit - written]
-                    out.write(chunk)
-                    written += len(chunk)
-                    counted.inc(len(chunk))
-                    if written >= limit:
-                        break
-            return response.headers.get("ETag")
-
     # -- transfers ------------------------------------------------------------------------------
 
-    def download_source_video(self, job_id: str, path: Path, cancel: threading.Event | None = None,
-                              resume_etag: str | None = None) -> int:
+    def download_source_video(self, job_id: str, path: Path, cancel: threading.Event | None = None) -> int:
         """Stream the job's source into ``path``, verifying its SHA-256 while it arrives.
 
         A cut transfer resumes from the bytes already on disk (Range + If-Range on the ETag); a digest
         mismatch starts over. Retried per the policy; no partial file survives a final failure.
-        ``resume_etag``: ``path`` already holds the source's first bytes of that version (the skip rule's head).
         """
-        resume = resume_etag is not None and path.is_file()
-        partial = PartialDownload.on_disk(path, resume_etag) if resume else PartialDownload(path)
+        partial = PartialDownload(path)
         try:
             return self._transfer("download", job_id, lambda: self._download_once(job_id, partial, cancel), cancel)
         except BaseException:

@@ -21,9 +21,6 @@ from worker.config import WorkerConfig
 from worker.errors import Cause, FatalError, RetryableError
 
 log = logging.getLogger("converter.worker")
-# The skip rule's probe reads this much of a transferred source: a container's header and index (an MP4 with its
-# index at the front, Matroska, WebM); where that does not tell, the rule is applied after the download instead
-SOURCE_HEAD_BYTES = 2 << 20
 
 
 class StorageMode(Protocol):
@@ -37,8 +34,6 @@ class StorageMode(Protocol):
 
     def discard(self, job: dict[str, Any]) -> None: ...
 
-    def source_head(self, job: dict[str, Any], job_dir: Path) -> Path | None: ...
-
 
 class TransferMode:
     needs_cache = True
@@ -47,20 +42,11 @@ class TransferMode:
         self.client = client
         self.upload = client.upload_resumable if config.storage.upload_protocol == "tus" \
             else client.upload_converted_video
-        self._heads: dict[str, str] = {}  # job id → the ETag of the head fetched for the skip rule
 
     def source(self, job: dict[str, Any], job_dir: Path, abort) -> Path:
         source = job_dir / f"source{PurePosixPath(job['source_path']).suffix.lower()}"
-        head = job_dir / f"head{PurePosixPath(job['source_path']).suffix.lower()}"
-        etag = self._heads.pop(job["id"], None)
         if in_bucket(job):
             self.client.download_from_bucket(job["id"], source, abort)
-        elif etag and head.is_file():  # the skip rule's head: the download continues from it, or it is all of it
-            head.rename(source)
-            if source.stat().st_size == int(job.get("source_size") or -1) and \
-                    file_sha256(source).hex() == job.get("source_sha256"):
-                return source
-            self.client.download_source_video(job["id"], source, abort, resume_etag=etag)
         else:
             self.client.download_source_video(job["id"], source, abort)
         return source
@@ -74,20 +60,8 @@ class TransferMode:
         return self.upload(job["id"], output, abort)
 
     def discard(self, job: dict[str, Any]) -> None:
-        self._heads.pop(job["id"], None)  # everything else lives in the job's cache dir, which the worker removes
+        pass  # everything lives in the job's cache dir, which the worker removes
 
-    def source_head(self, job: dict[str, Any], job_dir: Path) -> Path | None:
-        """The source's first ``SOURCE_HEAD_BYTES`` (one ranged GET) for the skip rule's probe; None when the master
-        would not send them (the whole download then tries, and reports, as usual)."""
-        head = job_dir / f"head{PurePosixPath(job['source_path']).suffix.lower()}"
-        try:
-            etag = self.client.fetch_source_head(job["id"], head, SOURCE_HEAD_BYTES)
-        except (RetryableError, FatalError, OSError) as exc:
-            log.info("job %s: no source head for the skip rule (%s)", job["id"], exc)
-            return None
-        if etag and not in_bucket(job):
-            self._heads[job["id"]] = etag
-        return head
 
 
 class SharedMode:
@@ -121,12 +95,6 @@ class SharedMode:
         """Remove a half-written output from the mount after a failed attempt."""
         self._inside_mount(shared_temp_path(job["id"], job["output_path"])).unlink(missing_ok=True)
 
-    def source_head(self, job: dict[str, Any], job_dir: Path) -> Path | None:
-        """The source itself, on the mount: probed where it lies."""
-        if in_bucket(job):
-            return None
-        source = self._inside_mount(job["source_path"])
-        return source if source.is_file() else None
 
     def _inside_mount(self, relative: str) -> Path:
         mount = self.mount.resolve()
