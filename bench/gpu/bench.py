@@ -102,6 +102,52 @@ def tonemap(ffmpeg: str, clip: Path, work: Path, decode: bool) -> dict:
             "commands": {name: " ".join(command) for name, command in commands.items()}}
 
 
+def tonemap_stages(ffmpeg: str, clip: Path, work: Path, rounds: int) -> dict:
+    """Where the Vulkan-decode tone-map job's time goes, and the most any GPU form could gain over the CPU form:
+    each stage alone (Vulkan decode; decode + libplacebo + download, no encoder; libx264 alone on the same 1080p
+    frames, read raw from memory), the CPU form as the 2026-12-02 note measured it (tone mapping at 4K, then
+    scaling), and an NV12 variant of the Vulkan form (libx264 takes NV12 as it is: one conversion less)."""
+    profile = BUILTIN_PROFILES["h264-1080p"]
+    info = probe_with_ffmpeg(ffmpeg, clip)
+    vk = Plan("vulkan", "libx264", vulkan_decode=True)
+    full = build_command(ffmpeg, profile, clip, work / "st-full.mp4", info=info, plan=vk)
+    cpu = build_command(ffmpeg, profile, clip, work / "st-cpu.mp4", info=info, plan=Plan("cpu", "libx264"))
+    vf = full[full.index("-vf") + 1]
+    hw_in = full[full.index("-init_hw_device"):full.index("-i")]
+    raw = Path("/dev/shm/st-1080p.nut")
+    x264 = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "21", "-pix_fmt", "yuv420p"]
+    commands = {
+        "full": full,
+        "cpu_form": cpu,
+        "cpu_form_tonemap_at_4k": [part.replace("zscale=w=1920:h=1080:t=linear", "zscale=t=linear").replace(
+            "format=yuv420p,sidedata", "scale=1920:1080,format=yuv420p,sidedata", 1) for part in cpu],
+        "decode_only": [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *hw_in, "-i", str(clip),
+                        "-map", "0:v:0", "-f", "null", "-"],
+        "decode_placebo_download": [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *hw_in, "-i",
+                                    str(clip), "-map", "0:v:0", "-vf", vf, "-c:v", "rawvideo", "-f", "nut",
+                                    str(raw)],
+        "x264_alone": [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(raw), *x264,
+                       str(work / "st-x264.mp4")],
+        "full_nv12": [part.replace(":format=yuv420p,hwdownload,format=yuv420p,format=yuv420p",
+                                   ":format=nv12,hwdownload,format=nv12").replace("st-full.mp4", "st-nv12.mp4")
+                      for part in full],
+    }
+    commands["full_nv12"] = [("nv12" if part == "yuv420p" and commands["full_nv12"][i - 1] == "-pix_fmt" else part)
+                             for i, part in enumerate(commands["full_nv12"])]
+    runs: dict[str, list] = {name: [] for name in commands}
+    for _ in range(rounds):  # alternating, so that every form sees the same machine
+        for name, command in commands.items():
+            runs[name].append(bare(command, 180))
+    raw.unlink(missing_ok=True)
+    medians = {name: _median_ok(rs) for name, rs in runs.items()}
+    ratio = lambda a, b: round(medians[a] / medians[b], 2) if medians.get(a) and medians.get(b) else None
+    return {"runs": runs, "median_s": medians,
+            "speedup": ratio("cpu_form", "full"), "speedup_nv12": ratio("cpu_form", "full_nv12"),
+            "speedup_vs_tonemap_at_4k": ratio("cpu_form_tonemap_at_4k", "full"),
+            "bound_encoder_alone": ratio("cpu_form", "x264_alone"),
+            "commands": {name: " ".join(command) for name, command in commands.items()}}
+
+
 def _median_ok(runs: list[dict]) -> float | None:
     ok = [r["seconds"] for r in runs if r["rc"] == 0]
     return statistics.median(ok) if ok else None
@@ -253,6 +299,7 @@ def main() -> None:
                        ("denoise_worker", lambda: worker_denoise(args.ffmpeg, clip("noisy"), args.work)),
                        ("overhead", lambda: overhead(args.ffmpeg, clip("long"), args.work, args.rounds)),
                        ("tonemap", lambda: tonemap(args.ffmpeg, clip("hdr"), args.work, decode)),
+                       ("tonemap_stages", lambda: tonemap_stages(args.ffmpeg, clip("hdr"), args.work, args.rounds)),
                        ("tonemap_worker", lambda: worker_tonemap(args.ffmpeg, clip("hdr"), args.work)),
                        ("overhead_tonemap", lambda: overhead(args.ffmpeg, clip("hdr"), args.work, args.rounds,
                                                              settings=tonemap_settings)),
