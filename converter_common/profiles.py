@@ -28,12 +28,23 @@ Policies shared by every built-in profile (see docs/gpu.md):
   with more channels (fewer stay as they are); 0 keeps every track's channels. ``subtitle_languages`` keeps
   only the subtitles in those languages, in that order (``und`` as for audio); a source with none of them
   keeps none. Bibliographic and terminology codes match each other (``fre``/``fra``, ``ger``/``deu``).
+
+Configured profiles (the master's ``profiles:`` mapping, docs/api.md "Profiles"): a name of the operator's, a
+built-in ``base``, and the fields of ``OVERRIDABLE`` the operator sets; everything else (the encoders, the output
+codec, the filter, the bit depth, ``check_only``) is the base's. ``configured_profile`` builds and checks one; the
+master calls it at start-up, the worker again on the ``profile_definition`` a claim carries (``definition_of``):
+every field of the effective profile the master holds, so workers need no configuration of their own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from converter_common.protocol import PRIORITY_MAX, PRIORITY_MIN
 
 PROFILE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 FILTERS = ("", "denoise", "deinterlace")
@@ -71,6 +82,7 @@ class Profile:
     audio_languages: tuple[str, ...] = ()  # empty: every audio track; see "track rules" in the module doc
     audio_channels: int = 0  # 0: keep; 1, 2 or 6: downmix tracks with more channels to that many
     subtitle_languages: tuple[str, ...] = ()  # empty: every subtitle the container can hold
+    base: str = ""  # a configured profile: the built-in it is made from ("" for a built-in)
 
 
 def track_rule_errors(profile: Profile) -> list[str]:
@@ -112,3 +124,178 @@ BUILTIN_PROFILES: dict[str, Profile] = {
                                            "level metadata), AAC audio"),
     )
 }
+
+
+# -- configured profiles: a built-in base with chosen fields overridden ------------------------------------------
+
+X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
+SVTAV1_PRESETS = tuple(str(n) for n in range(14))  # SVT-AV1 0 (slowest) .. 13 (fastest); libaom uses -cpu-used 8
+CONTAINERS = ("mp4", "mkv", "mov")
+AUDIO_BITRATE = re.compile(r"^([1-9][0-9]{1,3})k$")  # 32k..1024k (AAC)
+HEIGHT_RANGE = (16, 4320)
+SKIP_BPP_MAX = 10.0
+SKIP_TOLERANCE_RANGE = (0.1, 10.0)
+PRIORITY_RANGE = (PRIORITY_MIN, PRIORITY_MAX)
+# What a configured profile may set. A health-check base takes only ``description`` and ``priority``.
+OVERRIDABLE = ("description", "height", "crf", "preset", "containers", "audio_bitrate", "audio_languages",
+               "audio_channels", "subtitle_languages", "subtitles", "priority", "skip_bpp", "skip_tolerance",
+               "discard_larger", "upscale", "hdr")
+CHECK_ONLY_OVERRIDABLE = ("description", "priority")
+
+
+class ProfileDefinitionError(ValueError):
+    """A configured profile's definition is wrong; ``problems`` holds one ``(field, message)`` pair per mistake."""
+
+    def __init__(self, name: str, problems: list[tuple[str, str]]):
+        self.name = name
+        self.problems = problems
+        super().__init__("; ".join(f"{name}.{field}: {message}" for field, message in problems))
+
+
+def configured_profile(name: str, definition: Mapping[str, Any]) -> Profile:
+    """The profile ``name`` made of ``definition``: ``base`` (a built-in name) and any fields of ``OVERRIDABLE``
+    (a health-check base: ``CHECK_ONLY_OVERRIDABLE``). Every mistake (an unknown field, a wrong type, a value out
+    of range, a track rule) is collected; ``ProfileDefinitionError`` lists them all, one line each."""
+    problems: list[tuple[str, str]] = []
+    if not isinstance(name, str) or not PROFILE_NAME.match(name):
+        problems.append(("name", f"{name!r} is not a profile name (1-64 of a-z, 0-9, '.', '_', '-', starting with a "
+                                 "letter or digit)"))
+    if not isinstance(definition, Mapping):
+        raise ProfileDefinitionError(str(name), problems + [("definition", "must be a mapping of fields")])
+    base_name = definition.get("base")
+    if base_name not in BUILTIN_PROFILES:
+        problems.append(("base", "is required" if base_name is None else
+                         f"unknown built-in profile {base_name!r} (built-in: {', '.join(BUILTIN_PROFILES)})"))
+        raise ProfileDefinitionError(str(name), problems)
+    base = BUILTIN_PROFILES[base_name]
+    allowed = CHECK_ONLY_OVERRIDABLE if base.check_only else OVERRIDABLE
+    fields: dict[str, Any] = {}
+    for field, value in definition.items():
+        if field in ("base", "name"):
+            continue
+        if field not in allowed:
+            why = f"a {base_name} base takes only {', '.join(allowed)}" if field in OVERRIDABLE else \
+                f"unknown field (known: base, {', '.join(allowed)})"
+            problems.append((str(field), why))
+            continue
+        try:
+            fields[field] = _checked(field, value, base)
+        except ValueError as exc:
+            problems.append((field, str(exc)))
+    if "description" not in fields:
+        fields["description"] = f"{base.description} (configured: {name}, from {base_name})"
+    if problems:
+        raise ProfileDefinitionError(str(name), problems)
+    profile = dataclasses.replace(base, name=name, base=base_name, **fields)
+    problems += [(_rule_field(line), line.split(": ", 1)[1]) for line in track_rule_errors(profile)]
+    if problems:
+        raise ProfileDefinitionError(name, problems)
+    return profile
+
+
+def definition_of(profile: Profile) -> dict[str, Any]:
+    """What a claim carries of a configured profile (``protocol.PROFILE_DEFINITION``): its base and the effective
+    value of every field a definition may set, JSON-ready; ``configured_profile`` turns it back into ``profile``."""
+    fields = CHECK_ONLY_OVERRIDABLE if profile.check_only else OVERRIDABLE
+    data: dict[str, Any] = {"name": profile.name, "base": profile.base or profile.name}
+    for field in fields:
+        value = getattr(profile, field)
+        data[field] = list(value) if isinstance(value, tuple) else value
+    return data
+
+
+def _rule_field(line: str) -> str:
+    return next((f for f in ("audio_languages", "subtitle_languages", "audio_channels") if f in line), "track rules")
+
+
+def _checked(field: str, value: Any, base: Profile) -> Any:
+    """``value`` for ``field`` of a profile derived from ``base``, as the Profile holds it; ValueError says why not."""
+    def integer(low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be an integer, got {value!r}")
+        if not low <= value <= high:
+            raise ValueError(f"must be {low}..{high}, got {value}")
+        return value
+
+    def number(low: float, high: float) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"must be a number, got {value!r}")
+        if not low <= value <= high:
+            raise ValueError(f"must be {low:g}..{high:g}, got {value!r}")
+        return float(value)
+
+    def flag() -> bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"must be true or false, got {value!r}")
+        return value
+
+    def one_of(choices: tuple[str, ...]) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def languages() -> tuple[str, ...]:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"must be a list of ISO 639-2 codes (e.g. [jpn, eng]), got {value!r}")
+        bad = [code for code in value if not isinstance(code, str) or not LANGUAGE_CODE.match(code)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not an ISO 639-2 code (three lower-case letters, e.g. 'eng')")
+        if len(set(value)) != len(value):
+            raise ValueError("lists a language twice")
+        return tuple(value)
+
+    if field == "description":
+        if not isinstance(value, str) or not value.strip() or len(value) > 200:
+            raise ValueError("must be a non-empty string of at most 200 characters")
+        return value
+    if field == "height":
+        height = integer(*HEIGHT_RANGE)
+        if height % 2:
+            raise ValueError(f"must be even (4:2:0), got {height}")
+        return height
+    if field == "crf":
+        return integer(0, 63 if base.codec == "av1" else 51)
+    if field == "preset":
+        if base.video_codec == "libsvtav1":
+            value = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+            return one_of(SVTAV1_PRESETS)
+        return one_of(X26X_PRESETS)
+    if field == "containers":
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ValueError(f"must be a non-empty list of {', '.join(base.containers)} (the first is the default "
+                             f"output's), got {value!r}")
+        for container in value:
+            if container not in base.containers:
+                raise ValueError(f"{container!r} is not a container of {base.name} ({', '.join(base.containers)})")
+        if len(set(value)) != len(value):
+            raise ValueError("lists a container twice")
+        return tuple(value)
+    if field == "audio_bitrate":
+        match = AUDIO_BITRATE.match(value) if isinstance(value, str) else None
+        if match is None or not 32 <= int(match.group(1)) <= 1024:
+            raise ValueError(f"must be 32k..1024k (e.g. 192k), got {value!r}")
+        return value
+    if field in ("audio_languages", "subtitle_languages"):
+        return languages()
+    if field == "audio_channels":
+        if isinstance(value, bool) or value not in AUDIO_CHANNELS:
+            raise ValueError(f"must be one of {', '.join(map(str, AUDIO_CHANNELS))} (0: keep), got {value!r}")
+        return value
+    if field == "subtitles":
+        return one_of(SUBTITLE_POLICIES)
+    if field == "priority":
+        return integer(*PRIORITY_RANGE)
+    if field == "skip_bpp":
+        return number(0.0, SKIP_BPP_MAX)
+    if field == "skip_tolerance":
+        return number(*SKIP_TOLERANCE_RANGE)
+    if field in ("discard_larger", "upscale"):
+        return flag()
+    if field == "hdr":
+        policy = one_of(HDR_POLICIES)
+        if policy == "keep" and base.bit_depth < 10:
+            tens = [p.name for p in BUILTIN_PROFILES.values() if p.bit_depth == 10]
+            raise ValueError(f"keep needs a 10-bit base ({', '.join(tens)}); {base.name} is {base.bit_depth}-bit")
+        return policy
+    raise ValueError("unknown field")  # not reached: OVERRIDABLE lists the fields above

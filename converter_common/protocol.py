@@ -43,6 +43,10 @@ TUS_VERSION = "1.0.0"
 TUS_HEADERS = {"Tus-Resumable": TUS_VERSION}
 TUS_CONTENT_TYPE = "application/offset+octet-stream"
 
+# -- a claim's profile: a configured profile (the master's ``profiles:``) travels in full with the job, so workers
+# need no configuration of their own; a claim without it (a built-in profile, an older master) names a built-in
+PROFILE_DEFINITION = "profile_definition"  # converter_common.profiles.definition_of / configured_profile
+
 # -- job priorities: claims take the highest first, then the oldest ------------------------------------
 PRIORITY_MIN = -1000
 PRIORITY_MAX = 1000

@@ -71,8 +71,9 @@ def cmd_submit(ctx: Context) -> int:
     if args.upload is not None:
         job = _submit_upload(ctx, Path(args.upload))
     else:
-        check_only = args.profile in BUILTIN_PROFILES and BUILTIN_PROFILES[args.profile].check_only
-        if not args.output and not check_only:  # a health check writes nothing: it takes no output
+        # a health check writes nothing: it takes no output; a configured profile's the master judges
+        needs_output = args.profile in BUILTIN_PROFILES and not BUILTIN_PROFILES[args.profile].check_only
+        if not args.output and needs_output:
             raise UsageError("--output PATH is required when submitting a path in storage")
         body = {"source_path": args.source, "output_path": args.output, "profile": args.profile}
         if args.id:
@@ -234,12 +235,50 @@ def _signed_bytes(size: int) -> str:
     return ("-" if size < 0 else "") + human_bytes(abs(size))
 
 
+PROFILE_FIELDS = ("name", "base", "description", "video_codec", "codec", "height", "upscale", "crf", "preset",
+                  "containers", "audio_codec", "audio_bitrate", "audio_languages", "audio_channels", "subtitles",
+                  "subtitle_languages", "hdr", "bit_depth", "filter", "priority", "skip_bpp", "skip_tolerance",
+                  "discard_larger", "check_only")
+
+
 def cmd_profiles(ctx: Context) -> int:
+    """The master's profiles (built-in, and configured ones with their BASE), with their track rules; with NAME
+    every field of that one."""
     data = ctx.client.json("GET", "/api/profiles")
-    rows = [(p["name"], ",".join(p.get("containers") or []), p.get("video_codec", ""), p.get("height", ""),
-             p.get("description", "")) for p in data["profiles"]]
-    ctx.emit(data, lambda _: tables.table(("NAME", "CONTAINERS", "VIDEO", "HEIGHT", "DESCRIPTION"), rows))
+    if ctx.args.name:
+        profile = next((p for p in data["profiles"] if p["name"] == ctx.args.name), None)
+        if profile is None:
+            raise Failed(f"no profile {ctx.args.name!r} (the master's: "
+                         f"{', '.join(p['name'] for p in data['profiles'])})")
+        ctx.emit(profile, lambda p: tables.fields({k: _profile_value(v) for k, v in p.items()},
+                                                  [*PROFILE_FIELDS, *sorted(set(p) - set(PROFILE_FIELDS))]))
+        return errors.EXIT_OK
+    rows = [(p["name"], p.get("base") or "-", ",".join(p.get("containers") or []) or "-", p.get("video_codec", ""),
+             p.get("height", ""), _audio_rule(p), _subtitle_rule(p), p.get("priority", 0), p.get("description", ""))
+            for p in data["profiles"]]
+    ctx.emit(data, lambda _: tables.table(("NAME", "BASE", "CONTAINERS", "VIDEO", "HEIGHT", "AUDIO", "SUBTITLES",
+                                           "PRIORITY", "DESCRIPTION"), rows))
     return errors.EXIT_OK
+
+
+def _profile_value(value: Any) -> Any:
+    return (", ".join(map(str, value)) or "-") if isinstance(value, list) else value
+
+
+def _audio_rule(profile: dict[str, Any]) -> str:
+    """``all``, or the languages kept in order (``jpn>eng``); ``/2ch`` when tracks are downmixed."""
+    if profile.get("check_only"):
+        return "-"
+    languages = ">".join(profile.get("audio_languages") or []) or "all"
+    return languages + (f"/{profile['audio_channels']}ch" if profile.get("audio_channels") else "")
+
+
+def _subtitle_rule(profile: dict[str, Any]) -> str:
+    if profile.get("check_only"):
+        return "-"
+    if profile.get("subtitles") == "drop":
+        return "none"
+    return ">".join(profile.get("subtitle_languages") or []) or "all"
 
 
 def cmd_download(ctx: Context) -> int:
@@ -356,7 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="pause: running jobs finish, nothing new is claimed; resume; status (default)")
     stats = command("stats", cmd_stats, "space saved by completed jobs: in total, by profile, worker and day")
     stats.add_argument("--days", type=int, default=30, help="days listed by day (default: %(default)s)")
-    command("profiles", cmd_profiles, "list the conversion profiles")
+    profiles = command("profiles", cmd_profiles, "list the conversion profiles (built-in and configured), with their "
+                                                 "track rules")
+    profiles.add_argument("name", nargs="?", metavar="NAME", help="show every field of this profile")
     webhooks = command("webhooks", cmd_webhooks, "webhook deliveries: the outbox, newest first")
     webhooks.add_argument("what", choices=("deliveries",), nargs="?", default="deliveries")
     webhooks.add_argument("-s", "--status", choices=("pending", "sending", "delivered", "failed"))

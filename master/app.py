@@ -142,7 +142,8 @@ def outbound_bucket(config: MasterConfig) -> TokenBucket | None:
 
 def new_metrics(config: MasterConfig, store: JobStore, registry: CollectorRegistry) -> MasterMetrics:
     window = config.jobs.lease_seconds + config.jobs.max_claim_wait
-    return MasterMetrics(registry, store, config.storage.root, online_window=lambda: window)
+    return MasterMetrics(registry, store, config.storage.root, online_window=lambda: window,
+                         profiles=tuple(config.profiles))
 
 
 def _log_request(handler: tornado.web.RequestHandler, metrics: MasterMetrics) -> None:

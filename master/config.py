@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from converter_common.config_loader import Duration, Size, build, load_yaml, report, require_positive
-from converter_common.profiles import BUILTIN_PROFILES
+from converter_common.config_loader import Duration, Size, Units, build, load_yaml, report, require_positive
+from converter_common.profiles import (BUILTIN_PROFILES, PROFILE_NAME, Profile, ProfileDefinitionError,
+                                       configured_profile)
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -229,6 +232,82 @@ class WebhooksConfig:
             report(f"{key}.subscriptions", f"name {name!r} is used twice")
 
 
+class ProfileTable(Mapping[str, Profile]):
+    """The profiles a master accepts, by name, in the order GET /api/profiles lists them: the built-in ones (all, or
+    those a list form of ``profiles:`` names), then the configured ones. Immutable."""
+
+    __slots__ = ("_profiles",)
+
+    def __init__(self, profiles: tuple[Profile, ...] = tuple(BUILTIN_PROFILES.values())):
+        object.__setattr__(self, "_profiles", {p.name: p for p in profiles})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("ProfileTable is immutable")
+
+    def __getitem__(self, name: str) -> Profile:
+        return self._profiles[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._profiles)
+
+    def __len__(self) -> int:
+        return len(self._profiles)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ProfileTable) and tuple(self.values()) == tuple(other.values())
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.values()))
+
+    def __repr__(self) -> str:
+        return f"ProfileTable({', '.join(self)})"
+
+    @property
+    def configured(self) -> list[Profile]:
+        return [p for p in self.values() if p.base]
+
+
+def parse_profiles(value: Any, key: str) -> ProfileTable:
+    """``profiles:``. A mapping of name to definition (``base``: a built-in, and the fields to override; see
+    ``converter_common.profiles.configured_profile``): every built-in profile and these. A list of built-in names
+    (the older form): only those. A configured name may not be a built-in's: a built-in means the same everywhere."""
+    if isinstance(value, list):
+        names = []
+        for name in value:
+            if not isinstance(name, str) or name not in BUILTIN_PROFILES:
+                report(key, f"unknown profile {name!r} (built-in: {', '.join(BUILTIN_PROFILES)}; configured profiles"
+                            " are a mapping of name to definition)")
+            elif name in names:
+                report(key, f"lists {name!r} twice")
+            else:
+                names.append(name)
+        return ProfileTable(tuple(BUILTIN_PROFILES[name] for name in names))
+    if not isinstance(value, dict):
+        report(key, f"must be a mapping of profile name to definition (base: a built-in profile, and the fields it "
+                    f"changes), got {type(value).__name__}")
+        return ProfileTable()
+    configured = []
+    for name, definition in value.items():
+        where = f"{key}.{name}"
+        if not isinstance(name, str) or not PROFILE_NAME.match(name):
+            report(where, "is not a profile name (1-64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit)")
+            continue
+        if name in BUILTIN_PROFILES:
+            report(where, f"is a built-in profile's name: choose another (a configured profile names its base: "
+                          f"base: {name})")
+            continue
+        if not isinstance(definition, dict):
+            report(where, f"must be a mapping (base: a built-in profile, and the fields it changes), got "
+                          f"{type(definition).__name__}")
+            continue
+        try:
+            configured.append(configured_profile(name, definition))
+        except ProfileDefinitionError as exc:
+            for field_name, message in exc.problems:
+                report(f"{where}.{field_name}", message)
+    return ProfileTable((*BUILTIN_PROFILES.values(), *configured))
+
+
 @dataclass(frozen=True)
 class MasterConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -238,12 +317,10 @@ class MasterConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
-    profiles: tuple[str, ...] = tuple(BUILTIN_PROFILES)
+    # the accepted profiles: built-in and configured (``parse_profiles``; docs/api.md, "Profiles")
+    profiles: Annotated[ProfileTable, Units(parse_profiles)] = field(default_factory=ProfileTable)
 
     def validate(self, key: str) -> None:
-        for name in self.profiles:
-            if name not in BUILTIN_PROFILES:
-                report("profiles", f"unknown profile {name!r} (built-in: {', '.join(BUILTIN_PROFILES)})")
         if self.watch.inbox is not None and self.watch.profile not in self.profiles:
             report("watch.profile", f"must be one of the master's profiles: {', '.join(self.profiles)}")
 

@@ -19,7 +19,7 @@ import tornado.ioloop
 
 from converter_common import protocol
 from converter_common.digest import file_sha256
-from converter_common.profiles import BUILTIN_PROFILES
+from converter_common.profiles import Profile
 from master import errors
 from master.config import MasterConfig
 from master.metrics import MasterMetrics
@@ -61,11 +61,11 @@ class JobIntake:
         """The output asked for, or the default candidates made from the client's file name."""
         if output_path:
             return [self.storage.path(output_path, "output_path")]
-        return default_outputs(self.storage, client_name, profile, job_id)
+        return default_outputs(self.storage, client_name, self.config.profiles[profile], job_id)
 
     async def check_output(self, output: str, source: str | None, profile: str) -> None:
         """Not the source, a name the profile allows, somewhere a file can be made, nothing there yet."""
-        check_output_name(output, source, profile)
+        check_output_name(output, source, self.config.profiles[profile])
         if output == NO_OUTPUT:
             return  # a health check: nothing will be written
         self.storage.check_output_location(output)
@@ -77,7 +77,7 @@ class JobIntake:
         """A job for a file already in storage (JSON submission, watch folder): hashed, then inserted."""
         facts = await self.storage.source(source, "source_path")
         for output in outputs:
-            check_output_name(output, source, profile)
+            check_output_name(output, source, self.config.profiles[profile])
         digest = facts.sha256 or await self.storage.digest(source)
         return await self._insert(job_id=job_id, source=source, facts=SourceFacts(facts.size, facts.mtime_ns, digest),
                                   outputs=outputs, profile=profile, priority=priority)
@@ -89,7 +89,7 @@ class JobIntake:
         job can be made of it, it is removed. A tus upload (``upload_id``) is forgotten with the insert."""
         outputs = self.outputs_for(output_path, client_name, profile, job_id)
         for output in outputs:
-            check_output_name(output, None, profile)
+            check_output_name(output, None, self.config.profiles[profile])
         source = new_source_name(client_name)
         await fsync_path(received)
         try:
@@ -116,7 +116,7 @@ class JobIntake:
         try:
             outputs = self.outputs_for(output_path, client_name, profile, job_id)
             for output in outputs:
-                check_output_name(output, None, profile)
+                check_output_name(output, None, self.config.profiles[profile])
             facts = await self.storage.source(source, "source_path")
             return await self._insert(job_id=job_id, source=source,
                                       facts=SourceFacts(facts.size, facts.mtime_ns, sha256),
@@ -129,7 +129,7 @@ class JobIntake:
                       upload_id: str | None = None, priority: int | None = None) -> Job:
         """The job, writing to the first of ``outputs`` that is free (not in storage, no active job writing it);
         without a ``priority`` of its own it takes its profile's."""
-        priority = BUILTIN_PROFILES[profile].priority if priority is None else priority
+        priority = self.config.profiles[profile].priority if priority is None else priority
         free = [output for output in outputs
                 if output == NO_OUTPUT or not await self.storage.exists(output)] or outputs[-1:]
         for index, output in enumerate(free):
@@ -183,18 +183,18 @@ def new_source_name(client_name: str) -> str:
     return f"{INCOMING_DIR}/{uuid.uuid4().hex[:16]}{source_extension(client_name)}"
 
 
-def check_output_name(output: str, source: str | None, profile: str) -> None:
+def check_output_name(output: str, source: str | None, profile: Profile) -> None:
     """Not the source, an extension the profile allows; none at all for a profile that writes nothing."""
-    if BUILTIN_PROFILES[profile].check_only:
+    if profile.check_only:
         if output != NO_OUTPUT:
-            raise errors.INVALID_PATH.error(f"{profile} writes no output: leave output_path out")
+            raise errors.INVALID_PATH.error(f"{profile.name} writes no output: leave output_path out")
         return
     if source is not None and output == source:
         raise errors.INVALID_PATH.error("output_path must differ from source_path")
-    containers = BUILTIN_PROFILES[profile].containers
+    containers = profile.containers
     extension = PurePosixPath(output).suffix.lstrip(".").lower()
     if extension not in containers:
-        raise errors.INVALID_PATH.error(f"output_path must end in .{' or .'.join(containers)} for {profile}")
+        raise errors.INVALID_PATH.error(f"output_path must end in .{' or .'.join(containers)} for {profile.name}")
 
 
 def safe_stem(filename: str) -> str:
@@ -211,12 +211,12 @@ def source_extension(filename: str) -> str:
     return suffix.lower() if _EXTENSION.match(suffix) else ""
 
 
-def default_outputs(storage: Storage, name: str, profile: str, job_id: str) -> list[str]:
+def default_outputs(storage: Storage, name: str, profile: Profile, job_id: str) -> list[str]:
     """``converted/<stem>.<ext>``, and ``converted/<stem>-<job id>.<ext>`` for when that one is taken; none for a
     profile that writes nothing (``NO_OUTPUT``)."""
-    if BUILTIN_PROFILES[profile].check_only:
+    if profile.check_only:
         return [NO_OUTPUT]
-    container = BUILTIN_PROFILES[profile].containers[0]
+    container = profile.containers[0]
     stem = safe_stem(name) or job_id
     candidates = [f"{CONVERTED_DIR}/{stem}.{container}", f"{CONVERTED_DIR}/{stem}-{job_id}.{container}"]
     return [storage.path(candidate, "output_path") for candidate in candidates]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from converter_common.profiles import BUILTIN_PROFILES
 from converter_common.version import package_version
@@ -109,7 +109,7 @@ class WebhookDeliveriesCollector(Collector):
 
 class MasterMetrics:
     def __init__(self, registry: CollectorRegistry, store: JobStore, storage_root: Path,
-                 online_window: Callable[[], float]):
+                 online_window: Callable[[], float], profiles: Iterable[str] = tuple(BUILTIN_PROFILES)):
         self.registry = registry
         registry.register(JobsByStatusCollector(store))
         registry.register(DatabaseCollector(store))
@@ -123,7 +123,7 @@ class MasterMetrics:
                                                  registry=registry)
         self.bytes_saved = Counter("converter_master_bytes_saved", "Source bytes minus output bytes of completed"
                                    " jobs whose output is smaller, by profile.", ["profile"], registry=registry)
-        for profile in BUILTIN_PROFILES:
+        for profile in profiles:  # the master's: built-in and configured
             self.bytes_saved.labels(profile)
         self.jobs_submitted = Counter("converter_master_jobs_submitted", "Jobs accepted by POST /api/jobs.",
                                       registry=registry)

@@ -120,7 +120,7 @@ class InboxWatcher(PeriodicScan):
         try:
             job = await self.services.intake.from_stored_file(
                 job_id=job_id, source=relative,
-                outputs=default_outputs(self.services.storage, source.name, profile, job_id),
+                outputs=default_outputs(self.services.storage, source.name, self.config.profiles[profile], job_id),
                 profile=profile)
         except DuplicateJob:
             if not quiet_if_known:
@@ -172,7 +172,8 @@ class BucketInboxWatcher(PeriodicScan):
         name = PurePosixPath(relative).name
         try:
             job = await self.services.intake.from_stored_file(
-                job_id=job_id, source=relative, outputs=default_outputs(self.storage, name, profile, job_id),
+                job_id=job_id, source=relative,
+                outputs=default_outputs(self.storage, name, self.config.profiles[profile], job_id),
                 profile=profile)
         except DuplicateJob:
             return

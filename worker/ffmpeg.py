@@ -21,9 +21,10 @@ import time
 from collections import deque
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from converter_common.profiles import BUILTIN_PROFILES, Profile
+from converter_common.profiles import BUILTIN_PROFILES, Profile, ProfileDefinitionError, configured_profile
+from converter_common.protocol import PROFILE_DEFINITION
 from worker.errors import FatalError, JobError, RetryableError, Shutdown
 from worker.ffmpeg_command import audio_tracks, keeps_hdr, language_key, output_size
 from worker.media import HDR_TRANSFERS, Colour, MasteringDisplay, MediaInfo
@@ -39,6 +40,23 @@ def profile_named(name: str) -> Profile:
         return BUILTIN_PROFILES[name]
     except KeyError:
         raise FatalError(f"unknown profile {name!r}") from None
+
+
+def job_profile(job: dict[str, Any]) -> Profile:
+    """The profile of a claimed job: built from the definition the claim carries (a profile configured on the
+    master, ``protocol.PROFILE_DEFINITION``), else the built-in of that name. A definition this worker cannot
+    take (a field it does not know, a value out of range: a master newer than the worker, or a bug) fails the job,
+    naming every problem; it never runs with a guess."""
+    name = job.get("profile")
+    definition = job.get(PROFILE_DEFINITION)
+    if definition is None:
+        return profile_named(name)
+    if not isinstance(definition, dict) or definition.get("name", name) != name:
+        raise FatalError(f"profile {name!r}: the claim's profile definition is not one of {name!r}")
+    try:
+        return configured_profile(name, definition)
+    except ProfileDefinitionError as exc:
+        raise FatalError(f"profile {name!r} as the master defines it cannot be run by this worker: {exc}") from None
 
 
 class FfmpegStalled(RetryableError):

@@ -287,7 +287,7 @@ class Worker:
                 self._active.pop(active.job_id, None)
 
     def _convert_job(self, job: dict[str, Any], active: ActiveJob) -> str | None:
-        profile = ffmpeg.profile_named(job["profile"])
+        profile = ffmpeg.job_profile(job)  # a configured profile comes whole with the claim
         active.directory.mkdir(parents=True, exist_ok=True)
         if profile.check_only:  # health-check: decode the source, report what FFmpeg found, write nothing
             return self._health_check(job, active)

@@ -17,7 +17,6 @@ from urllib.parse import urlencode
 
 import tornado.web
 
-from converter_common.profiles import BUILTIN_PROFILES
 from master.console import charts
 from master.console.session import end_session, has_session, is_admin_token, start_session
 from master.database import DatabaseUnavailable
@@ -216,7 +215,7 @@ class WorkersPageHandler(ConsoleHandler):
 
 class SubmitPageHandler(ConsoleHandler):
     def get(self) -> None:
-        profiles = [(name, BUILTIN_PROFILES[name]) for name in self.services.config.profiles]
+        profiles = list(self.services.config.profiles.items())
         self.render("submit.html", profile_table=profiles, in_bucket=self.services.storage.in_bucket)
 
 

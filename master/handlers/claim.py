@@ -5,7 +5,8 @@ from __future__ import annotations
 import tornado.gen
 import tornado.ioloop
 
-from converter_common.protocol import CLAIMS_PAUSED_HEADER
+from converter_common.profiles import definition_of
+from converter_common.protocol import CLAIMS_PAUSED_HEADER, PROFILE_DEFINITION
 from master import errors
 from master.auth import Access
 from master.handlers.base import BaseHandler, check_worker_id, is_number
@@ -65,8 +66,13 @@ class ClaimHandler(BaseHandler):
 
     def _assignment(self, job) -> dict:
         """The job, and with the bucket backend how its files move (``bucket``: presigned URLs, parts cut by
-        ``protocol.part_size_for`` from ``part_size``)."""
+        ``protocol.part_size_for`` from ``part_size``). A configured profile's full definition goes with it (the
+        worker builds the profile from it); a built-in one is named only. A profile this master no longer has
+        (configured when the job was submitted, gone since) goes without: the worker fails the job as unknown."""
         payload = job.to_dict()
+        profile = self.config.profiles.get(job.profile)
+        if profile is not None and profile.base:
+            payload[PROFILE_DEFINITION] = definition_of(profile)
         if self.services.storage.in_bucket:
             payload["bucket"] = {"part_size": self.config.storage.s3.part_size}
         return payload

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import tornado.web
 
-from converter_common.profiles import BUILTIN_PROFILES
 from converter_common.protocol import job_path
 from master import errors
 from master.auth import Access
@@ -73,7 +72,7 @@ class JobsHandler(MultipartReceiver, BaseHandler):
         priority = check_priority(body.get("priority"))
         storage = self.services.storage
         source = storage.path(body.get("source_path"), "source_path")
-        output = NO_OUTPUT if body.get("output_path") is None and BUILTIN_PROFILES[profile].check_only \
+        output = NO_OUTPUT if body.get("output_path") is None and self.config.profiles[profile].check_only \
             else storage.path(body.get("output_path"), "output_path")  # health-check: none
         return await self.services.intake.from_stored_file(job_id=job_id, source=source, outputs=[output],
                                                            profile=profile, priority=priority)

@@ -1,4 +1,5 @@
-"""/api/profiles: the conversion profiles this master accepts, as the built-in table describes them."""
+"""/api/profiles: the conversion profiles this master accepts, built-in and configured (``profiles:`` in the
+master's config), each with every field of its effective definition (a configured one's ``base`` names its built-in)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import dataclasses
 import enum
 from typing import Any
 
-from converter_common.profiles import BUILTIN_PROFILES, Profile
+from converter_common.profiles import Profile
 from master.auth import Access
 from master.handlers.base import BaseHandler
 
@@ -15,7 +16,7 @@ class ProfilesHandler(BaseHandler):
     access = {"GET": Access.READ}
 
     def get(self) -> None:
-        profiles = [profile_to_dict(BUILTIN_PROFILES[name]) for name in self.config.profiles]
+        profiles = [profile_to_dict(profile) for profile in self.config.profiles.values()]
         self.write_json({"profiles": profiles})
 
 
