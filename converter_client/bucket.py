@@ -124,20 +124,25 @@ class BucketTransfers:
 
     def download(self, job_id: str, partial: PartialDownload, *, what: str,
                  progress: Callable[[int | None, int], Callable[[int], None]],
-                 cancel: threading.Event | None = None) -> int:
+                 cancel: threading.Event | None = None, until: int | None = None) -> int:
+        """As ``Downloader.fetch`` (``until``: the source's first bytes only), over a presigned URL asked for now."""
         source = self._ask(protocol.WORKER_SOURCE_URL, job_id, {})
         try:
             return self.downloads.fetch(source["url"], partial, what=what, progress=progress, cancel=cancel,
-                                        expected_digest=bytes.fromhex(source["sha256"]))
+                                        expected_digest=bytes.fromhex(source["sha256"]), until=until)
         except Refused as exc:  # from the store, not the master: an expired URL, a missing object
             raise StoreRefused(what, exc.status, body_start(exc.response)) from None
 
     # -- upload -----------------------------------------------------------------------------------
 
     def upload(self, job_id: str, path: Path, digests: OutputDigests, *, what: str,
-               on_read: Callable[[int], None] | None = None, cancel: threading.Event | None = None) -> dict[str, Any]:
-        """Send the parts the store lacks, then have the master complete the job; its answer."""
+               on_read: Callable[[int], None] | None = None, cancel: threading.Event | None = None,
+               kept_source: str | None = None) -> dict[str, Any]:
+        """Send the parts the store lacks, then have the master complete the job; its answer. ``kept_source``: the
+        file is the job's source, kept as its output (``discard_larger``), and why: the master checks it is."""
         declared = {"size": digests.size, "sha256": digests.sha256}
+        if kept_source is not None:
+            declared["kept_source"] = kept_source
         plan = self._ask(protocol.WORKER_OUTPUT_PARTS, job_id, {**declared, "parts": list(digests.parts)})
         if on_read is not None:  # what the store already holds counts as sent
             on_read(stored_bytes(digests, plan["stored"]))

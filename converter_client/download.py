@@ -4,6 +4,10 @@ The body streams into ``download_writer.HashingWriter`` (hashed as it arrives, w
 thread). A cut transfer resumes from the bytes already on disk (``Range`` + ``If-Range`` on the
 version's ETag); a 200 instead of a 206 means a whole new copy. The result is checked against the
 master's ``Repr-Digest``: a mismatch drops the partial file (``DigestMismatch``).
+
+A fetch may stop early (``until``): it asks for the file's first bytes only (one ranged GET), and the next
+fetch continues the same ``PartialDownload`` from there, as a resume does: the worker's skip rule looks at a
+source's head this way before it decides to download the rest.
 """
 
 from __future__ import annotations
@@ -43,6 +47,12 @@ class PartialDownload:
     offset: int = 0
     etag: str | None = None
     hasher: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    size: int | None = None  # the whole file's, once an answer told it
+
+    @property
+    def complete(self) -> bool:
+        """Every byte of the file is on disk (and was verified, where a digest came)."""
+        return self.size is not None and self.offset == self.size
 
     @classmethod
     def on_disk(cls, path: Path, etag: str | None) -> "PartialDownload":
@@ -56,7 +66,7 @@ class PartialDownload:
         return partial
 
     def restart(self) -> None:
-        self.offset, self.etag, self.hasher = 0, None, hashlib.sha256()
+        self.offset, self.etag, self.hasher, self.size = 0, None, hashlib.sha256(), None
         self.path.unlink(missing_ok=True)
 
 
@@ -79,15 +89,21 @@ class Downloader:
               progress: Callable[[int | None, int], Callable[[int], None]],
               params: dict[str, Any] | None = None, cancel: threading.Event | None = None,
               on_version: Callable[[PartialDownload], None] | None = None,
-              expected_digest: bytes | None = None) -> int:
-        """GET ``path`` into ``partial`` to its end; returns the file's size.
+              expected_digest: bytes | None = None, until: int | None = None) -> int:
+        """GET ``path`` into ``partial`` to its end; returns the bytes on disk (the file's size, unless ``until``).
 
         ``progress(total, offset)`` gives the callback that hears of each chunk; ``on_version`` hears of
         the version (``partial.etag``) before the body; ``what`` names the download in errors;
-        ``expected_digest``: the SHA-256 to check, when the server sends no ``Repr-Digest`` (an object store).
+        ``expected_digest``: the SHA-256 to check, when the server sends no ``Repr-Digest`` (an object store);
+        ``until``: stop once the file's first ``until`` bytes are on disk (only they are asked for); the file is
+        verified when they are all of it. A server that answers 200 to the range sends the whole file: kept.
         """
         headers = {}
-        if partial.offset and partial.etag:
+        if until is not None and partial.offset < until:
+            headers = {"Range": f"bytes={partial.offset}-{until - 1}"}
+            if partial.offset and partial.etag:
+                headers["If-Range"] = partial.etag
+        elif partial.offset and partial.etag:
             headers = {"Range": f"bytes={partial.offset}-", "If-Range": partial.etag}
         with self.http.send("GET", path, params=params, stream=True, headers=headers,
                             read_timeout=self.read_timeout) as response:
@@ -98,8 +114,8 @@ class Downloader:
                 partial.restart()
                 response.close()
                 return self.fetch(path, partial, what=what, progress=progress, params=params, cancel=cancel,
-                                  on_version=on_version, expected_digest=expected_digest)
-            total = _resume_point(response, partial)
+                                  on_version=on_version, expected_digest=expected_digest, until=until)
+            total, end = _resume_point(response, partial)
             expected_digest = _digest_header(response) or expected_digest
             partial.etag = response.headers.get("ETag")
             if on_version is not None:
@@ -126,25 +142,30 @@ class Downloader:
                     partial.restart()  # the hash saw bytes the file did not get: no resuming from here
                     raise
                 partial.offset = start + writer.written
-        if total is not None and partial.offset != total:
-            raise TransferCut(f"{what}: got {partial.offset} of {total} bytes")
+        if end is not None and partial.offset != end:
+            raise TransferCut(f"{what}: got {partial.offset} of {end} bytes")
+        partial.size = total if total is not None else partial.offset  # no length: the body ended with the file
+        if not partial.complete:
+            return partial.offset  # the ``until`` asked for; the digest waits for the rest
         if expected_digest is not None and partial.hasher.digest() != expected_digest:
             partial.restart()
             raise DigestMismatch(f"{what}: SHA-256 mismatch, downloading again")
         return partial.offset
 
 
-def _resume_point(response: requests.Response, partial: PartialDownload) -> int | None:
-    """Total size of the file; restarts ``partial`` unless the master resumed it where it stood."""
+def _resume_point(response: requests.Response, partial: PartialDownload) -> tuple[int | None, int | None]:
+    """Total size of the file and the offset the body ends at (None: unknown); restarts ``partial`` unless the
+    master resumed it where it stood."""
     if response.status_code == 206:
         match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
         if match and int(match.group(1)) == partial.offset:
-            return int(match.group(3))
+            return int(match.group(3)), int(match.group(2)) + 1
         raise UnexpectedRange("master resumed the download at another offset", response.headers.get("Content-Range"))
     if partial.offset:
         partial.restart()  # a 200: the master sent the whole file (new version, or no Range support)
     length = response.headers.get("Content-Length")
-    return int(length) if length and length.isdigit() else None
+    total = int(length) if length and length.isdigit() else None
+    return total, total
 
 
 def _digest_header(response: requests.Response) -> bytes | None:

@@ -5,9 +5,9 @@ profile tone-maps, and at most ``skip_bpp`` x ``skip_tolerance`` bits per pixel 
 job ends ``skipped`` with the reason. Bits per pixel (bitrate / (width x height x frame rate)), not a bitrate:
 the built-in profiles are CRF-based and have no target bitrate, and bits per pixel compares sources of any size and
 frame rate against the one figure a profile's CRF typically gives (H.264 CRF 21-23: ~0.1; HEVC CRF 26: ~0.06).
-Keep-smaller (``discard_larger``): an output larger than its source is discarded and the source's bytes become the
-output; the job ends ``completed`` with ``kept_source`` true and the reason. Not for an upscale: the operator asked
-for more pixels, and more bytes come with them.
+Keep-smaller (``discard_larger``, on by default): any output larger than its source is discarded and the source's
+bytes become the output; the job ends ``completed`` with ``kept_source`` true and the reason. That holds for an
+upscale too (more pixels usually bring more bytes): a profile that upscales on purpose sets ``discard_larger: false``.
 """
 
 from __future__ import annotations
@@ -52,13 +52,10 @@ def skip_reason(profile: Profile, facts: SourceFacts | None) -> str | None:
             f" ({facts.bits_per_pixel:.3f} bits per pixel per frame, at most {limit:.3f}): {profile.name}'s skip rule")
 
 
-def keep_source_reason(profile: Profile, source_size: int, output_size: int,
-                       source: SourceFacts | None = None) -> str | None:
-    """Why the output is discarded and the source kept (``discard_larger``), or None to keep the output. An
-    upscaled output (the profile's height above the ``source``'s, ``upscale`` on) is larger by design: kept."""
+def keep_source_reason(profile: Profile, source_size: int, output_size: int) -> str | None:
+    """Why the output is discarded and the source kept (``discard_larger``: any output larger than its source,
+    upscaled or not), or None to keep the output."""
     if not profile.discard_larger or output_size <= source_size:
-        return None
-    if source is not None and profile.upscale and 0 < source.height < profile.height:
         return None
     return (f"the converted output ({output_size} bytes) was larger than the source ({source_size} bytes):"
             " the source was kept as the output (discard_larger)")

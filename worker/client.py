@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -35,7 +36,7 @@ from worker.metrics import WorkerMetrics
 from worker.progress import TransferProgress
 from worker.retry import RetryPolicy
 
-__all__ = ["MasterClient", "PartialDownload", "TusUpload", "worker_errors"]
+__all__ = ["MasterClient", "PartialDownload", "SourceHead", "TusUpload", "worker_errors"]
 
 log = logging.getLogger("converter.worker")
 T = TypeVar("T")
@@ -44,6 +45,22 @@ T = TypeVar("T")
 AWAY_STATUSES = {502, 503, 504}
 # Longest wait between two tries to deliver a finished output while the master is away.
 OUTPUT_KEPT_MAX_DELAY = 30.0
+
+
+@dataclass
+class SourceHead:
+    """A look at a source's first ``size`` bytes before the rest of it is downloaded (the skip rule's probe).
+
+    They are the first part of the download itself: the same GETs (the first one ranged), retries, resume, checks
+    and byte counts. Once they are on disk, ``judge(path)`` is called with the part file holding them (or the whole
+    source, when it is no longer); True stops the download there (``stopped``): the rest is not needed. Judged once
+    per download, whatever the retries before or after.
+    """
+
+    size: int
+    judge: Callable[[Path], bool]
+    judged: bool = False
+    stopped: bool = False
 
 
 class MasterClient:
@@ -147,15 +164,19 @@ class MasterClient:
 
     # -- transfers ------------------------------------------------------------------------------
 
-    def download_source_video(self, job_id: str, path: Path, cancel: threading.Event | None = None) -> int:
+    def download_source_video(self, job_id: str, path: Path, cancel: threading.Event | None = None,
+                              head: SourceHead | None = None) -> int:
         """Stream the job's source into ``path``, verifying its SHA-256 while it arrives.
 
         A cut transfer resumes from the bytes already on disk (Range + If-Range on the ETag); a digest
         mismatch starts over. Retried per the policy; no partial file survives a final failure.
+        ``head``: judge the source's first bytes before the rest is fetched (``SourceHead``); when it stops the
+        download, ``path`` holds only them and the bytes on disk are returned.
         """
         partial = PartialDownload(path)
         try:
-            return self._transfer("download", job_id, lambda: self._download_once(job_id, partial, cancel), cancel)
+            return self._transfer("download", job_id, lambda: self._download_once(job_id, partial, cancel, head),
+                                  cancel)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -176,23 +197,25 @@ class MasterClient:
         digest = file_sha256(path)
         return self._transfer("upload", job_id, lambda: self._upload_once(job_id, path, digest, cancel), cancel)
 
-    def download_from_bucket(self, job_id: str, path: Path, cancel: threading.Event | None = None) -> int:
-        """As ``download_source_video``, from the bucket over a presigned GET (asked for at each attempt)."""
+    def download_from_bucket(self, job_id: str, path: Path, cancel: threading.Event | None = None,
+                             head: SourceHead | None = None) -> int:
+        """As ``download_source_video``, from the bucket over a presigned GET (asked for at each request)."""
         partial = PartialDownload(path)
         try:
-            return self._transfer("download", job_id, lambda: self._bucket_download_once(job_id, partial, cancel),
-                                  cancel)
+            return self._transfer("download", job_id,
+                                  lambda: self._bucket_download_once(job_id, partial, cancel, head), cancel)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
 
-    def upload_to_bucket(self, job_id: str, path: Path, part_size: int, cancel: threading.Event | None = None
-                         ) -> int:
+    def upload_to_bucket(self, job_id: str, path: Path, part_size: int, cancel: threading.Event | None = None,
+                         kept_source: str | None = None) -> int:
         """Send ``path`` to the bucket as presigned part PUTs, each checked by the store against its SHA-256;
-        each attempt sends only the parts the store lacks, then the master completes the job."""
+        each attempt sends only the parts the store lacks, then the master completes the job. ``kept_source``:
+        ``path`` is the job's source, sent as its output (``discard_larger``), and why."""
         digests = OutputDigests.of_file(path, part_size)
-        return self._transfer("upload", job_id, lambda: self._bucket_upload_once(job_id, path, digests, cancel),
-                              cancel)
+        return self._transfer("upload", job_id,
+                              lambda: self._bucket_upload_once(job_id, path, digests, cancel, kept_source), cancel)
 
     def _transfer(self, direction: str, job_id: str, attempt: Callable[[], int], cancel: threading.Event | None
                   ) -> int:
@@ -221,38 +244,57 @@ class MasterClient:
 
     # -- one attempt of each transfer (the raw errors of converter_client; _transfer translates) --------
 
-    def _download_once(self, job_id: str, partial: PartialDownload, cancel: threading.Event | None) -> int:
+    def _download_once(self, job_id: str, partial: PartialDownload, cancel: threading.Event | None,
+                       head: SourceHead | None = None) -> int:
+        def fetch(start: Callable[[int | None, int], Callable[[int], None]], until: int | None) -> int:
+            return self.downloads.fetch(protocol.WORKER_DOWNLOAD, partial, what=f"download of job {job_id}",
+                                        progress=start, params={"job_id": job_id}, cancel=cancel, until=until)
+
+        return self._fetch_attempt(job_id, partial, head, fetch)
+
+    def _bucket_download_once(self, job_id: str, partial: PartialDownload, cancel: threading.Event | None,
+                              head: SourceHead | None = None) -> int:
+        def fetch(start: Callable[[int | None, int], Callable[[int], None]], until: int | None) -> int:
+            return self.bucket.download(job_id, partial, what=f"download of job {job_id}", progress=start,
+                                        cancel=cancel, until=until)
+
+        return self._fetch_attempt(job_id, partial, head, fetch)
+
+    def _fetch_attempt(self, job_id: str, partial: PartialDownload, head: SourceHead | None,
+                       fetch: Callable[[Callable[[int | None, int], Callable[[int], None]], int | None], int]) -> int:
+        """One attempt of a download: with a ``head`` not judged yet, its bytes first (a ranged GET of what is
+        missing of them), the judgement, then the rest (a GET resumed from them, as after a cut). One progress
+        (and one count of each byte) for the attempt, whichever GETs carry it."""
         progress: TransferProgress | None = None
 
-        def start(total: int | None, offset: int) -> Callable[[int], None]:  # once the master has answered
+        def start(total: int | None, offset: int) -> Callable[[int], None]:  # once the server has answered
             nonlocal progress
-            progress = self._progress("download", job_id, total)
+            if progress is None:
+                progress = self._progress("download", job_id, total)
             progress.done = offset
             return progress.add
 
-        size = self.downloads.fetch(protocol.WORKER_DOWNLOAD, partial, what=f"download of job {job_id}",
-                                    progress=start, params={"job_id": job_id}, cancel=cancel)
-        self._finish(progress, "download")
-        return size
+        if head is not None and not head.judged:
+            if partial.offset < head.size:
+                fetch(start, head.size)
+            head.judged = True
+            if head.judge(partial.path):
+                head.stopped = True
+                if progress is not None:
+                    log.info("download %s: stopped after the first %d bytes: the rest is not needed", job_id,
+                             partial.offset)
+                return partial.offset
+        if not partial.complete:
+            fetch(start, None)
+        if progress is not None:
+            self._finish(progress, "download")
+        return partial.offset
 
-    def _bucket_download_once(self, job_id: str, partial: PartialDownload, cancel: threading.Event | None) -> int:
-        progress: TransferProgress | None = None
-
-        def start(total: int | None, offset: int) -> Callable[[int], None]:
-            nonlocal progress
-            progress = self._progress("download", job_id, total)
-            progress.done = offset
-            return progress.add
-
-        size = self.bucket.download(job_id, partial, what=f"download of job {job_id}", progress=start, cancel=cancel)
-        self._finish(progress, "download")
-        return size
-
-    def _bucket_upload_once(self, job_id: str, path: Path, digests: OutputDigests, cancel: threading.Event | None
-                            ) -> int:
+    def _bucket_upload_once(self, job_id: str, path: Path, digests: OutputDigests, cancel: threading.Event | None,
+                            kept_source: str | None = None) -> int:
         progress = self._progress("upload", job_id, digests.size)
         self.bucket.upload(job_id, path, digests, what=f"upload of job {job_id}", on_read=progress.add,
-                           cancel=cancel)
+                           cancel=cancel, kept_source=kept_source)
         self._finish(progress, "upload")
         return digests.size
 

@@ -16,23 +16,29 @@ from typing import Any, Protocol
 
 from converter_common.digest import file_sha256
 from converter_common.shared_storage import shared_temp_path
-from worker.client import MasterClient
+from worker.client import MasterClient, SourceHead
 from worker.config import WorkerConfig
 from worker.errors import Cause, FatalError, RetryableError
 
 log = logging.getLogger("converter.worker")
+# The skip rule's look at a transferred source: its first bytes, the first part of its download (``SourceHead``):
+# a container's header and index (an MP4 with its index at the front, Matroska, WebM). Where they do not tell (an
+# MP4 indexed at its end) the download goes on and the rule is judged on the whole source.
+SOURCE_HEAD_BYTES = 2 << 20
 
 
 class StorageMode(Protocol):
     needs_cache: bool
 
-    def source(self, job: dict[str, Any], job_dir: Path, abort) -> Path: ...
+    def source(self, job: dict[str, Any], job_dir: Path, abort, head: SourceHead | None = None) -> Path: ...
 
     def output(self, job: dict[str, Any], job_dir: Path) -> Path: ...
 
     def deliver(self, job: dict[str, Any], output: Path, abort) -> int: ...
 
     def discard(self, job: dict[str, Any]) -> None: ...
+
+    def keep_source(self, job: dict[str, Any], source: Path, reason: str, abort) -> int: ...
 
 
 class TransferMode:
@@ -43,12 +49,17 @@ class TransferMode:
         self.upload = client.upload_resumable if config.storage.upload_protocol == "tus" \
             else client.upload_converted_video
 
-    def source(self, job: dict[str, Any], job_dir: Path, abort) -> Path:
+    def source(self, job: dict[str, Any], job_dir: Path, abort, head: SourceHead | None = None) -> Path:
+        """The source, downloaded into the job's directory. ``head``: judged on the download's first ``head.size``
+        bytes, which are all the file holds when it stops the download; a source no larger is judged whole, by
+        the caller (``head`` never judged)."""
         source = job_dir / f"source{PurePosixPath(job['source_path']).suffix.lower()}"
+        if head is not None and int(job.get("source_size") or 0) <= head.size:
+            head = None
         if in_bucket(job):
-            self.client.download_from_bucket(job["id"], source, abort)
+            self.client.download_from_bucket(job["id"], source, abort, head=head)
         else:
-            self.client.download_source_video(job["id"], source, abort)
+            self.client.download_source_video(job["id"], source, abort, head=head)
         return source
 
     def output(self, job: dict[str, Any], job_dir: Path) -> Path:
@@ -62,6 +73,17 @@ class TransferMode:
     def discard(self, job: dict[str, Any]) -> None:
         pass  # everything lives in the job's cache dir, which the worker removes
 
+    def keep_source(self, job: dict[str, Any], source: Path, reason: str, abort) -> int:
+        """``discard_larger``: the source becomes the output. With a bucket the worker sends the copy it downloaded
+        the way an output goes (presigned parts, then output-complete with ``kept_source``; the master checks the
+        bytes are the source's, and never writes over an existing object); with local files the master copies the
+        source itself (keep-source), nothing is sent."""
+        if in_bucket(job):
+            return self.client.upload_to_bucket(job["id"], source, int(job["bucket"]["part_size"]), abort,
+                                                kept_source=reason)
+        self.client.keep_source(job["id"], reason)
+        return source.stat().st_size
+
 
 
 class SharedMode:
@@ -71,7 +93,8 @@ class SharedMode:
         self.client = client
         self.mount = config.storage.mount_path
 
-    def source(self, job: dict[str, Any], job_dir: Path, abort) -> Path:
+    def source(self, job: dict[str, Any], job_dir: Path, abort, head: SourceHead | None = None) -> Path:
+        """The source where it lies on the mount (``head`` unused: the whole source is there to probe)."""
         if in_bucket(job):  # a master with a bucket: nothing of it is on the mount; another worker may take it
             raise RetryableError("the master keeps this job in a bucket; a shared-storage worker cannot take it",
                                  cause=Cause.WORKER)
@@ -94,6 +117,11 @@ class SharedMode:
     def discard(self, job: dict[str, Any]) -> None:
         """Remove a half-written output from the mount after a failed attempt."""
         self._inside_mount(shared_temp_path(job["id"], job["output_path"])).unlink(missing_ok=True)
+
+    def keep_source(self, job: dict[str, Any], source: Path, reason: str, abort) -> int:
+        """``discard_larger``: the master copies the source (on its local storage, the mount) to the output."""
+        self.client.keep_source(job["id"], reason)
+        return source.stat().st_size
 
 
     def _inside_mount(self, relative: str) -> Path:

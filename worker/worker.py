@@ -20,11 +20,10 @@ from typing import Any, Callable
 from prometheus_client import CollectorRegistry
 
 from converter_common.profiles import BUILTIN_PROFILES
-from converter_common.protocol import NOT_WITH_BUCKET
 from converter_common.skip_rules import SourceFacts, keep_source_reason, skip_reason
 from converter_common.systemd import Notifier
 from worker import ffmpeg, health
-from worker.client import MasterClient
+from worker.client import MasterClient, SourceHead
 from worker.config import WorkerConfig
 from worker.conversion import Converter, ConverterFactory, probing_factory
 from worker.errors import ApiRejected, Cause, FatalError, JobLost, RetryableError, Shutdown
@@ -32,7 +31,7 @@ from worker.metrics import WorkerMetrics, free_bytes
 from worker.retry import RetryPolicy
 from worker.schedule import Schedule
 from worker.skip_check import probe_facts
-from worker.storage_modes import StorageMode, storage_mode
+from worker.storage_modes import SOURCE_HEAD_BYTES, StorageMode, storage_mode
 
 log = logging.getLogger("converter.worker")
 # Outside its schedule a worker looks at the clock, and re-registers (so the master sees it online), this often.
@@ -292,11 +291,8 @@ class Worker:
         if profile.check_only:  # health-check: decode the source, report what FFmpeg found, write nothing
             return self._health_check(job, active)
         log.info("job %s: %s -> %s (%s)", active.job_id, job["source_path"], job["output_path"], profile.name)
-        source = self.storage.source(job, active.directory, active.abort)
-        # The skip rule, judged on the downloaded source: a probe of its first bytes before the download took the
-        # faults and retries meant for the download itself (the fault suite), so it waits for a design of its own.
-        facts = self._source_facts(job, source) if profile.skip_bpp > 0 else None
-        if profile.skip_bpp > 0 and self._skipped(job, profile, facts):
+        source = self._source_judged(job, profile, active)
+        if source is None:
             return "skipped"
         output = self.storage.output(job, active.directory)
         active.stage = "convert"
@@ -310,7 +306,7 @@ class Worker:
         self._announce_changes(converter)
         self._record_conversion(active, result.job_fields())
         active.stage = "upload"
-        if self._kept_source(job, profile, output, source, facts):
+        if self._kept_source(job, profile, output, source, active):
             return None
         size = self.storage.deliver(job, output, active.abort)
         log.info("job %s: completed, %d bytes delivered", active.job_id, size)
@@ -319,14 +315,30 @@ class Worker:
     def _source_facts(self, job: dict[str, Any], path: Path) -> SourceFacts | None:
         return probe_facts(self.config.ffmpeg.ffprobe, path, int(job.get("source_size") or 0))
 
-    def _skipped(self, job: dict[str, Any], profile, facts: SourceFacts | None) -> bool:
-        """The profile's skip rule: when the source already matches, the master is told and the job ends."""
-        reason = skip_reason(profile, facts)
+    def _source_judged(self, job: dict[str, Any], profile, active: ActiveJob) -> Path | None:
+        """The job's source, ready to convert; None when the profile's skip rule skipped the job (the master told).
+
+        With the rule on, a transfer worker's download starts with the source's first ``SOURCE_HEAD_BYTES``
+        (``SourceHead``: the same GETs, retries and counts as the rest), which ffprobe reads: a skip stops the
+        download there. When they do not tell (an MP4 indexed at its end), or the source is no larger, or it lies
+        on a shared mount, the rule is judged on the whole source, before any conversion."""
+        if profile.skip_bpp <= 0:
+            return self.storage.source(job, active.directory, active.abort)
+        judged: list[str | None] = []
+
+        def judge(head: Path) -> bool:
+            facts = self._source_facts(job, head)
+            if facts is not None:  # the head told: the rule's answer, whichever it is
+                judged.append(skip_reason(profile, facts))
+            return bool(judged and judged[0])
+
+        source = self.storage.source(job, active.directory, active.abort, head=SourceHead(SOURCE_HEAD_BYTES, judge))
+        reason = judged[0] if judged else skip_reason(profile, self._source_facts(job, source))
         if reason is None:
-            return False
+            return source
         self.client.skip(job["id"], reason)
         log.info("job %s: skipped: %s", job["id"], reason)
-        return True
+        return None
 
     def _announce_changes(self, converter) -> None:
         """Re-register when the converter's capabilities just changed (Vulkan disabled), so the master knows."""
@@ -336,23 +348,14 @@ class Worker:
             except (RetryableError, ApiRejected) as exc:
                 log.warning("could not re-send capabilities (%s); the next registration will", exc)
 
-    def _kept_source(self, job: dict[str, Any], profile, output: Path, source: Path, facts: SourceFacts | None
-                     ) -> bool:
-        """``discard_larger``: an output larger than the source is dropped and the master keeps the source as the
-        output; False (deliver the output) when it is not larger, was upscaled, or the master cannot (a bucket)."""
-        source_size, output_size = int(job.get("source_size") or 0), output.stat().st_size
-        if not profile.discard_larger or output_size <= source_size:
-            return False
-        reason = keep_source_reason(profile, source_size, output_size, facts or self._source_facts(job, source))
+    def _kept_source(self, job: dict[str, Any], profile, output: Path, source: Path, active: ActiveJob) -> bool:
+        """``discard_larger``: an output larger than the source is dropped and the source becomes the output (the
+        storage mode's way: the master copies it, or the worker sends its copy to the bucket); False (deliver the
+        output) when the output is not larger or the profile keeps larger outputs."""
+        reason = keep_source_reason(profile, int(job.get("source_size") or 0), output.stat().st_size)
         if reason is None:
             return False
-        try:
-            self.client.keep_source(job["id"], reason)
-        except ApiRejected as exc:
-            if isinstance(exc, JobLost) or exc.code != NOT_WITH_BUCKET:
-                raise
-            log.warning("job %s: %s; delivering the larger output", job["id"], exc)
-            return False
+        self.storage.keep_source(job, source, reason, active.abort)
         log.info("job %s: completed, source kept: %s", job["id"], reason)
         return True
 

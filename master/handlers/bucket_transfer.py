@@ -10,7 +10,9 @@ The master never relays these bytes; it hands out presigned URLs and keeps the b
   with its part's ``x-amz-checksum-sha256`` so the store itself refuses a corrupted part. Asking again
   after a cut, a refusal or an expired URL is how a worker resumes.
 - ``output-complete``: once every part is stored with the declared layout, the master joins them (never over
-  an existing object: ``If-None-Match: *``) and completes the job.
+  an existing object: ``If-None-Match: *``) and completes the job. With ``kept_source`` (the reason, in both
+  calls) the worker sends the job's source as its output (``discard_larger``: the conversion came out larger):
+  the declared size and SHA-256 must be the source's, and the job completes with ``kept_source``.
 
 A new attempt, or a different output, gets a new upload; the old one is aborted here or by the reaper.
 """
@@ -57,6 +59,20 @@ class BucketTransferHandler(ReceivingHandler):
         if not isinstance(sha256, str) or not _SHA256_HEX.match(sha256):
             raise errors.INVALID_FIELD.error("sha256 must be 64 lowercase hex digits")
         return size, sha256
+
+    @staticmethod
+    def kept_source(body: dict[str, Any], job: Job, size: int, sha256: str) -> str | None:
+        """The ``kept_source`` reason, when the worker sent the source as the output: only the source's own bytes
+        (its size and SHA-256) may complete a job so; 400 ``invalid_field`` otherwise."""
+        reason = body.get("kept_source")
+        if reason is None:
+            return None
+        if not isinstance(reason, str) or not reason:
+            raise errors.INVALID_FIELD.error("kept_source must be a non-empty string (why the source was kept)")
+        if (size, sha256) != (job.source_size, job.source_sha256):
+            raise errors.INVALID_FIELD.error(f"kept_source: the output ({size} bytes, SHA-256 {sha256}) is not the "
+                                             f"source ({job.source_size} bytes, SHA-256 {job.source_sha256})")
+        return reason[:2000]
 
     @staticmethod
     def part_digests(body: dict[str, Any], count: int) -> list[bytes]:
@@ -108,6 +124,7 @@ class OutputPartsHandler(BucketTransferHandler):
         self.require_output(job)
         body = self.json_body()
         size, sha256 = self.declared_file(body)
+        self.kept_source(body, job, size, sha256)  # refused before any upload starts: nothing to clean up
         digests = self.part_digests(body, len(self.expected_sizes(size)))
         upload = await self._upload_for(job, worker_id, size, sha256)
         self.write_json(await self.plan(job.output_path, upload.upload_id, size, digests))
@@ -133,7 +150,9 @@ class OutputCompleteHandler(BucketTransferHandler):
     async def post(self) -> None:
         job, worker_id = self.leased_job()
         self.require_output(job)
-        size, sha256 = self.declared_file(self.json_body())
+        body = self.json_body()
+        size, sha256 = self.declared_file(body)
+        kept_source = self.kept_source(body, job, size, sha256)
         upload = self.store.bucket_upload(job.id)
         if upload is None or (upload.attempt, upload.size, upload.sha256) != (job.attempts, size, sha256):
             raise errors.PARTS_INCOMPLETE.error("no upload of this output is open: ask for its parts first")
@@ -145,11 +164,12 @@ class OutputCompleteHandler(BucketTransferHandler):
             self.fail_for_existing_output(job)
         try:
             self.processing_job(job.id)
-            job = self.store.complete_job(job.id, size, sha256, worker_id=worker_id)
+            job = self.store.complete_job(job.id, size, sha256, worker_id=worker_id, kept_source=kept_source)
         except BaseException:
             await self.bucket.remove(job.output_path)  # ours alone: If-None-Match let nothing else be there
             raise
         self.services.metrics.job_completed(job)
-        log.info("job %s: output stored in the bucket (%d bytes, %d parts)", job.id, size, len(wanted))
+        log.info("job %s: output stored in the bucket (%d bytes, %d parts)%s", job.id, size, len(wanted),
+                 "; the source kept as the output" if kept_source else "")
         self.write_json({"job_id": job.id, "status": job.status.value, "size": size, "sha256": sha256,
                          "output_path": job.output_path})

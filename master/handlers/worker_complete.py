@@ -73,7 +73,8 @@ class KeepSourceHandler(ReceivingHandler):
     """/api/worker/keep-source?job_id=: the converted output came out larger than the source and the job's profile
     discards such outputs (``discard_larger``): a copy of the source becomes the output, put in place like an
     upload (never over an existing file), and the job completes with ``kept_source`` and the reason. Local
-    backend only: with a bucket the master answers ``not_with_bucket`` and the worker delivers its output."""
+    backend only: with a bucket the master answers ``not_with_bucket``; there the worker sends its copy of the
+    source as the output (``output-complete`` with ``kept_source``, ``bucket_transfer.py``)."""
 
     metric_label = "KeepSourceHandler"
     access = {"POST": Access.WORKER}
@@ -81,8 +82,8 @@ class KeepSourceHandler(ReceivingHandler):
     async def post(self) -> None:
         job_id = self.job_id_argument()
         if self.services.storage.in_bucket:
-            raise errors.NOT_WITH_BUCKET.error("keeping the source needs the local backend; with a bucket the worker "
-                                               "delivers its output")
+            raise errors.NOT_WITH_BUCKET.error("keep-source is for the local backend; with a bucket the worker sends "
+                                               "the source as the output (output-complete with kept_source)")
         body = self.json_body()
         worker_id = check_worker_id(body.get("worker_id"))
         reason = body.get("reason")

@@ -110,8 +110,9 @@ def test_store_complete_with_a_kept_source(store):
     assert store.complete_job("j2", 5, "11" * 32, worker_id="w1").kept_source is False
 
 
-def test_an_upscaled_output_is_larger_by_design():
-    small = facts(width=320, height=180)
-    assert keep_source_reason(H264_720, 1000, 5000, small) is None
-    assert keep_source_reason(dataclasses.replace(H264_720, upscale=False), 1000, 5000, small) is not None
-    assert keep_source_reason(H264_720, 1000, 5000, facts()) is not None  # 720 lines in, 720 out
+def test_an_upscaled_output_larger_than_its_source_is_discarded_too():
+    # discard_larger holds for every output, an upscale included (h264-720p upscales a 320x180 source): only a
+    # profile with discard_larger false keeps a larger output, as one that upscales on purpose would
+    assert H264_720.upscale and "larger than the source" in keep_source_reason(H264_720, 1000, 5000)
+    assert keep_source_reason(dataclasses.replace(H264_720, upscale=False), 1000, 5000) is not None
+    assert keep_source_reason(dataclasses.replace(H264_720, discard_larger=False), 1000, 5000) is None
