@@ -256,7 +256,8 @@ class Cluster:
     """A real master process and real worker processes, with the knobs fault tests need."""
 
     def __init__(self, tmp: Path, *, storage_root: Path | None = None, bucket=None, s3: dict | None = None,
-                 watch: dict | None = None, database: dict | None = None, **jobs: Any):
+                 watch: dict | None = None, database: dict | None = None, profiles: dict | list | None = None,
+                 **jobs: Any):
         self.tmp = tmp
         self.root = storage_root or tmp / "storage"
         self.port = free_port()
@@ -271,6 +272,7 @@ class Cluster:
             "database": database or {"path": str(tmp / "master.db")},
             "jobs": {"lease_seconds": 5, "retry_delay": 0, "max_claim_wait": 5, **jobs},
             **({"watch": watch} if watch else {}),
+            **({"profiles": profiles} if profiles is not None else {}),  # configured profiles (docs/api.md)
         })
         self.master = self._start_master()
 
