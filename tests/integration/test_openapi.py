@@ -7,6 +7,7 @@ the description allows.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from openapi_spec_validator import validate
 
 from master.app import make_app
+from master.config import parse_profiles
 from master.handlers.openapi import SPEC_PATH
 from tests.fixtures import ThreadedMaster, master_config
 
@@ -63,8 +65,13 @@ def _tus_chunk(ctx, value):
 
 @pytest.fixture(scope="module")
 def live_master(tmp_path_factory):
-    # Claims must not long-poll for seconds on every generated request.
-    running = ThreadedMaster(master_config(tmp_path_factory.mktemp("openapi"), max_claim_wait=0.1))
+    # Claims must not long-poll for seconds on every generated request. A configured profile with track rules, so
+    # that GET /api/profiles answers with one too.
+    config = master_config(tmp_path_factory.mktemp("openapi"), max_claim_wait=0.1)
+    config = dataclasses.replace(config, profiles=parse_profiles(
+        {"anime-jpn": {"base": "h264-720p", "audio_languages": ["jpn", "eng"], "audio_channels": 2,
+                       "subtitle_languages": ["eng"], "priority": 5}}, "profiles"))
+    running = ThreadedMaster(config)
     yield running
     running.stop()
 
