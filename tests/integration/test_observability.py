@@ -431,8 +431,12 @@ def prometheus_cluster(cluster):
 def test_every_dashboard_query_returns_series_from_a_live_cluster(prometheus_cluster):
     cluster, prom, proxies, workers = prometheus_cluster
     started = time.monotonic()
-    sources = {"a": make_clip(cluster.root / "in" / "a.mp4", seconds=1.0, size="320x240"),
-               "b": make_clip(cluster.root / "in" / "b.mp4", seconds=1.0, size="320x240"),
+    # 720p, 3 s (~2.4 MB): more than the skip rule's 2 MiB head, so each download is the head's ranged GET then the
+    # rest from where it stopped, and the byte counts below prove every byte counted once; and not upscaled by
+    # h264-720p, so the output comes out smaller and is uploaded (an upscaled 320x240 clip's output is larger, and
+    # discard_larger, which now holds for upscales too, would keep the source instead of uploading it)
+    sources = {"a": make_clip(cluster.root / "in" / "a.mp4", seconds=3.0, size="1280x720"),
+               "b": make_clip(cluster.root / "in" / "b.mp4", seconds=3.0, size="1280x720"),
                "bad": cluster.root / "in" / "bad.mp4"}
     sources["bad"].write_bytes(b"this is not a video\n" * 500)  # ffprobe fails: the job fails for good
     wait_for(prom.ready, 20, 0.2, "prometheus to be ready")
@@ -442,6 +446,7 @@ def test_every_dashboard_query_returns_series_from_a_live_cluster(prometheus_clu
         cluster.submit(f"in/{source.name}", f"out/{name}.mp4", name)
     jobs = {name: cluster.wait_status(name, "completed", "failed", timeout=60) for name in sources}
     assert [jobs[n]["status"] for n in ("a", "b", "bad")] == ["completed", "completed", "failed"], jobs
+    assert not jobs["a"]["kept_source"] and not jobs["b"]["kept_source"], jobs  # converted outputs, uploaded
     assert sum(p.dropped for p in proxies) >= 1, "no download went through a proxy"
 
     # Prometheus has the final state once the workers' counters show all three jobs (scraped every second).
