@@ -183,8 +183,10 @@ def configured_profile(name: str, definition: Mapping[str, Any]) -> Profile:
             fields[field] = _checked(field, value, base)
         except ValueError as exc:
             problems.append((field, str(exc)))
-    if "description" not in fields:
-        fields["description"] = f"{base.description} (configured: {name}, from {base_name})"
+    if "description" not in fields:  # what it changes: GET /api/profiles and converterctl show it
+        changes = "; ".join(f"{field} {', '.join(map(str, value)) if isinstance(value, tuple) else value}"
+                            for field, value in fields.items())
+        fields["description"] = f"{base_name} with {changes}" if changes else f"as {base_name}: {base.description}"
     if problems:
         raise ProfileDefinitionError(str(name), problems)
     profile = dataclasses.replace(base, name=name, base=base_name, **fields)
