@@ -40,7 +40,8 @@ def test_a_configured_profile_is_its_base_with_the_fields_it_sets():
                                description=base.description) == base
     assert profile.description == ("h264-720p with audio_languages jpn, eng; audio_channels 2; subtitle_languages "
                                    "eng; crf 20; preset slow; priority 5")
-    assert configured_profile("same", {"base": "hevc-1080p"}).description == f"as hevc-1080p: {BUILTIN_PROFILES['hevc-1080p'].description}"
+    same = configured_profile("same", {"base": "hevc-1080p"})
+    assert same.description == f"as hevc-1080p: {BUILTIN_PROFILES['hevc-1080p'].description}"
 
 
 @pytest.mark.parametrize("base", list(BUILTIN_PROFILES))
