@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import requests
 
-from tests.faults.proxy import FaultProxy
+from tests.faults.proxy import Fault, FaultProxy
 from tests.fixtures import Cluster, wait_for
 from worker.client import MasterClient
 from worker.errors import ApiRejected
@@ -153,6 +153,60 @@ def test_a_source_that_does_not_match_is_converted_with_its_bytes_transferred_on
     assert downloaded(worker) == size
     assert metric(worker.metrics_url, "converter_worker_transfer_retries_total", '{direction="download"}') == 0
     assert "stopped after" not in worker.output()
+
+
+def faulty_worker(backend: Backend, *faults: Fault):
+    """A worker whose source download goes through a fault proxy: in front of the master (local files) or of the
+    store (a bucket: the presigned URLs name the proxy); ``faults`` are added to it."""
+    cluster = backend.cluster
+    proxy = backend.store_proxy or FaultProxy(cluster.port)
+    for fault in faults:
+        proxy.add(fault)
+    worker = cluster.add_worker("w1", master_url=None if backend.store_proxy else proxy.url,
+                                retry={"attempts": 5, "base_delay": 0.05, "factor": 2, "cap": 0.5})
+    return worker, proxy
+
+
+def retries(worker) -> float:
+    return metric(worker.metrics_url, "converter_worker_transfer_retries_total", '{direction="download"}')
+
+
+def test_a_cut_inside_the_head_is_resumed_by_the_download_and_the_job_still_skipped(any_cluster, matching_source):
+    """The head is the download's first part: a cut in it is the download's retry, resumed from the bytes on disk,
+    and only the head's bytes are counted, once."""
+    backend, cluster = any_cluster, any_cluster.cluster
+    put(backend, "in/already.mp4", matching_source)
+    cluster.submit("in/already.mp4", "out/already.mp4", "cut1", profile="h264-720p")
+    worker, proxy = faulty_worker(backend, Fault("down", after_bytes=1_000_000))
+    try:
+        job = cluster.wait_status("cut1", "skipped", "completed", "failed", timeout=90)
+        assert job["status"] == "skipped", (job, worker.output())
+        assert proxy.injected == 1 and "cut at byte" in worker.output()
+        wait_for(lambda: retries(worker) == 1, what="the worker to count the download's retry")
+        assert downloaded(worker) == SOURCE_HEAD_BYTES
+        assert metric(worker.metrics_url, "converter_worker_transfer_failures_total", '{direction="download"}') == 0
+    finally:
+        if proxy is not backend.store_proxy:
+            proxy.close()
+
+
+def test_cuts_in_the_head_and_in_the_rest_are_resumed_and_every_byte_counted_once(any_cluster, dense_source):
+    backend, cluster = any_cluster, any_cluster.cluster
+    put(backend, "in/dense.mp4", dense_source)
+    cluster.submit("in/dense.mp4", "out/dense.mp4", "cut2", profile="h264-720p")
+    worker, proxy = faulty_worker(backend, Fault("down", after_bytes=1_000_000),
+                                  Fault("down", after_bytes=SOURCE_HEAD_BYTES + 300_000))
+    try:
+        job = cluster.wait_status("cut2", "completed", "skipped", "failed", timeout=90)
+        assert job["status"] == "completed" and not job["kept_source"], (job, worker.output())
+        stored = cluster.stored("out/dense.mp4")
+        assert stored is not None and hashlib.sha256(stored).hexdigest() == job["output_sha256"]
+        assert proxy.injected == 2 and job["attempts"] == 1
+        wait_for(lambda: retries(worker) == 2, what="the worker to count the download's two retries")
+        assert downloaded(worker) == dense_source.stat().st_size  # resumed from the bytes on disk, never re-counted
+    finally:
+        if proxy is not backend.store_proxy:
+            proxy.close()
 
 
 def test_a_matching_source_whose_head_does_not_tell_is_judged_on_the_whole_download(
