@@ -27,9 +27,11 @@ PROFILES = {
     # jpn then eng (fre and the untagged track dropped), jpn the default, stereo at most; English subtitles only
     "anime-jpn": {"base": "h264-720p", "audio_languages": ["jpn", "eng"], "audio_channels": 2,
                   "subtitle_languages": ["eng"], "upscale": False, "crf": 28, "priority": 7,
+                  "discard_larger": False,  # the output is checked, whatever its size against the source's
                   "description": "Anime: Japanese then English audio, English subtitles"},
     # Matroska only, every audio track, French subtitles only
-    "fre-subs-mkv": {"base": "h264-720p", "containers": ["mkv"], "subtitle_languages": ["fre"], "upscale": False},
+    "fre-subs-mkv": {"base": "h264-720p", "containers": ["mkv"], "subtitle_languages": ["fre"], "upscale": False,
+                     "discard_larger": False},
 }
 
 
@@ -53,7 +55,7 @@ def test_a_3_language_source_keeps_jpn_then_eng_with_jpn_the_default(farm):
     assert submit(farm, "anime-1", "anime-jpn", "out/anime.mp4").status_code == 201
     job = farm.wait_status("anime-1", "completed", "failed", timeout=120)
     assert job["status"] == "completed", job
-    assert job["priority"] == 7  # the profile's default priority
+    assert job["priority"] == 7 and not job["kept_source"]  # the profile's default priority; the converted output
     output = farm.root / "out" / "anime.mp4"
     assert [(language, channels, default) for language, channels, default in tracks(output, "audio")] == [
         ("jpn", 2, 1), ("eng", 1, 0)]
@@ -88,10 +90,12 @@ def test_get_api_profiles_lists_built_in_then_configured_with_their_fields(farm)
     assert [p["name"] for p in profiles] == [*BUILTIN_PROFILES, "anime-jpn", "fre-subs-mkv"]
     anime = profiles[-2]
     assert {k: anime[k] for k in ("base", "audio_languages", "audio_channels", "subtitle_languages", "containers",
-                                  "crf", "height", "upscale", "priority", "video_codec", "description")} == {
+                                  "crf", "height", "upscale", "priority", "video_codec", "description",
+                                  "discard_larger")} == {
         "base": "h264-720p", "audio_languages": ["jpn", "eng"], "audio_channels": 2, "subtitle_languages": ["eng"],
         "containers": ["mp4", "mkv", "mov"], "crf": 28, "height": 720, "upscale": False, "priority": 7,
-        "video_codec": "libx264", "description": "Anime: Japanese then English audio, English subtitles"}
+        "video_codec": "libx264", "description": "Anime: Japanese then English audio, English subtitles",
+        "discard_larger": False}
     assert profiles[0]["name"] == "h264-720p" and profiles[0]["base"] == ""
 
 
