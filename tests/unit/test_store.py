@@ -103,6 +103,79 @@ class TestClaim:
         assert len(ids) == 200 and len(set(ids)) == 200
 
 
+class TestCheckInAndClaim:
+    """The worker's check-in and its claim in one call (on PostgreSQL one statement): what check_in then
+    claim_next do, in that order."""
+
+    def registered(self, store, worker_id="w1"):
+        store.register_worker(worker_id=worker_id, hostname="h", capabilities={}, concurrency=1, now=1)
+
+    def test_the_worker_is_seen_and_gets_the_oldest_job(self, store):
+        self.registered(store)
+        add(store, "a", "out/a.mp4", now=1)
+        add(store, "b", "out/b.mp4", now=2)
+        quarantined, job = store.check_in_and_claim("w1", 30, cache_free_bytes=500, now=100)
+        assert quarantined is None
+        assert (job.id, job.status, job.worker_id, job.attempts, job.lease_expires_at) == (
+            "a", JobStatus.PROCESSING, "w1", 1, 130)
+        worker = store.get_worker("w1")
+        assert (worker.last_seen_at, worker.cache_free_bytes) == (100, 500)
+
+    def test_an_empty_queue_still_records_the_check_in(self, store):
+        self.registered(store)
+        assert store.check_in_and_claim("w1", 30, cache_free_bytes=7, now=50) == (None, None)
+        worker = store.get_worker("w1")
+        assert (worker.last_seen_at, worker.cache_free_bytes) == (50, 7)
+        assert store.check_in_and_claim("w1", 30, now=60) == (None, None)
+        assert store.get_worker("w1").cache_free_bytes == 7  # not said this time: kept
+
+    def test_a_quarantined_worker_gets_no_job_and_learns_until_when(self, store):
+        self.registered(store)
+        add(store)
+        store.record_worker_outcome("w1", failed=True, threshold=1, quarantine_seconds=60, now=10)
+        quarantined, job = store.check_in_and_claim("w1", 30, now=20)
+        assert (quarantined, job) == (70, None)
+        assert store.get_job("j1").status is JobStatus.PENDING
+        assert store.get_worker("w1").last_seen_at == 20
+        quarantined, job = store.check_in_and_claim("w1", 30, now=71)  # the quarantine over
+        assert quarantined is None and job.id == "j1"
+
+    def test_a_worker_not_registered_claims_as_claim_next_lets_it(self, store):
+        add(store)
+        quarantined, job = store.check_in_and_claim("stranger", 30)
+        assert quarantined is None and job.worker_id == "stranger"
+
+    def test_the_source_size_limit_and_a_paused_worker_hold_as_in_claim_next(self, store):
+        self.registered(store)
+        add(store)  # source_size 10
+        assert store.check_in_and_claim("w1", 30, max_source_size=9) == (None, None)
+        store.pause_worker("w1")
+        assert store.check_in_and_claim("w1", 30, max_source_size=10) == (None, None)
+        store.resume_worker("w1")
+        assert store.check_in_and_claim("w1", 30, max_source_size=10)[1].id == "j1"
+
+    def test_concurrent_claimers_on_two_stores_never_share_a_job(self, database):
+        masters = [JobStore(database), JobStore(database)]
+        try:
+            for i in range(100):
+                add(masters[0], f"j{i}", f"out/{i}.mp4")
+            got: list[str] = []
+
+            def claimer(store, worker_id):
+                while (job := store.check_in_and_claim(worker_id, 30)[1]) is not None:
+                    got.append(job.id)
+
+            threads = [threading.Thread(target=claimer, args=(masters[k % 2], f"w{k}")) for k in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert sorted(got) == sorted(f"j{i}" for i in range(100))
+        finally:
+            for store in masters:
+                store.close()
+
+
     def test_two_masters_on_one_postgresql_claim_each_job_exactly_once(self, postgres):
         """Two stores (two masters' connections) on one database, two claimers each: 200 jobs, none twice,
         none lost, and no claimer comes back empty while jobs are left (SKIP LOCKED, not a lost update)."""
