@@ -220,9 +220,10 @@ def test_stats_refuses_a_bad_days_parameter(master):
 
 @pytest.mark.skipif(not ffmpeg_available(), reason="needs ffmpeg")
 def test_stats_and_the_saved_bytes_counter_add_up_to_the_jobs_run(tmp_path):
-    """Two workers convert three tiny clips, one of them upscaled (its output larger than its source): the
-    totals, each group and the counter agree with the jobs' own sizes."""
-    cluster = Cluster(tmp_path)
+    """Two workers convert three tiny clips, one of them upscaled (its output larger than its source, kept: its
+    profile upscales on purpose, discard_larger false): the totals, each group and the counter agree with the
+    jobs' own sizes."""
+    cluster = Cluster(tmp_path, profiles={"upscale-720p": {"base": "h264-720p", "discard_larger": False}})
     try:
         clips = {"big": make_clip(tmp_path / "big.mp4", seconds=1.0, size="1280x720"),
                  "small": make_clip(tmp_path / "small.mp4", seconds=1.0, size="160x120"),
@@ -230,7 +231,7 @@ def test_stats_and_the_saved_bytes_counter_add_up_to_the_jobs_run(tmp_path):
         for name, clip in clips.items():
             cluster.put_source(f"in/{name}.mp4", clip)
         cluster.submit("in/big.mp4", "out/big.mp4", "big")
-        cluster.submit("in/small.mp4", "out/small.mp4", "small")
+        cluster.submit("in/small.mp4", "out/small.mp4", "small", profile="upscale-720p")
         cluster.submit("in/hd.mp4", "out/hd.mkv", "hd", profile="h264-1080p")
         cluster.add_worker("w1")
         cluster.add_worker("w2")
@@ -239,6 +240,7 @@ def test_stats_and_the_saved_bytes_counter_add_up_to_the_jobs_run(tmp_path):
         saved = {job_id: job["source_size"] - job["output_size"] for job_id, job in jobs.items()}
         assert all(job["saved_bytes"] == saved[job_id] for job_id, job in jobs.items())
         assert saved["small"] < 0 < saved["big"]  # 160x120 scaled up to 720p: the output is larger
+        assert not jobs["small"]["kept_source"]
         assert stats["totals"] == {"jobs": 3, "source_bytes": sum(j["source_size"] for j in jobs.values()),
                                    "output_bytes": sum(j["output_size"] for j in jobs.values()),
                                    "saved_bytes": sum(saved.values())}
@@ -252,8 +254,9 @@ def test_stats_and_the_saved_bytes_counter_add_up_to_the_jobs_run(tmp_path):
         metrics = requests.get(f"{cluster.url}/metrics", timeout=10).text
         counted = {profile: _sample(metrics, f'converter_master_bytes_saved_total{{profile="{profile}"}}')
                    for profile in ("h264-720p", "h264-1080p")}
-        assert counted == {"h264-720p": max(saved["big"], 0) + max(saved["small"], 0),
-                           "h264-1080p": max(saved["hd"], 0)}
+        assert counted == {"h264-720p": max(saved["big"], 0), "h264-1080p": max(saved["hd"], 0)}
+        assert f'converter_master_bytes_saved_total{{profile="upscale-720p"}} ' not in metrics or _sample(
+            metrics, 'converter_master_bytes_saved_total{profile="upscale-720p"}') == 0  # a negative saving adds 0
     finally:
         cluster.stop()
 

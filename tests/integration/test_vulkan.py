@@ -73,7 +73,9 @@ def vulkan_only_stub(tmp_path, behaviour):
 
 
 def test_a_job_runs_through_the_real_vulkan_path_on_lavapipe(cluster, start_worker):
-    make_clip(cluster.root / "in" / "clip.mp4", seconds=1.0, size="320x240")
+    # scaled down to 960x720 (4:3): an upscaled 320x240 clip's output is larger than its source, and discard_larger
+    # (which holds for upscales too) would keep the source instead of the Vulkan path's output
+    make_clip(cluster.root / "in" / "clip.mp4", seconds=1.0, size="1440x1080")
     worker = start_worker()
     wait_for(lambda: requests.get(f"{cluster.url}/api/workers", timeout=5).json()["workers"], 20, what="register")
     caps = capabilities(cluster)
