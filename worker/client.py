@@ -157,10 +157,14 @@ class MasterClient:
         """The source already matches the job's profile: the job ends skipped."""
         return self.retry.call(_as_worker(lambda: self.control.skip(job_id, reason)), what=f"skip job {job_id}")
 
-    def keep_source(self, job_id: str, reason: str) -> dict[str, Any]:
-        """The output came out larger than the source: the master makes the source the output."""
-        return self.retry.call(_as_worker(lambda: self.control.keep_source(job_id, reason)),
-                               what=f"keep the source of job {job_id}")
+    def keep_source(self, job_id: str, reason: str, cancel: threading.Event | None = None) -> dict[str, Any]:
+        """The output came out larger than the source: the master makes the source the output. Kept and asked
+        again while the master is away (``retry.upload_window``), like an output: it cost a conversion."""
+        def keep() -> dict[str, Any]:
+            return self.retry.call(_as_worker(lambda: self.control.keep_source(job_id, reason)),
+                                   what=f"keep the source of job {job_id}")
+
+        return self._keeping_output(keep, job_id, cancel)
 
     # -- transfers ------------------------------------------------------------------------------
 

@@ -81,7 +81,7 @@ class TransferMode:
         if in_bucket(job):
             return self.client.upload_to_bucket(job["id"], source, int(job["bucket"]["part_size"]), abort,
                                                 kept_source=reason)
-        self.client.keep_source(job["id"], reason)
+        self.client.keep_source(job["id"], reason, abort)
         return source.stat().st_size
 
 
@@ -120,7 +120,7 @@ class SharedMode:
 
     def keep_source(self, job: dict[str, Any], source: Path, reason: str, abort) -> int:
         """``discard_larger``: the master copies the source (on its local storage, the mount) to the output."""
-        self.client.keep_source(job["id"], reason)
+        self.client.keep_source(job["id"], reason, abort)
         return source.stat().st_size
 
 
