@@ -21,7 +21,7 @@ def notify_socket(tmp_path, monkeypatch):
     path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(path))
-    sock.settimeout(10)
+    sock.settimeout(60)  # a worker is READY after its FFmpeg probe and registration: seconds, more on a loaded CI
     monkeypatch.setenv("NOTIFY_SOCKET", str(path))
     yield sock
     sock.close()
