@@ -16,7 +16,8 @@ storage directory (removed at the end):
 Prints one line ``dispatch: p50_ms=.. p99_ms=.. claims_per_s=.. idle_master_cpu_pct=..``, last without ``--postgres``.
 
 ``--postgres`` (``make bench-dispatch-pg``) then measures masters on PostgreSQL (a private PostgreSQL 15 started
-with ``initdb`` + ``pg_ctl`` in a temp dir by ``tests/postgres.py``, as the tests do): two masters A and B on an
+with ``initdb`` + ``pg_ctl`` in a temp dir by ``tests/postgres.py``, as the tests do, but with Debian's durable
+defaults (fsync, synchronous commits, full page writes) as a deployment runs it): two masters A and B on an
 empty database, two more on a database given ``--history`` finished jobs (one ``INSERT ... SELECT`` from
 ``generate_series`` per 100,000 rows, through ``master.database``, then ``VACUUM ANALYZE``); the masters of a
 database share one storage root.
@@ -428,7 +429,7 @@ def run_postgres(args) -> None:
     from tests.postgres import PostgreSQL
 
     print(f"load average before the PostgreSQL phases: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    server = PostgreSQL(Path(tempfile.mkdtemp(prefix="bench-dispatch-pg-"))).start()
+    server = PostgreSQL(Path(tempfile.mkdtemp(prefix="bench-dispatch-pg-")), durable=True).start()
     try:
         with benchlib.temp_workdir("bench-dispatch-masters-") as work:
             urls = {table: server.new_database() for table in ("empty", "history")}

@@ -24,10 +24,13 @@ PASSWORD = "converter-test-password"
 
 
 class PostgreSQL:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, durable: bool = False) -> None:
+        """``durable``: Debian's defaults (fsync, synchronous commits, full page writes), as a deployment runs it
+        (the benchmarks); without it the tests' server skips the flushes that only a power cut would need."""
         self.workdir = workdir
         self.port = free_port()
         self.data = workdir / "data"
+        self.durable = durable
 
     @property
     def admin_url(self) -> str:
@@ -48,7 +51,9 @@ class PostgreSQL:
         if not self.data.exists():
             self._initdb()
         options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.workdir}"
-                   " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
+                   " -c max_connections=300")
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(BIN / "pg_ctl", "-D", str(self.data), "-l", str(self.workdir / "postgres.log"), "-o", options,
                   "-w", "start")
         wait_for(self._ready, 30, 0.1, "PostgreSQL to accept connections")

@@ -38,16 +38,19 @@ class ClaimHandler(BaseHandler):
             raise errors.INVALID_FIELD.error("cache_free_bytes must be an integer 0..2^62")
         loop = tornado.ioloop.IOLoop.current()
         deadline = loop.time() + min(float(wait), self.config.jobs.max_claim_wait)
-        quarantined = self.store.check_in(worker_id, cache_free_bytes=room)
+        # Room for the source and an output of about the same size.
+        max_source = room // 2 if room is not None else None
+        lease = self.config.jobs.lease_seconds
+        quarantined, job = self.store.check_in_and_claim(worker_id, lease, cache_free_bytes=room,
+                                                         max_source_size=max_source)
         if quarantined is not None:
             await self._wait_out(deadline)  # a quarantined worker waits as if the queue were empty
             self.set_header("X-Quarantined-Until", f"{quarantined:.0f}")
             self._no_job()
             return
-        # Room for the source and an output of about the same size.
-        max_source = room // 2 if room is not None else None
         while not self._client_gone:
-            job = self.store.claim_next(worker_id, self.config.jobs.lease_seconds, max_source_size=max_source)
+            if job is None:
+                job = self.store.claim_next(worker_id, lease, max_source_size=max_source)
             if job is not None:
                 self.services.metrics.job_claimed(job)
                 self.write_json(self._assignment(job))
