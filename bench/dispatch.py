@@ -26,7 +26,7 @@ database share one storage root.
    (B learns of them by LISTEN/NOTIFY); and the claim round trip (``wait=0`` claims on B of jobs queued on A).
    Both tables, in alternating rounds, so that both see the same load on a shared machine;
 5. throughput: as 2 on the long history, the jobs submitted to both masters, the ``--claimers`` spread over both;
-   in alternating rounds (S P, P S; half ``--fill`` each) with a fresh master on SQLite, whose figure is the one
+   in alternating rounds (S P, P S, ...: ``--throughput-rounds``, half ``--fill`` each) with a fresh master on SQLite, whose figure is the one
    the target compares with.
 
 and prints, last, ``dispatch-pg: p50_ms=.. p99_ms=.. claims_per_s=.. masters=2 rows=..``: the latency of 4
@@ -383,12 +383,12 @@ def measure_postgres(pairs: dict[str, list[benchlib.Master]], urls: dict[str, st
 
 
 def compare_throughput(masters: list[benchlib.Master], database_cpu, args) -> tuple[dict, dict]:
-    """Claims/s of a fresh master on SQLite and of ``masters`` on PostgreSQL, in alternating rounds (S P, P S) of
-    half ``--fill`` each, so that both see the same load on a shared machine."""
+    """Claims/s of a fresh master on SQLite and of ``masters`` on PostgreSQL, in ``--throughput-rounds`` alternating rounds
+    (S P, P S, S P, ...) of half ``--fill`` each, so that both see the same load on a shared machine."""
     runs: dict[str, list[dict]] = {"sqlite": [], "postgres": []}
     with benchlib.temp_workdir("bench-dispatch-tp-") as work:
-        for round_ in range(2):
-            for backend in (("sqlite", "postgres") if round_ == 0 else ("postgres", "sqlite")):
+        for round_ in range(args.throughput_rounds):
+            for backend in (("sqlite", "postgres") if round_ % 2 == 0 else ("postgres", "sqlite")):
                 if backend == "postgres":
                     runs[backend].append(phase_throughput(masters, args.fill // 2, args.claimers, args.deadline,
                                                           database_cpu, prefix=f"tp{round_}"))
@@ -487,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gap", type=float, default=0.02, help="pause before each submit, s (default 0.02)")
     ap.add_argument("--fill", type=int, default=3000, help="jobs pre-filled for the throughput phase")
     ap.add_argument("--claimers", type=int, default=16)
+    ap.add_argument("--throughput-rounds", type=int, default=4, help="alternating SQLite/PostgreSQL rounds (phase 5)")
     ap.add_argument("--deadline", type=float, default=60.0, help="cap on the throughput drain, s")
     ap.add_argument("--idle-seconds", type=float, default=10.0)
     ap.add_argument("--profile", metavar="DIR", help="run each master under cProfile, write .prof files to DIR")
