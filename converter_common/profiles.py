@@ -189,11 +189,7 @@ def configured_profile(name: str, definition: Mapping[str, Any]) -> Profile:
         fields["description"] = f"{base_name} with {changes}" if changes else f"as {base_name}: {base.description}"
     if problems:
         raise ProfileDefinitionError(str(name), problems)
-    profile = dataclasses.replace(base, name=name, base=base_name, **fields)
-    problems += [(_rule_field(line), line.split(": ", 1)[1]) for line in track_rule_errors(profile)]
-    if problems:
-        raise ProfileDefinitionError(name, problems)
-    return profile
+    return dataclasses.replace(base, name=name, base=base_name, **fields)
 
 
 def definition_of(profile: Profile) -> dict[str, Any]:
@@ -205,10 +201,6 @@ def definition_of(profile: Profile) -> dict[str, Any]:
         value = getattr(profile, field)
         data[field] = list(value) if isinstance(value, tuple) else value
     return data
-
-
-def _rule_field(line: str) -> str:
-    return next((f for f in ("audio_languages", "subtitle_languages", "audio_channels") if f in line), "track rules")
 
 
 def _checked(field: str, value: Any, base: Profile) -> Any:

@@ -472,31 +472,32 @@ class JobStore:
         for statement in schema.split(";"):
             if statement.strip():
                 self._db.execute(statement)
-        row = (f"INSERT INTO webhook_events (id, type, job_id, created_at) VALUES ({_UUID_SQL[self.dialect]},"
-               " 'job.' || NEW.status, NEW.id, NEW.updated_at)")
         if self.dialect == "postgres":
             self._db.execute(f"CREATE OR REPLACE FUNCTION webhook_job_event() RETURNS trigger LANGUAGE plpgsql AS"
-                             f" $$ BEGIN {row}; RETURN NULL; END $$")
+                             f" $$ BEGIN {self._webhook_event_row()}; RETURN NULL; END $$")
+        self._webhook_job_event_trigger(_WEBHOOK_JOB_EVENT_WHEN)
+
+    def _webhook_event_row(self) -> str:
+        """The webhook trigger's body: the job's event (``job.<new status>``) into the outbox."""
+        return (f"INSERT INTO webhook_events (id, type, job_id, created_at) VALUES ({_UUID_SQL[self.dialect]},"
+                " 'job.' || NEW.status, NEW.id, NEW.updated_at)")
+
+    def _webhook_job_event_trigger(self, when: str) -> None:
+        """(Re)make the trigger that writes a job's webhook event when its status changes as ``when`` says."""
+        if self.dialect == "postgres":
             self._db.execute("CREATE OR REPLACE TRIGGER webhook_job_event AFTER UPDATE OF status ON jobs FOR EACH ROW"
-                             f" WHEN ({_WEBHOOK_JOB_EVENT_WHEN}) EXECUTE FUNCTION webhook_job_event()")
+                             f" WHEN ({when}) EXECUTE FUNCTION webhook_job_event()")
         else:
-            self._db.execute("CREATE TRIGGER IF NOT EXISTS webhook_job_event AFTER UPDATE OF status ON jobs"
-                             f" WHEN {_WEBHOOK_JOB_EVENT_WHEN} BEGIN {row}; END")
+            self._db.execute("DROP TRIGGER IF EXISTS webhook_job_event")
+            self._db.execute(f"CREATE TRIGGER webhook_job_event AFTER UPDATE OF status ON jobs WHEN {when}"
+                             f" BEGIN {self._webhook_event_row()}; END")
 
     def _add_skip_rules(self) -> None:
         """Migration 7: ``jobs.reason`` and ``jobs.kept_source`` (a profile's skip and keep-smaller rules); the
         webhook trigger of migration 6 remade to write ``job.skipped`` events too."""
         self._add_missing_columns()  # the two columns
         when = "NEW.status IN ('completed', 'failed', 'cancelled', 'skipped') AND OLD.status <> NEW.status"
-        if self.dialect == "postgres":
-            self._db.execute("CREATE OR REPLACE TRIGGER webhook_job_event AFTER UPDATE OF status ON jobs FOR EACH ROW"
-                             f" WHEN ({when}) EXECUTE FUNCTION webhook_job_event()")
-        else:
-            row = (f"INSERT INTO webhook_events (id, type, job_id, created_at) VALUES ({_UUID_SQL[self.dialect]},"
-                   " 'job.' || NEW.status, NEW.id, NEW.updated_at)")
-            self._db.execute("DROP TRIGGER IF EXISTS webhook_job_event")
-            self._db.execute(f"CREATE TRIGGER webhook_job_event AFTER UPDATE OF status ON jobs WHEN {when}"
-                             f" BEGIN {row}; END")
+        self._webhook_job_event_trigger(when)
 
     def _add_health_checks(self) -> None:
         """Migration 8: ``jobs.health``; a health-check job has no output (``output_path`` empty), so the index of
@@ -1157,7 +1158,7 @@ class JobStore:
 
     def check_in(self, worker_id: str, cache_free_bytes: int | None = None, now: float | None = None) -> float | None:
         """A worker asks for work: it is seen now, with the room its cache has (when it says); when its quarantine
-        ends, or None if it is not quarantined. One statement: a claim costs the database two round trips."""
+        ends, or None if it is not quarantined. One statement (claims use ``check_in_and_claim``)."""
         now = time.time() if now is None else now
         with self._lock:
             row = self._db.execute("UPDATE workers SET last_seen_at = ?, cache_free_bytes ="

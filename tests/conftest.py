@@ -97,6 +97,16 @@ def database(request, tmp_path) -> str:
     return request.getfixturevalue("postgres").new_database()
 
 
+@pytest.fixture
+def store(database):
+    """The job store on each backend: SQLite, then PostgreSQL (the same tests, the same statements)."""
+    from master.store import JobStore
+
+    s = JobStore(database)
+    yield s
+    s.close()
+
+
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory):
     """A real S3 server (SeaweedFS) with one bucket, shared by the whole session: give each test its own key

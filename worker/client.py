@@ -53,14 +53,13 @@ class SourceHead:
 
     They are the first part of the download itself: the same GETs (the first one ranged), retries, resume, checks
     and byte counts. Once they are on disk, ``judge(path)`` is called with the part file holding them (or the whole
-    source, when it is no longer); True stops the download there (``stopped``): the rest is not needed. Judged once
+    source, when it is no longer); True stops the download there: the rest is not needed. Judged once
     per download, whatever the retries before or after.
     """
 
     size: int
     judge: Callable[[Path], bool]
     judged: bool = False
-    stopped: bool = False
 
 
 class MasterClient:
@@ -283,7 +282,6 @@ class MasterClient:
                 fetch(start, head.size)
             head.judged = True
             if head.judge(partial.path):
-                head.stopped = True
                 if progress is not None:
                     log.info("download %s: stopped after the first %d bytes: the rest is not needed", job_id,
                              partial.offset)

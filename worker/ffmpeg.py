@@ -321,6 +321,22 @@ def run(command: list[str], *, duration: float, timeout: float, cancel: threadin
     stderr_tail: deque[str] = deque(maxlen=20)
     drain = threading.Thread(target=lambda: stderr_tail.extend(process.stderr), daemon=True)
     drain.start()
+    returncode = supervise(process, drain, "conversion", duration=duration, timeout=timeout, cancel=cancel,
+                           on_progress=on_progress, stall_timeout=stall_timeout, kill_grace=kill_grace)
+    elapsed = time.monotonic() - started
+    if returncode < 0:
+        raise FfmpegHostFailure(f"ffmpeg was killed by signal {-returncode}")
+    if returncode != 0:
+        raise classify_failure("ffmpeg failed", "".join(stderr_tail) or f"exit code {returncode}")
+    return elapsed
+
+
+def supervise(process: subprocess.Popen, drain: threading.Thread, what: str, *, duration: float, timeout: float,
+              cancel: threading.Event, on_progress: Callable[[float], None] | None, stall_timeout: float | None,
+              kill_grace: float) -> int:
+    """Watch a started FFmpeg to its end under the watchdog (``run``'s rules) and return its exit code; the
+    process group is killed and ``drain`` (its stderr reader) joined whatever happens. Raises Shutdown
+    ("``what`` interrupted") when ``cancel`` is set, FfmpegTimedOut / FfmpegStalled when the watchdog fired."""
     killer = _Watchdog(process, timeout, cancel, stall_timeout, kill_grace)
     killer.start()
     try:
@@ -331,18 +347,13 @@ def run(command: list[str], *, duration: float, timeout: float, cancel: threadin
         if process.poll() is None:
             kill_group(process, kill_grace)
         drain.join(timeout=5)
-    elapsed = time.monotonic() - started
     if cancel.is_set():
-        raise Shutdown("conversion interrupted")
+        raise Shutdown(f"{what} interrupted")
     if killer.fired == "timeout":
         raise FfmpegTimedOut(f"ffmpeg exceeded its {timeout:.0f} s limit and was killed")
     if killer.fired == "stall":
         raise FfmpegStalled(f"ffmpeg made no progress for {stall_timeout:.0f} s and was killed")
-    if returncode < 0:
-        raise FfmpegHostFailure(f"ffmpeg was killed by signal {-returncode}")
-    if returncode != 0:
-        raise classify_failure("ffmpeg failed", "".join(stderr_tail) or f"exit code {returncode}")
-    return elapsed
+    return returncode
 
 
 def _read_progress(process: subprocess.Popen, killer: "_Watchdog", duration: float,

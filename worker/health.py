@@ -24,9 +24,8 @@ from typing import Any, Callable
 
 from converter_common.protocol import HEALTH_MAX_ERRORS, HEALTH_MAX_LINE
 from worker.conversion import Converter
-from worker.errors import RetryableError, Shutdown
-from worker.ffmpeg import (FfmpegHostFailure, FfmpegRejectedInput, FfmpegStalled, FfmpegTimedOut, _read_progress,
-                           _Watchdog, classify_failure, die_with_parent, kill_group)
+from worker.errors import RetryableError
+from worker.ffmpeg import FfmpegHostFailure, FfmpegRejectedInput, classify_failure, die_with_parent, supervise
 from worker.media import MediaInfo
 
 log = logging.getLogger("converter.worker")
@@ -153,21 +152,8 @@ def decode(converter: Converter, args: list[str], duration: float, cancel: threa
 
     drain = threading.Thread(target=collect, daemon=True)
     drain.start()
-    killer = _Watchdog(process, settings.timeout, cancel, settings.stall_timeout, settings.kill_grace)
-    killer.start()
-    try:
-        _read_progress(process, killer, duration, on_progress)
-        run.returncode = process.wait()
-    finally:
-        killer.stop()
-        if process.poll() is None:
-            kill_group(process, settings.kill_grace)
-        drain.join(timeout=5)
+    run.returncode = supervise(process, drain, "health check", duration=duration, timeout=settings.timeout,
+                               cancel=cancel, on_progress=on_progress, stall_timeout=settings.stall_timeout,
+                               kill_grace=settings.kill_grace)
     run.seconds = time.monotonic() - started
-    if cancel.is_set():
-        raise Shutdown("health check interrupted")
-    if killer.fired == "timeout":
-        raise FfmpegTimedOut(f"ffmpeg exceeded its {settings.timeout:.0f} s limit and was killed")
-    if killer.fired == "stall":
-        raise FfmpegStalled(f"ffmpeg made no progress for {settings.stall_timeout:.0f} s and was killed")
     return run

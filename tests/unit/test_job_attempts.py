@@ -5,12 +5,6 @@ import pytest
 from master.store import JobNotFound, JobStore
 
 
-@pytest.fixture
-def store(database):
-    s = JobStore(database)
-    yield s
-    s.close()
-
 
 def add(store, job_id="j1", max_attempts=3):
     return store.create_job(job_id=job_id, source_path="in/a.mp4", output_path=f"out/{job_id}.mp4",

@@ -8,7 +8,7 @@ import pytest
 from converter_common.profiles import BUILTIN_PROFILES
 from converter_common.skip_rules import SourceFacts, facts_from_ffprobe, keep_source_reason, skip_reason
 from master.states import JobStatus
-from master.store import InvalidTransition, JobStore
+from master.store import InvalidTransition
 
 H264_720 = BUILTIN_PROFILES["h264-720p"]
 
@@ -66,12 +66,6 @@ def test_facts_from_ffprobe_take_the_stream_bitrate_else_the_files():
     assert facts_from_ffprobe({"streams": streams, "format": {}}, 0).bitrate == 700000
     assert facts_from_ffprobe({"streams": streams[:1]}, 10) is None
 
-
-@pytest.fixture
-def store(database):
-    s = JobStore(database)
-    yield s
-    s.close()
 
 
 def add(store, job_id="j1"):

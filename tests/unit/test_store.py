@@ -7,13 +7,6 @@ from master.store import DuplicateJob, InvalidTransition, JobNotFound, JobStore,
 from tests.fixtures import claim_in_race
 
 
-@pytest.fixture
-def store(database):
-    """The store on each backend: SQLite, then PostgreSQL (the same tests, the same statements)."""
-    s = JobStore(database)
-    yield s
-    s.close()
-
 
 def add(store, job_id="j1", output="out/j1.mp4", max_attempts=3, **kw):
     return store.create_job(job_id=job_id, source_path="in/a.mp4", output_path=output, profile="h264-720p",

@@ -12,12 +12,6 @@ from master.store import MIGRATIONS, JobNotFound, JobNotPending, JobStore, Worke
 from tests.fixtures import claim_in_race
 
 
-@pytest.fixture
-def store(database):
-    s = JobStore(database)
-    yield s
-    s.close()
-
 
 def add(store, job_id, priority=0, source_size=10, profile="h264-720p", now=None):
     return store.create_job(job_id=job_id, source_path=f"in/{job_id}.mkv", output_path=f"out/{job_id}.mp4",

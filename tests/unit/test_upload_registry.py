@@ -10,16 +10,9 @@ import time
 import pytest
 
 from master.errors import ApiError
-from master.store import JobStore
 from master.uploads import TUS_KIND, MULTIPART_KIND, UploadRegistry, temp_file_name
 from tests.fixtures import master_config
 
-
-@pytest.fixture
-def store(database):
-    s = JobStore(database)
-    yield s
-    s.close()
 
 
 @pytest.fixture

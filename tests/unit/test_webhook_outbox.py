@@ -3,18 +3,10 @@ change, worker-lost and queue-drained events once each, guarded fan-out, claims 
 
 import re
 
-import pytest
-
 from master.store import JobStore
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
-
-@pytest.fixture
-def store(database):
-    s = JobStore(database)
-    yield s
-    s.close()
 
 
 def add(store, job_id="j1", max_attempts=1):
