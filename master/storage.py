@@ -35,6 +35,9 @@ from master.sigv4 import Credentials
 
 log = logging.getLogger("converter.master")
 SHA256_METADATA = "sha256"  # x-amz-meta-sha256: the object's SHA-256 (hex), set by us or by whoever stored it
+# x-amz-meta-converter-writer: on an output we store, the job attempt that wrote it ("<job id>/<attempt>"), so
+# the job can be completed with it when its master died between storing it and recording the job completed
+WRITER_METADATA = "converter-writer"
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 READ_BLOCK = 4 << 20
 STAGING_DIR = "staging"  # under storage.root, bucket backend only
@@ -87,7 +90,7 @@ class LocalStorage:
         if path.is_dir():
             raise errors.INVALID_PATH.error(f"{field} is a directory")
 
-    async def place(self, temp: Path, relative: str, sha256: bytes) -> None:
+    async def place(self, temp: Path, relative: str, sha256: bytes, writer: str | None = None) -> None:
         """Move the received ``temp`` to ``relative``; ``FileExistsError`` (``temp`` kept) when something is there."""
         destination = self.file(relative)
         try:
@@ -98,6 +101,10 @@ class LocalStorage:
 
     async def remove(self, relative: str) -> None:
         self.file(relative).unlink(missing_ok=True)
+
+    async def written_by(self, relative: str, writer: str, sha256: bytes) -> bool:
+        """Never: a file carries no writer (the rename and the job's completion happen in one IOLoop turn)."""
+        return False
 
     def staging_dir_for(self, relative: str) -> Path:
         """Where a body bound for ``relative`` is received: beside its final name, so the rename is atomic."""
@@ -182,13 +189,13 @@ class BucketStorage:
 
     # -- writing -----------------------------------------------------------------------------------
 
-    async def place(self, temp: Path, relative: str, sha256: bytes) -> None:
+    async def place(self, temp: Path, relative: str, sha256: bytes, writer: str | None = None) -> None:
         """Send the received ``temp`` to ``relative`` (only if no object is there: ``FileExistsError``, ``temp``
-        kept), then remove ``temp``."""
+        kept), then remove ``temp``. ``writer``: the job attempt storing it (``written_by``)."""
         count = self.metrics.object_store_bytes.labels("upload").inc
         try:
             await self.call("put", self.objects.put_file, self.key(relative), str(temp),
-                            {SHA256_METADATA: sha256.hex()}, count)
+                            _metadata(sha256, writer), count)
         except ObjectExists:
             raise FileExistsError(relative) from None
         temp.unlink(missing_ok=True)
@@ -215,9 +222,15 @@ class BucketStorage:
         self.metrics.presigned_urls.labels("put_part").inc(len(parts))
         return parts
 
-    async def start_upload(self, relative: str, sha256: bytes) -> str:
+    async def start_upload(self, relative: str, sha256: bytes, writer: str | None = None) -> str:
         return await self.call("create_upload", self.objects.start_upload, self.key(relative),
-                               {SHA256_METADATA: sha256.hex()})
+                               _metadata(sha256, writer))
+
+    async def written_by(self, relative: str, writer: str, sha256: bytes) -> bool:
+        """Whether the object at ``relative`` is the one ``writer`` (a job attempt) stored, with ``sha256``."""
+        stored = await self.head(relative)
+        return stored is not None and stored.metadata.get(WRITER_METADATA) == writer \
+            and stored.metadata.get(SHA256_METADATA, "").lower() == sha256.hex()
 
     async def stored_parts(self, relative: str, upload_id: str) -> list[StoredPart]:
         return await self.call("list_parts", self.objects.stored_parts, self.key(relative), upload_id)
@@ -261,6 +274,10 @@ class BucketStorage:
 
 
 Storage = LocalStorage | BucketStorage
+
+
+def _metadata(sha256: bytes, writer: str | None) -> dict[str, str]:
+    return {SHA256_METADATA: sha256.hex(), **({WRITER_METADATA: writer} if writer else {})}
 
 
 def make_storage(config: MasterConfig, metrics: MasterMetrics) -> Storage:

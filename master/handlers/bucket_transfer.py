@@ -26,7 +26,7 @@ from typing import Any
 from converter_common import protocol
 from master import errors
 from master.auth import Access
-from master.handlers.file_receiving import ReceivingHandler
+from master.handlers.file_receiving import ReceivingHandler, output_writer
 from master.storage import BucketStorage
 from master.object_store import StoredPart
 from master.store import BucketUpload, Job
@@ -126,8 +126,16 @@ class OutputPartsHandler(BucketTransferHandler):
         size, sha256 = self.declared_file(body)
         self.kept_source(body, job, size, sha256)  # refused before any upload starts: nothing to clean up
         digests = self.part_digests(body, len(self.expected_sizes(size)))
+        if await self.already_stored(job, bytes.fromhex(sha256)):  # joined, not recorded: output-complete records it
+            self.write_json(self.nothing_to_send(size))
+            return
         upload = await self._upload_for(job, worker_id, size, sha256)
         self.write_json(await self.plan(job.output_path, upload.upload_id, size, digests))
+
+    def nothing_to_send(self, size: int) -> dict[str, Any]:
+        return {"part_size": protocol.part_size_for(size, self.config.storage.s3.part_size),
+                "stored": sorted(self.expected_sizes(size)), "expires_in": self.config.storage.s3.presign_expiry,
+                "parts": []}
 
     async def _upload_for(self, job: Job, worker_id: str, size: int, sha256: str) -> BucketUpload:
         """This attempt's upload of this output: the recorded one, or a new one (an old one is aborted)."""
@@ -138,7 +146,7 @@ class OutputPartsHandler(BucketTransferHandler):
             await self.bucket.abort_upload(job.output_path, upload.upload_id)
         if await self.bucket.exists(job.output_path):
             self.fail_for_existing_output(job)
-        upload_id = await self.bucket.start_upload(job.output_path, bytes.fromhex(sha256))
+        upload_id = await self.bucket.start_upload(job.output_path, bytes.fromhex(sha256), output_writer(job))
         if not self.store.record_bucket_upload(job.id, worker_id, upload_id=upload_id, size=size, sha256=sha256):
             await self.bucket.abort_upload(job.output_path, upload_id)
             self.processing_job(job.id)  # raises: the job was taken from this worker meanwhile
@@ -156,20 +164,25 @@ class OutputCompleteHandler(BucketTransferHandler):
         upload = self.store.bucket_upload(job.id)
         if upload is None or (upload.attempt, upload.size, upload.sha256) != (job.attempts, size, sha256):
             raise errors.PARTS_INCOMPLETE.error("no upload of this output is open: ask for its parts first")
+        if not await self.already_stored(job, bytes.fromhex(sha256)):
+            await self._join(job, upload, size)
+        try:
+            self.processing_job(job.id)  # still ours after the awaits
+            job = self.store.complete_job(job.id, size, sha256, worker_id=worker_id, kept_source=kept_source)
+        except BaseException:
+            await self.withdraw_output(job)  # ours alone: If-None-Match let nothing else be there
+            raise
+        self.services.metrics.job_completed(job)
+        log.info("job %s: output stored in the bucket (%d bytes)%s", job.id, size,
+                 "; the source kept as the output" if kept_source else "")
+        self.write_json({"job_id": job.id, "status": job.status.value, "size": size, "sha256": sha256,
+                         "output_path": job.output_path})
+
+    async def _join(self, job: Job, upload: BucketUpload, size: int) -> None:
+        """Join the stored parts at the output's name, never over an object that is there."""
         wanted = await self.stored_in_full(job.output_path, upload.upload_id, size)
         job = self.processing_job(job.id)  # still ours after the awaits
         try:
             await self.bucket.complete_upload(job.output_path, upload.upload_id, wanted)
         except FileExistsError:
             self.fail_for_existing_output(job)
-        try:
-            self.processing_job(job.id)
-            job = self.store.complete_job(job.id, size, sha256, worker_id=worker_id, kept_source=kept_source)
-        except BaseException:
-            await self.bucket.remove(job.output_path)  # ours alone: If-None-Match let nothing else be there
-            raise
-        self.services.metrics.job_completed(job)
-        log.info("job %s: output stored in the bucket (%d bytes, %d parts)%s", job.id, size, len(wanted),
-                 "; the source kept as the output" if kept_source else "")
-        self.write_json({"job_id": job.id, "status": job.status.value, "size": size, "sha256": sha256,
-                         "output_path": job.output_path})

@@ -6,9 +6,11 @@ import logging
 from pathlib import Path
 
 from master import errors
+from master.database import DatabaseUnavailable
 from master.handlers.base import BaseHandler
 from master.intake import fsync_path
-from master.store import Job
+from master.states import JobStatus
+from master.store import Job, StoreError
 
 log = logging.getLogger("converter.master")
 
@@ -75,19 +77,22 @@ class ReceivingHandler(UploadSlotHolder, BaseHandler):
                                           kept_source=kept_source)
         except BaseException:
             if self.services.storage.in_bucket:
-                await self.services.storage.remove(job.output_path)
+                await self.withdraw_output(job)
             raise
         self.services.metrics.job_completed(job)
         return job
 
     async def _place_output(self, job: Job, temp_path: Path, digest: bytes) -> None:
         """The output's final name, taken only if free: what is there (another job's output, a user's file) stays,
-        and the job fails for good, since no later attempt could write there either."""
+        and the job fails for good, since no later attempt could write there either. The one exception is this
+        very attempt's output with these bytes (``already_stored``)."""
+        storage = self.services.storage
         try:
-            await self.services.storage.place(temp_path, job.output_path, digest)
+            await storage.place(temp_path, job.output_path, digest, output_writer(job))
         except FileExistsError:
             temp_path.unlink(missing_ok=True)
-            self.fail_for_existing_output(job)
+            if not await self.already_stored(job, digest):
+                self.fail_for_existing_output(job)
         except OSError as exc:
             temp_path.unlink(missing_ok=True)
             raise errors.storage_error(exc) from None
@@ -95,12 +100,38 @@ class ReceivingHandler(UploadSlotHolder, BaseHandler):
             temp_path.unlink(missing_ok=True)
             raise
 
+    async def already_stored(self, job: Job, digest: bytes) -> bool:
+        """Whether the output is already stored by this attempt, with these bytes: a master stored it and died
+        before it recorded the job completed (another master, or it restarted, now finishes the job with it)."""
+        if not await self.services.storage.written_by(job.output_path, output_writer(job), digest):
+            return False
+        log.warning("job %s: its output was stored by this attempt before its master stopped; completing the job "
+                    "with it", job.id)
+        return True
+
+    async def withdraw_output(self, job: Job) -> None:
+        """This attempt stored the output in the bucket but did not complete the job (awaits let things happen):
+        the object goes only if the attempt lost the job (cancelled, re-leased); it stays when the job was
+        completed with it (a second call of the same attempt recorded it first) or is still this attempt's (the
+        database failed: the attempt's retry completes the job with it, ``already_stored``)."""
+        try:
+            now = self.store.get_job(job.id)
+        except (StoreError, DatabaseUnavailable):
+            return
+        if now.attempts != job.attempts or now.status not in (JobStatus.PROCESSING, JobStatus.COMPLETED):
+            await self.services.storage.remove(job.output_path)
+
     def fail_for_existing_output(self, job: Job) -> None:
         error = f"output_path {job.output_path!r} already exists; it was not overwritten"
         log.error("job %s: %s", job.id, error)
         failed = self.store.fail(job.id, worker_id=job.worker_id, error=error, retryable=False, retry_delay=0)
         self.services.metrics.job_failed_or_requeued(failed, errors.OUTPUT_EXISTS.code)
         raise errors.OUTPUT_EXISTS.error(error) from None
+
+
+def output_writer(job: Job) -> str:
+    """The job attempt an output is stored by, recorded with the object (``storage.WRITER_METADATA``)."""
+    return f"{job.id}/{job.attempts}"
 
 
 def close_file(file) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -23,10 +25,21 @@ class Fault:
     fired: bool = field(default=False, init=False)
 
 
+@dataclass
+class Watch:
+    """Call ``action`` once, before passing on the first bytes going ``up`` that match ``pattern`` (a request
+    line): what a test does to a process at that moment (stop the master that sent the request)."""
+
+    pattern: re.Pattern[bytes]
+    action: Callable[[], None]
+    fired: bool = field(default=False, init=False)
+
+
 class FaultProxy:
     def __init__(self, target_port: int):
         self.target_port = target_port
         self.faults: list[Fault] = []
+        self.watches: list[Watch] = []
         self.rate = {"up": 0.0, "down": 0.0}  # bytes per second per direction; 0 is unlimited
         self.traffic = {"up": 0, "down": 0}
         self.connections = 0
@@ -51,6 +64,20 @@ class FaultProxy:
         with self._lock:
             fault.fire_at = self.traffic[fault.direction] + fault.after_bytes
             self.faults.append(fault)
+
+    def when_sent(self, pattern: bytes, action: Callable[[], None]) -> Watch:
+        watch = Watch(re.compile(pattern, re.MULTILINE), action)
+        with self._lock:
+            self.watches.append(watch)
+        return watch
+
+    def _watched(self, data: bytes) -> None:
+        with self._lock:
+            due = [w for w in self.watches if not w.fired and w.pattern.search(data)]
+            for watch in due:
+                watch.fired = True
+        for watch in due:
+            watch.action()
 
     def close(self) -> None:
         self._listener.close()
@@ -97,6 +124,8 @@ class FaultProxy:
             while data := src.recv(1 << 14 if self.rate[direction] else 1 << 16):
                 if self.rate[direction]:
                     time.sleep(len(data) / self.rate[direction])
+                if direction == "up" and self.watches:
+                    self._watched(data)
                 due = self._due_fault(direction, len(data))
                 if due is not None:
                     fault, at = due

@@ -17,6 +17,7 @@ import base64
 import hashlib
 import json
 import os
+import time
 
 import pytest
 import requests
@@ -213,7 +214,10 @@ def test_hostile_tus_patches_to_a_live_upload_keep_its_offset(chain):
 SM_CHECKS = ["not_a_server_error", "status_code_conformance", "content_type_conformance",
              "response_schema_conformance"]
 SM_SUITES = 4  # state machine runs
-SM_MAX_SUITES = 12  # more runs, only while no upload has reached a claimed job yet (1 of the claim's ~21 links)
+# more runs, only while no upload has reached a real job yet (18 of ~445 links lead there): up to this many, for
+# at most SM_MORE_SECONDS (on a loaded machine Hypothesis ends more suites early, as Flaky)
+SM_MAX_SUITES = 40
+SM_MORE_SECONDS = 180
 SM_SCENARIOS = 25  # hypothesis examples (scenarios) per run
 SM_STEPS = 10  # calls per scenario at most
 
@@ -285,7 +289,9 @@ def test_schemathesis_stateful_chain_submit_claim_upload(sm_master):
         return any(label == "POST /api/worker/upload-video" and status != 404 for label, status in seen)
 
     flaky = suites = 0
-    while suites < SM_SUITES or (suites < SM_MAX_SUITES and not upload_reached_a_claimed_job()):
+    deadline = time.monotonic() + SM_MORE_SECONDS
+    while suites < SM_SUITES or (suites < SM_MAX_SUITES and time.monotonic() < deadline
+                                 and not upload_reached_a_claimed_job()):
         suites += 1
         try:
             Machine.run(settings=settings(max_examples=SM_SCENARIOS, stateful_step_count=SM_STEPS, deadline=None,

@@ -94,11 +94,12 @@ def test_behind_haproxy_losing_a_master_loses_no_job(two_masters, tmp_path):
         a.master.signal(signal.SIGKILL)
         a.master.wait(10)
 
-        def all_done():
+        def all_ended():
             jobs = requests.get(f"{proxy.url}/api/jobs", timeout=10).json()["jobs"]
-            return jobs if all(job["status"] == "completed" for job in jobs) else None
+            return jobs if all(job["status"] in ("completed", "failed", "cancelled") for job in jobs) else None
 
-        jobs = wait_for(all_done, 180, 0.5, "every job to complete through the surviving master")
+        jobs = wait_for(all_ended, 180, 0.5, "every job to end through the surviving master")
+        assert [(job["id"], job["status"], job["error"]) for job in jobs if job["status"] != "completed"] == []
         assert len(jobs) == 6
         for job in jobs:
             assert a.stored(job["output_path"]) is not None
