@@ -38,6 +38,7 @@ SHA256_METADATA = "sha256"  # x-amz-meta-sha256: the object's SHA-256 (hex), set
 # x-amz-meta-converter-writer: on an output we store, the job attempt that wrote it ("<job id>/<attempt>"), so
 # the job can be completed with it when its master died between storing it and recording the job completed
 WRITER_METADATA = "converter-writer"
+WRITER_XATTR = "user.converter.writer"  # the same on a local file
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 READ_BLOCK = 4 << 20
 STAGING_DIR = "staging"  # under storage.root, bucket backend only
@@ -91,20 +92,30 @@ class LocalStorage:
             raise errors.INVALID_PATH.error(f"{field} is a directory")
 
     async def place(self, temp: Path, relative: str, sha256: bytes, writer: str | None = None) -> None:
-        """Move the received ``temp`` to ``relative``; ``FileExistsError`` (``temp`` kept) when something is there."""
+        """Move the received ``temp`` to ``relative``; ``FileExistsError`` (``temp`` kept) when something is there.
+        ``writer``: the job attempt storing it, kept as an extended attribute where the filesystem has them."""
         destination = self.file(relative)
         try:
             destination.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise errors.storage_error(exc) from None
+        if writer:
+            _set_writer(temp, writer)
         place_new(temp, destination)
 
     async def remove(self, relative: str) -> None:
         self.file(relative).unlink(missing_ok=True)
 
     async def written_by(self, relative: str, writer: str, sha256: bytes) -> bool:
-        """Never: a file carries no writer (the rename and the job's completion happen in one IOLoop turn)."""
-        return False
+        """Whether the file at ``relative`` is the one ``writer`` (a job attempt) placed, with ``sha256``: the
+        rename and the job's completion happen in one IOLoop turn, but a master can still die between them."""
+        path = self.file(relative)
+        try:
+            if os.getxattr(path, WRITER_XATTR) != writer.encode():
+                return False
+        except OSError:
+            return False
+        return await in_thread(file_sha256, path) == sha256
 
     def staging_dir_for(self, relative: str) -> Path:
         """Where a body bound for ``relative`` is received: beside its final name, so the rename is atomic."""
@@ -274,6 +285,13 @@ class BucketStorage:
 
 
 Storage = LocalStorage | BucketStorage
+
+
+def _set_writer(path: Path, writer: str) -> None:
+    try:
+        os.setxattr(path, WRITER_XATTR, writer.encode())
+    except OSError:
+        pass  # a filesystem without user extended attributes: such a file is never taken as this attempt's
 
 
 def _metadata(sha256: bytes, writer: str | None) -> dict[str, str]:

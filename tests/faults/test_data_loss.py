@@ -5,6 +5,7 @@ Each case drives a real master over HTTP the way curl would; each failed on the 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import os
@@ -14,6 +15,8 @@ import time
 import pytest
 import requests
 
+from master.handlers.file_receiving import output_writer
+from master.storage import LocalStorage
 from master.store import JobStore
 from tests.fixtures import ThreadedMaster, master_config, wait_for
 
@@ -262,6 +265,34 @@ class TestMasterRestart:
             heartbeat = requests.post(f"{master.url}/api/worker/heartbeat", params={"job_id": "G"}, timeout=10,
                                       json={"worker_id": "w1", "progress": 50})
             assert heartbeat.status_code == 200 and master.job("G")["status"] == "processing"
+        finally:
+            master.stop()
+
+    @pytest.mark.parametrize("resent", ["same bytes", "other bytes"])
+    def test_an_output_placed_just_before_the_master_died_completes_its_job_on_the_retry(self, tmp_path, resent):
+        """The master renamed the output into place and died before recording the job completed (the state a
+        SIGKILL between the two leaves, made by the master's own placing code). The worker's retry of the same
+        attempt with the same bytes completes the job with that file; other bytes never replace it."""
+        config = master_config(tmp_path)
+        master = ThreadedMaster(config)
+        try:
+            (master.root / "s.mp4").write_bytes(b"x")
+            master.submit("s.mp4", "out/p.mp4", job_id="P")
+            master.claim("w1")
+            output = b"converted" * 1000
+            staged = master.root / "out" / ".staged"
+            staged.parent.mkdir()
+            staged.write_bytes(output)
+            asyncio.run(LocalStorage(master.root).place(staged, "out/p.mp4", hashlib.sha256(output).digest(),
+                                                        output_writer(master.store.get_job("P"))))
+            answer = upload_output(master, "P", output if resent == "same bytes" else b"other" * 1000, "w1")
+            if resent == "same bytes":
+                assert answer.status_code == 200, answer.text
+                assert master.job("P")["status"] == "completed" and master.job("P")["attempts"] == 1
+            else:
+                assert answer.status_code == 409 and answer.json()["error"] == "output_exists"
+            assert (master.root / "out" / "p.mp4").read_bytes() == output
+            assert leftovers(master.root) == []
         finally:
             master.stop()
 
