@@ -116,8 +116,9 @@ def browser(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    # long enough to be seen running (a few seconds of conversion), short enough for a fast test
-    return make_clip(tmp_path_factory.mktemp("clip") / "holiday.mp4", seconds=8.0, size="1920x1080")
+    # long enough to be seen running: 8 s converted in 1.7 s on a quiet 2-core machine, too quick to see the
+    # progress bar move twice; 30 s takes about 6 s
+    return make_clip(tmp_path_factory.mktemp("clip") / "holiday.mp4", seconds=30.0, size="1920x1080")
 
 
 def shot(driver, name: str) -> None:
@@ -182,6 +183,8 @@ def test_submit_by_upload_then_watch_it_convert(farm, browser, clip):
         bars = driver.find_elements(By.CSS_SELECTOR, f'tr[data-job="{farm.job_id}"] progress')
         if bars:
             seen.add(float(bars[0].get_attribute("value")))
+        if row_status(driver, farm.job_id) == "completed":
+            raise AssertionError(f"the job completed before its progress was seen to move (seen: {sorted(seen)})")
         return len(seen - {0.0}) >= 2
     wait(browser, 60).until(moved)
     assert browser.find_element(By.CSS_SELECTOR, f'tr[data-job="{farm.job_id}"] .pct').text.endswith("%")
