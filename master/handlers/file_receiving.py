@@ -105,8 +105,8 @@ class ReceivingHandler(UploadSlotHolder, BaseHandler):
         before it recorded the job completed (another master, or it restarted, now finishes the job with it)."""
         if not await self.services.storage.written_by(job.output_path, output_writer(job), digest):
             return False
-        log.warning("job %s: its output was stored by this attempt before its master stopped; completing the job "
-                    "with it", job.id)
+        log.warning("job %s: its output is already stored by this attempt (a master stopped, or an earlier call "
+                    "was cut, before recording the job completed); completing the job with it", job.id)
         return True
 
     async def withdraw_output(self, job: Job) -> None:

@@ -28,10 +28,12 @@ class Fault:
 @dataclass
 class Watch:
     """Call ``action`` once, before passing on the first bytes going ``up`` that match ``pattern`` (a request
-    line): what a test does to a process at that moment (stop the master that sent the request)."""
+    line): what a test does to a process at that moment (stop the master that sent the request). With
+    ``hold_reply``, the answer on that connection is held back until the event is set."""
 
     pattern: re.Pattern[bytes]
     action: Callable[[], None]
+    hold_reply: threading.Event | None = None
     fired: bool = field(default=False, init=False)
 
 
@@ -65,17 +67,20 @@ class FaultProxy:
             fault.fire_at = self.traffic[fault.direction] + fault.after_bytes
             self.faults.append(fault)
 
-    def when_sent(self, pattern: bytes, action: Callable[[], None]) -> Watch:
-        watch = Watch(re.compile(pattern, re.MULTILINE), action)
+    def when_sent(self, pattern: bytes, action: Callable[[], None],
+                  hold_reply: threading.Event | None = None) -> Watch:
+        watch = Watch(re.compile(pattern, re.MULTILINE), action, hold_reply)
         with self._lock:
             self.watches.append(watch)
         return watch
 
-    def _watched(self, data: bytes) -> None:
+    def _watched(self, data: bytes, pair: "_Pair") -> None:
         with self._lock:
             due = [w for w in self.watches if not w.fired and w.pattern.search(data)]
             for watch in due:
                 watch.fired = True
+                if watch.hold_reply is not None:
+                    pair.hold_reply = watch.hold_reply
         for watch in due:
             watch.action()
 
@@ -125,7 +130,9 @@ class FaultProxy:
                 if self.rate[direction]:
                     time.sleep(len(data) / self.rate[direction])
                 if direction == "up" and self.watches:
-                    self._watched(data)
+                    self._watched(data, pair)
+                if direction == "down" and pair.hold_reply is not None:
+                    pair.hold_reply.wait(60)
                 due = self._due_fault(direction, len(data))
                 if due is not None:
                     fault, at = due
@@ -147,6 +154,7 @@ class _Pair:
 
     def __init__(self, client: socket.socket, upstream: socket.socket):
         self.sockets = (client, upstream)
+        self.hold_reply: threading.Event | None = None  # a Watch's: the answer waits for it
         self._running = 2
         self._lock = threading.Lock()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import threading
 
 import pytest
 import requests
@@ -134,6 +135,39 @@ def test_master_killed_after_joining_the_output_before_recording_it_the_retry_co
     job = cluster.wait_status("k1", "completed", "failed", timeout=120)
     assert_verified_output(cluster, job)
     assert job["attempts"] == 1 and job["worker_id"] == "w1"
+    assert_nothing_left(cluster)
+
+
+def test_a_second_complete_of_one_attempt_never_removes_the_output_the_job_was_completed_with(faulty):
+    """Two ``output-complete`` calls of one attempt (a retry while the first is still on its way, perhaps to
+    another master): the first call's join is done in the store but the store's answer is held back; meanwhile
+    the second call finds the object and completes the job with it. The first call then finds the job completed
+    and gives up, and must leave the object, now the job's output, where it is."""
+    cluster, proxy = faulty
+    src = source(cluster)
+    answered = threading.Event()
+    second: dict[str, requests.Response] = {}
+
+    def complete_again() -> None:
+        try:
+            wait_for(lambda: cluster.stored("out/a.mp4") is not None, 60, 0.1, "the first call's join")
+            declared = {"size": len(cluster.stored("out/a.mp4")),
+                        "sha256": cluster.bucket.metadata("out/a.mp4")["sha256"]}
+            second["answer"] = requests.post(f"{cluster.url}/api/worker/output-complete", params={"job_id": "c1"},
+                                             json=declared, headers={"X-Worker-Id": "w1"}, timeout=30)
+        finally:
+            answered.set()
+
+    proxy.when_sent(rb"^POST [^ ]*\?uploadId=", lambda: threading.Thread(target=complete_again, daemon=True).start(),
+                    hold_reply=answered)
+    worker = cluster.add_worker("w1", retry=PATIENT_RETRY)
+    cluster.submit(src, "out/a.mp4", "c1")
+    wait_for(answered.is_set, 120, 0.1, "the second output-complete to be answered")
+    assert second["answer"].status_code == 200, second["answer"].text
+    wait_for(lambda: "no longer ours" in worker.output(), 30, 0.1, "the first call to find the job completed")
+    job = cluster.job("c1")
+    assert_verified_output(cluster, job)  # the object is still there, byte-exact
+    assert job["attempts"] == 1
     assert_nothing_left(cluster)
 
 
