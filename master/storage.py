@@ -239,9 +239,7 @@ class BucketStorage:
 
     async def written_by(self, relative: str, writer: str, sha256: bytes) -> bool:
         """Whether the object at ``relative`` is the one ``writer`` (a job attempt) stored, with ``sha256``."""
-        stored = await self.head(relative)
-        return stored is not None and stored.metadata.get(WRITER_METADATA) == writer \
-            and stored.metadata.get(SHA256_METADATA, "").lower() == sha256.hex()
+        return is_written_by(await self.head(relative), writer, sha256)
 
     async def stored_parts(self, relative: str, upload_id: str) -> list[StoredPart]:
         return await self.call("list_parts", self.objects.stored_parts, self.key(relative), upload_id)
@@ -285,6 +283,12 @@ class BucketStorage:
 
 
 Storage = LocalStorage | BucketStorage
+
+
+def is_written_by(stored: StoredObject | None, writer: str, sha256: bytes) -> bool:
+    """Whether ``stored`` (a HEAD's answer; None: nothing there) carries ``writer`` and ``sha256``."""
+    return stored is not None and stored.metadata.get(WRITER_METADATA) == writer \
+        and stored.metadata.get(SHA256_METADATA, "").lower() == sha256.hex()
 
 
 def _set_writer(path: Path, writer: str) -> None:

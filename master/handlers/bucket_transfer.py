@@ -26,8 +26,8 @@ from typing import Any
 from converter_common import protocol
 from master import errors
 from master.auth import Access
-from master.handlers.file_receiving import ReceivingHandler, output_writer
-from master.storage import BucketStorage
+from master.handlers.file_receiving import ReceivingHandler, log_completing_with_stored_output, output_writer
+from master.storage import BucketStorage, is_written_by
 from master.object_store import StoredPart
 from master.store import BucketUpload, Job
 
@@ -126,10 +126,12 @@ class OutputPartsHandler(BucketTransferHandler):
         size, sha256 = self.declared_file(body)
         self.kept_source(body, job, size, sha256)  # refused before any upload starts: nothing to clean up
         digests = self.part_digests(body, len(self.expected_sizes(size)))
-        if await self.already_stored(job, bytes.fromhex(sha256)):  # joined, not recorded: output-complete records it
+        there = await self.bucket.head(job.output_path)
+        if is_written_by(there, output_writer(job), bytes.fromhex(sha256)):  # joined, not recorded
+            log_completing_with_stored_output(job)  # at output-complete, which this answer leads to
             self.write_json(self.nothing_to_send(size))
             return
-        upload = await self._upload_for(job, worker_id, size, sha256)
+        upload = await self._upload_for(job, worker_id, size, sha256, occupied=there is not None)
         self.write_json(await self.plan(job.output_path, upload.upload_id, size, digests))
 
     def nothing_to_send(self, size: int) -> dict[str, Any]:
@@ -137,14 +139,15 @@ class OutputPartsHandler(BucketTransferHandler):
                 "stored": sorted(self.expected_sizes(size)), "expires_in": self.config.storage.s3.presign_expiry,
                 "parts": []}
 
-    async def _upload_for(self, job: Job, worker_id: str, size: int, sha256: str) -> BucketUpload:
-        """This attempt's upload of this output: the recorded one, or a new one (an old one is aborted)."""
+    async def _upload_for(self, job: Job, worker_id: str, size: int, sha256: str, *, occupied: bool) -> BucketUpload:
+        """This attempt's upload of this output: the recorded one, or a new one (an old one is aborted; none is
+        started when an object is at the output, ``occupied``: the job fails ``output_exists``)."""
         upload = self.store.bucket_upload(job.id)
         if upload is not None and (upload.attempt, upload.size, upload.sha256) == (job.attempts, size, sha256):
             return upload
         if upload is not None:
             await self.bucket.abort_upload(job.output_path, upload.upload_id)
-        if await self.bucket.exists(job.output_path):
+        if occupied:
             self.fail_for_existing_output(job)
         upload_id = await self.bucket.start_upload(job.output_path, bytes.fromhex(sha256), output_writer(job))
         if not self.store.record_bucket_upload(job.id, worker_id, upload_id=upload_id, size=size, sha256=sha256):

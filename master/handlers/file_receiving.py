@@ -86,9 +86,8 @@ class ReceivingHandler(UploadSlotHolder, BaseHandler):
         """The output's final name, taken only if free: what is there (another job's output, a user's file) stays,
         and the job fails for good, since no later attempt could write there either. The one exception is this
         very attempt's output with these bytes (``already_stored``)."""
-        storage = self.services.storage
         try:
-            await storage.place(temp_path, job.output_path, digest, output_writer(job))
+            await self.services.storage.place(temp_path, job.output_path, digest, output_writer(job))
         except FileExistsError:
             temp_path.unlink(missing_ok=True)
             if not await self.already_stored(job, digest):
@@ -105,8 +104,7 @@ class ReceivingHandler(UploadSlotHolder, BaseHandler):
         before it recorded the job completed (another master, or it restarted, now finishes the job with it)."""
         if not await self.services.storage.written_by(job.output_path, output_writer(job), digest):
             return False
-        log.warning("job %s: its output is already stored by this attempt (a master stopped, or an earlier call "
-                    "was cut, before recording the job completed); completing the job with it", job.id)
+        log_completing_with_stored_output(job)
         return True
 
     async def withdraw_output(self, job: Job) -> None:
@@ -127,6 +125,11 @@ class ReceivingHandler(UploadSlotHolder, BaseHandler):
         failed = self.store.fail(job.id, worker_id=job.worker_id, error=error, retryable=False, retry_delay=0)
         self.services.metrics.job_failed_or_requeued(failed, errors.OUTPUT_EXISTS.code)
         raise errors.OUTPUT_EXISTS.error(error) from None
+
+
+def log_completing_with_stored_output(job: Job) -> None:
+    log.warning("job %s: its output is already stored by this attempt (a master stopped, or an earlier call was "
+                "cut, before recording the job completed); completing the job with it", job.id)
 
 
 def output_writer(job: Job) -> str:

@@ -27,12 +27,12 @@ class Fault:
 
 @dataclass
 class Watch:
-    """Call ``action`` once, before passing on the first bytes going ``up`` that match ``pattern`` (a request
-    line): what a test does to a process at that moment (stop the master that sent the request). With
-    ``hold_reply``, the answer on that connection is held back until the event is set."""
+    """Once, at the first bytes going ``up`` that match ``pattern`` (a request line): hold back the answer on
+    that connection until ``hold_reply`` is set (the sender waits as if the answer were lost, while the request
+    itself goes through whole), and call ``action`` before passing the bytes on."""
 
     pattern: re.Pattern[bytes]
-    action: Callable[[], None]
+    action: Callable[[], None] | None = None
     hold_reply: threading.Event | None = None
     fired: bool = field(default=False, init=False)
 
@@ -67,7 +67,7 @@ class FaultProxy:
             fault.fire_at = self.traffic[fault.direction] + fault.after_bytes
             self.faults.append(fault)
 
-    def when_sent(self, pattern: bytes, action: Callable[[], None],
+    def when_sent(self, pattern: bytes, *, action: Callable[[], None] | None = None,
                   hold_reply: threading.Event | None = None) -> Watch:
         watch = Watch(re.compile(pattern, re.MULTILINE), action, hold_reply)
         with self._lock:
@@ -82,7 +82,8 @@ class FaultProxy:
                 if watch.hold_reply is not None:
                     pair.hold_reply = watch.hold_reply
         for watch in due:
-            watch.action()
+            if watch.action is not None:
+                watch.action()
 
     def close(self) -> None:
         self._listener.close()

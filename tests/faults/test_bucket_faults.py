@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import threading
 
 import pytest
@@ -118,20 +117,23 @@ def test_store_killed_mid_upload_then_restarted_the_job_completes(tmp_path):
 
 
 def test_master_killed_after_joining_the_output_before_recording_it_the_retry_completes_the_job(faulty):
-    """The master asks the store to join the output's parts and is stopped before it can record the job
-    completed (frozen as the request leaves, then SIGKILLed): the object is there, the job still processing.
+    """The master asks the store to join the output's parts and is killed before it can record the job
+    completed (the store's answer held back, then SIGKILL): the object is there, the job still processing.
     The worker's retry reaches the restarted master, which finds the object this attempt wrote (its SHA-256
     and writer in the object's metadata) and completes the job with it: no "output exists", no second run."""
     cluster, proxy = faulty
     src = source(cluster)
-    join = proxy.when_sent(rb"^POST [^ ]*\?uploadId=", lambda: cluster.master.signal(signal.SIGSTOP))
-    cluster.add_worker("w1", retry=PATIENT_RETRY)
-    cluster.submit(src, "out/a.mp4", "k1")
-    wait_for(lambda: join.fired and cluster.stored("out/a.mp4") is not None, 120, 0.2,
-             "the store to join the output while its master is frozen")
-    with sqlite3.connect(f"file:{cluster.tmp / 'master.db'}?mode=ro", uri=True) as db:  # the master is frozen
-        assert db.execute("SELECT status FROM jobs WHERE id = 'k1'").fetchone() == ("processing",)
-    cluster.restart_master(signal.SIGKILL)
+    answer = threading.Event()
+    proxy.when_sent(rb"^POST [^ ]*\?uploadId=", hold_reply=answer)
+    try:
+        cluster.add_worker("w1", retry=PATIENT_RETRY)
+        cluster.submit(src, "out/a.mp4", "k1")
+        wait_for(lambda: cluster.stored("out/a.mp4") is not None, 120, 0.2,
+                 "the store to join the output while its answer is held back")
+        assert cluster.job("k1")["status"] == "processing"  # the master recorded nothing
+        cluster.restart_master(signal.SIGKILL)
+    finally:
+        answer.set()
     job = cluster.wait_status("k1", "completed", "failed", timeout=120)
     assert_verified_output(cluster, job)
     assert job["attempts"] == 1 and job["worker_id"] == "w1"
@@ -158,8 +160,8 @@ def test_a_second_complete_of_one_attempt_never_removes_the_output_the_job_was_c
         finally:
             answered.set()
 
-    proxy.when_sent(rb"^POST [^ ]*\?uploadId=", lambda: threading.Thread(target=complete_again, daemon=True).start(),
-                    hold_reply=answered)
+    proxy.when_sent(rb"^POST [^ ]*\?uploadId=", hold_reply=answered,
+                    action=lambda: threading.Thread(target=complete_again, daemon=True).start())
     worker = cluster.add_worker("w1", retry=PATIENT_RETRY)
     cluster.submit(src, "out/a.mp4", "c1")
     wait_for(answered.is_set, 120, 0.1, "the second output-complete to be answered")
