@@ -7,17 +7,18 @@ Two chains:
   and then the lease holder's heartbeat and a good upload still work (no slot, marker or lock leaked);
 * schemathesis' stateful testing (OpenAPI links): the served description, with links added here
   (submit → claim → upload / heartbeat / download / tus create) and the submit constrained to a
-  source that exists, run as a bounded hypothesis state machine; no step may get a 5xx or an answer
-  the description does not allow.
+  source that exists, run as bounded hypothesis state machines (every route, then only a job's way from
+  submit to upload until a claimed job's id reached an upload); no step may get a 5xx or an answer the
+  description does not allow.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import os
-import time
 
 import pytest
 import requests
@@ -213,16 +214,18 @@ def test_hostile_tus_patches_to_a_live_upload_keep_its_offset(chain):
 
 SM_CHECKS = ["not_a_server_error", "status_code_conformance", "content_type_conformance",
              "response_schema_conformance"]
-SM_SUITES = 4  # state machine runs
-# more runs, only while no upload has reached a real job yet (18 of ~445 links lead there): up to this many, for
-# at most SM_MORE_SECONDS (on a loaded machine Hypothesis ends more suites early, as Flaky)
-SM_MAX_SUITES = 40
-SM_MORE_SECONDS = 180
+SM_SUITES = 4  # state machine runs over every route
 SM_SCENARIOS = 25  # hypothesis examples (scenarios) per run
 SM_STEPS = 10  # calls per scenario at most
+# Over every route, about 18 of ~445 links lead to an upload at a claimed job: whether the broad runs get there is
+# luck (a loaded CI machine once went 23 suites without). The lifecycle runs keep only the routes of a job's way
+# from submit to upload, so the claim → upload link is one of a few, and run until an upload reached a real job.
+LIFECYCLE = ("/api/jobs", "/api/worker/register", "/api/worker/claim", "/api/worker/heartbeat",
+             "/api/worker/upload-video")
+LIFECYCLE_MAX_SUITES = 20
 
 
-def _stateful_spec(url: str) -> dict:
+def _stateful_spec(url: str, only: tuple[str, ...] | None = None) -> dict:
     """The served description, with the submit constrained to the source that exists (so jobs are made and the
     links from them are followed), claims that do not long-poll, and no pause routes. The links themselves are the ones
     schemathesis infers (job ``id`` in a response → ``job_id`` of the next call: submit/claim/list → claim,
@@ -232,6 +235,8 @@ def _stateful_spec(url: str) -> dict:
     # a pause makes every later claim answer 204 by design, and the chain would stop at the claim
     for paused in ("/api/queue/pause", "/api/workers/{worker_id}/pause"):
         del spec["paths"][paused]
+    if only is not None:
+        spec["paths"] = {path: item for path, item in spec["paths"].items() if path in only}
     operations = {op["operationId"]: op for item in spec["paths"].values() for op in item.values()
                   if isinstance(op, dict) and "operationId" in op}
     submit_schema = operations["submitJob"]["requestBody"]["content"]["application/json"]["schema"]
@@ -254,54 +259,78 @@ def sm_master(tmp_path):
     running.stop()
 
 
-def test_schemathesis_stateful_chain_submit_claim_upload(sm_master):
-    """A bounded state machine over the inferred links: no step gets a 5xx or an answer the description forbids."""
-    import schemathesis
-    from hypothesis import HealthCheck, settings
+@dataclasses.dataclass
+class Walk:
+    """What the state machines saw: every (operation, status), the checks that failed, the job ids claims handed
+    out, and the statuses of uploads sent to one of those jobs."""
 
-    schema = schemathesis.openapi.from_dict(_stateful_spec(sm_master.url))
-    schema.config.update(base_url=sm_master.url)
+    seen: set[tuple[str, int]] = dataclasses.field(default_factory=set)
+    failures: dict[tuple[str, int], str] = dataclasses.field(default_factory=dict)
+    claimed: set[str] = dataclasses.field(default_factory=set)
+    uploads_to_claimed_jobs: list[int] = dataclasses.field(default_factory=list)
+
+    def record(self, case, response) -> None:
+        label, status = case.operation.label, response.status_code
+        self.seen.add((label, status))
+        if label == "POST /api/worker/claim" and status == 200:
+            self.claimed.add(response.json()["id"])
+        if label == "POST /api/worker/upload-video" and (case.query or {}).get("job_id") in self.claimed:
+            self.uploads_to_claimed_jobs.append(status)
+
+
+def test_schemathesis_stateful_chain_submit_claim_upload(sm_master):
+    """Bounded state machines over the inferred links: no step gets a 5xx or an answer the description forbids, and
+    the lifecycle runs carry a claimed job's id into an upload."""
+    walk = Walk()
+    broad = _state_machine(_stateful_spec(sm_master.url), walk)
+    for _ in range(SM_SUITES):
+        _run_suite(broad)
+    lifecycle = _state_machine(_stateful_spec(sm_master.url, only=LIFECYCLE), walk)
+    suites = 0
+    while suites < LIFECYCLE_MAX_SUITES and not walk.uploads_to_claimed_jobs:
+        suites += 1
+        _run_suite(lifecycle)
+    assert not walk.failures, "\n\n".join(f"{label} -> {status}: {text}"
+                                           for (label, status), text in walk.failures.items())
+    assert ("POST /api/jobs", 201) in walk.seen and ("POST /api/worker/claim", 200) in walk.seen, sorted(walk.seen)
+    assert walk.uploads_to_claimed_jobs, (
+        f"no upload reached a claimed job in {suites} lifecycle suites: {sorted(walk.seen)}")
+
+
+def _state_machine(spec: dict, walk: Walk):
+    """The state machine of ``spec``; every answer is checked and recorded in ``walk``."""
+    import schemathesis
+
+    schema = schemathesis.openapi.from_dict(spec)
+    schema.config.update(base_url=spec["servers"][0]["url"])
     checks = [getattr(schemathesis.checks, name) for name in SM_CHECKS]
     transitions = schema.as_state_machine()._transitions.operations
     chained = {link.target.label for link in transitions["POST /api/worker/claim"].outgoing}
     assert "POST /api/worker/upload-video" in chained, "no link from claim to upload: nothing stateful would run"
-    seen: set[tuple[str, int]] = set()
-    failures: dict[tuple[str, int], str] = {}
 
     class Machine(schema.as_state_machine()):
         def validate_response(self, response, case, additional_checks=None, **kwargs):
-            seen.add((case.operation.label, response.status_code))
+            walk.record(case, response)
             # failures are collected, not raised: a raise makes hypothesis replay the scenario, and a live
             # master's state makes that replay differ (FlakyStrategyDefinition) instead of reporting the bug
             try:
                 case.validate_response(response, checks=checks, transport_kwargs=kwargs or None)
             except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - FailureGroup is a BaseExceptionGroup
-                failures.setdefault((case.operation.label, response.status_code),
-                                    f"{str(exc)[:600]}\n    request: {case.as_curl_command()[:400]}")
+                walk.failures.setdefault((case.operation.label, response.status_code),
+                                         f"{str(exc)[:600]}\n    request: {case.as_curl_command()[:400]}")
 
-    from hypothesis import Phase
+    return Machine
+
+
+def _run_suite(machine) -> None:
+    """One Hypothesis run of ``machine``. A live master's state changes which links can be followed, so Hypothesis
+    sometimes finds a scenario it is replaying behaves differently and stops with Flaky (schemathesis' own runner
+    treats that as the end of a suite and starts another): the suite then simply ends early."""
+    from hypothesis import HealthCheck, Phase, settings
     from hypothesis.errors import Flaky
 
-    # A live master's state changes which links can be followed, so Hypothesis sometimes finds a scenario it is
-    # replaying behaves differently and stops with Flaky (schemathesis' own runner treats that as the end of a
-    # suite and starts another). Same here: a few short suites, each stopping at worst early.
-    def upload_reached_a_claimed_job() -> bool:  # anything but 404 job_not_found means the job id was real
-        return any(label == "POST /api/worker/upload-video" and status != 404 for label, status in seen)
-
-    flaky = suites = 0
-    deadline = time.monotonic() + SM_MORE_SECONDS
-    while suites < SM_SUITES or (suites < SM_MAX_SUITES and time.monotonic() < deadline
-                                 and not upload_reached_a_claimed_job()):
-        suites += 1
-        try:
-            Machine.run(settings=settings(max_examples=SM_SCENARIOS, stateful_step_count=SM_STEPS, deadline=None,
-                                          database=None, phases=[Phase.generate],
-                                          suppress_health_check=list(HealthCheck)))
-        except Flaky:
-            flaky += 1
-    assert not failures, "\n\n".join(f"{label} -> {status}: {text}" for (label, status), text in failures.items())
-    # it did go somewhere: jobs were created and a claimed job was uploaded to
-    assert ("POST /api/jobs", 201) in seen and ("POST /api/worker/claim", 200) in seen, sorted(seen)
-    # an upload reached a claimed job through a link
-    assert upload_reached_a_claimed_job(), (
-        f"no upload reached a claimed job in {suites} suites ({flaky} ended early, flaky): {sorted(seen)}")
+    try:
+        machine.run(settings=settings(max_examples=SM_SCENARIOS, stateful_step_count=SM_STEPS, deadline=None,
+                                      database=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)))
+    except Flaky:
+        pass
