@@ -120,11 +120,19 @@ def test_every_profile_cpu_form(cpu, clips, tmp_path, profile):
     assert (v["color_primaries"], v["color_transfer"], v["color_space"]) == ("bt709", "bt709", "bt709")
 
 
+# lavapipe itself very rarely segfaults in a filter the probe found working (once in a CI run; 0 in 410 runs of
+# every profile here, 4 and 6 at a time): a crash is run again, a filter that crashes every time still fails
+LAVAPIPE_TRIES = 3
+
+
 @pytest.mark.parametrize("profile", CONVERTING)
 def test_every_profile_vulkan_form_where_lavapipe_runs_its_filter(vulkan, clips, tmp_path, profile):
-    out = tmp_path / "out.mp4"
     forms = capabilities.profile_forms(BUILTIN_PROFILES[profile], vulkan.caps)
-    result = convert(vulkan, profile, clips["plain"], out)
+    for attempt in range(LAVAPIPE_TRIES):
+        out = tmp_path / f"out-{attempt}.mp4"
+        result = convert(vulkan, profile, clips["plain"], out)
+        if not (result.fallback or "").endswith("signal 11"):
+            break
     assert result.accel == forms[0] and result.fallback is None  # the probe kept crashing filters out
     (v,) = streams(out, "video")
     size = output_size(BUILTIN_PROFILES[profile], vulkan.probe(clips["plain"]))
