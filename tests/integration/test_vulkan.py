@@ -72,6 +72,19 @@ def vulkan_only_stub(tmp_path, behaviour):
                        f"echo $$ > {tmp_path}/vk-stub.pid; {behaviour}")
 
 
+def run_past_a_lavapipe_crash(cluster, tries: int = 3) -> tuple[dict, int]:
+    """(the first job whose Vulkan run did not segfault, or the last one; how many did): lavapipe itself very rarely
+    segfaults in a filter the probe found working (seen once in a CI run), and the worker then rightly reruns the job
+    on the CPU. A filter that crashes every time still fails the test."""
+    for crashes in range(tries):
+        job_id = f"vk{crashes + 1}"
+        submit(cluster, job_id)
+        job = cluster.wait_status(job_id, "completed", "failed")
+        if not (job["vulkan_fallback"] or "").endswith("signal 11"):
+            break
+    return job, crashes
+
+
 def test_a_job_runs_through_the_real_vulkan_path_on_lavapipe(cluster, start_worker):
     # scaled down to 960x720 (4:3): an upscaled 320x240 clip's output is larger than its source, and discard_larger
     # (which holds for upscales too) would keep the source instead of the Vulkan path's output
@@ -81,16 +94,17 @@ def test_a_job_runs_through_the_real_vulkan_path_on_lavapipe(cluster, start_work
     caps = capabilities(cluster)
     assert caps["vulkan"]["available"] and caps["vulkan"]["type"] == "cpu" and "scale_vulkan" in caps["vulkan"]["filters"]
     assert caps["accel"] == ["vulkan", "cpu"] and caps["accel_mode"] == "vulkan"
-    submit(cluster, "vk1")
-    assert cluster.wait_status("vk1", "completed", "failed")["status"] == "completed"
-    video = next(s for s in ffprobe(cluster.root / "out" / "vk1.mp4")["streams"] if s["codec_type"] == "video")
+    job, crashes = run_past_a_lavapipe_crash(cluster)
+    assert (job["status"], job["accel"], job["vulkan_fallback"]) == ("completed", "vulkan", None), job
+    video = next(s for s in ffprobe(cluster.root / job["output_path"])["streams"] if s["codec_type"] == "video")
     assert (video["codec_name"], video["width"], video["height"]) == ("h264", 960, 720)
-    assert "job vk1: converted 1.0 s of media" in worker.output() and "(vulkan, libx264, speed" in worker.output()
+    assert f"job {job['id']}: converted 1.0 s of media" in worker.output()
+    assert "(vulkan, libx264, speed" in worker.output()
     metrics = samples(worker)
     assert metrics[("converter_worker_conversion_duration_seconds_count",
                     (("accel", "vulkan"), ("profile", "h264-720p")))] == 1
     assert metrics[("converter_worker_vulkan_available", ())] == 1
-    assert metrics[("converter_worker_vulkan_fallbacks_total", ())] == 0
+    assert metrics[("converter_worker_vulkan_fallbacks_total", ())] == crashes
     assert worker.output().count("; vulkan: llvmpipe") == 1  # the probe is logged once
 
 
