@@ -152,7 +152,8 @@ def test_a_logged_out_browser_is_sent_to_the_login_form(farm, browser):
     shot(browser, "login")
     browser.find_element(By.ID, "token").send_keys("not-the-token-at-all")
     browser.find_element(By.CSS_SELECTOR, "form.login button").click()
-    assert "not the admin token" in browser.find_element(By.CSS_SELECTOR, "[role=alert]").text
+    # the form posts and the answer is a new page: the alert is on that page, once it has loaded
+    wait(browser).until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "[role=alert]"), "not the admin token"))
 
 
 def test_log_in(farm, browser):
@@ -237,9 +238,12 @@ def test_the_job_page_and_its_download(farm, browser):
     assert created and "T" not in created  # shown in the browser's own zone, not as the ISO string
     shot(browser, "job")
     click(browser, "a.button[download]")
-    def downloaded() -> list[Path]:  # Chrome reserves the name with an empty file while it writes a .crdownload
+    def downloaded() -> list[Path]:
+        # Chrome reserves the name with an empty file while it writes a .crdownload, and may write to a hidden
+        # .org.chromium.Chromium.* file it renames at the end: done once only the final, full file is there
         files = list(browser.downloads.iterdir())
-        done = [f for f in files if not f.name.endswith(".crdownload") and f.stat().st_size == job["output_size"]]
+        done = [f for f in files if not f.name.endswith(".crdownload") and not f.name.startswith(".")
+                and f.stat().st_size == job["output_size"]]
         return done if len(done) == len(files) else []
     output = wait_for(downloaded, timeout=30, what="the download")[0]
     assert _sha256(output) == job["output_sha256"]
