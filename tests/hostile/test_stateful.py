@@ -304,11 +304,11 @@ def _state_machine(spec: dict, walk: Walk):
     schema = schemathesis.openapi.from_dict(spec)
     schema.config.update(base_url=spec["servers"][0]["url"])
     checks = [getattr(schemathesis.checks, name) for name in SM_CHECKS]
-    transitions = schema.as_state_machine()._transitions.operations
-    chained = {link.target.label for link in transitions["POST /api/worker/claim"].outgoing}
+    inferred = schema.as_state_machine()
+    chained = {link.target.label for link in inferred._transitions.operations["POST /api/worker/claim"].outgoing}
     assert "POST /api/worker/upload-video" in chained, "no link from claim to upload: nothing stateful would run"
 
-    class Machine(schema.as_state_machine()):
+    class Machine(inferred):
         def validate_response(self, response, case, additional_checks=None, **kwargs):
             walk.record(case, response)
             # failures are collected, not raised: a raise makes hypothesis replay the scenario, and a live

@@ -11,6 +11,7 @@ import requests
 
 import signal
 
+from master.states import TERMINAL, JobStatus
 from tests.fixtures import Cluster, ffmpeg_available, make_clip, wait_for
 from tests.haproxy import HAProxy
 
@@ -96,7 +97,7 @@ def test_behind_haproxy_losing_a_master_loses_no_job(two_masters, tmp_path):
 
         def all_ended():
             jobs = requests.get(f"{proxy.url}/api/jobs", timeout=10).json()["jobs"]
-            return jobs if all(job["status"] in ("completed", "failed", "cancelled") for job in jobs) else None
+            return jobs if all(JobStatus(job["status"]) in TERMINAL for job in jobs) else None
 
         jobs = wait_for(all_ended, 180, 0.5, "every job to end through the surviving master")
         assert [(job["id"], job["status"], job["error"]) for job in jobs if job["status"] != "completed"] == []
